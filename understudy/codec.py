@@ -1,0 +1,72 @@
+"""The one module that owns msgpack.
+
+Everything understudy persists (payloads, step results, snapshots, event details) is msgpack,
+never pickle: a stored row can be read by any version of the code and cannot run code when loaded.
+Payloads are checked here before a saga starts, so an unencodable value is reported with the path
+of the field that holds it instead of failing halfway through a saga.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from understudy.errors import CorruptRecord, PayloadError
+
+_ENCODABLE_SCALARS = (type(None), bool, int, float, str, bytes)
+
+
+def _find_unencodable(value: Any, path: str) -> tuple[str, Any] | None:
+    """Return (path, value) of the first value msgpack cannot encode, or None."""
+    if isinstance(value, _ENCODABLE_SCALARS):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**64:
+                return path, value
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _find_unencodable(item, f"{path}[{index}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int, bytes)):
+                return f"{path} key {key!r}", key
+            found = _find_unencodable(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return path, value
+
+
+def check_encodable(value: Any, what: str) -> None:
+    """Raise :class:`PayloadError` naming the field if msgpack cannot encode ``value``."""
+    found = _find_unencodable(value, "")
+    if found is None:
+        return
+    path, bad = found
+    where = f"field {path!r} of the {what}" if path else f"the {what}"
+    raise PayloadError(
+        f"{where} holds {type(bad).__name__} {bad!r:.60}, which msgpack cannot encode; "
+        "use None, bool, int, float, str, bytes, lists and dicts (for example a datetime as an "
+        "ISO string, a Decimal as a str)"
+    )
+
+
+def encode(value: Any, what: str = "value") -> bytes:
+    """Encode ``value`` with msgpack; an unencodable value raises :class:`PayloadError`."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError):
+        check_encodable(value, what)
+        raise
+
+
+def decode(data: bytes, what: str = "record") -> Any:
+    """Decode msgpack ``data``; bytes that do not decode raise :class:`CorruptRecord`."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise CorruptRecord(f"{what} failed to decode as msgpack: {exc}") from exc

@@ -1,0 +1,71 @@
+"""The one error tree of understudy.
+
+Every error understudy raises derives from :class:`UnderstudyError`; where the standard library has
+an exception of the same meaning, the error subclasses it too, so ``except TimeoutError`` and
+``except LookupError`` keep working::
+
+    UnderstudyError
+    ├── DefinitionError (ValueError)      a saga definition that cannot run as written
+    ├── PayloadError (TypeError)          a payload or result that msgpack cannot encode
+    ├── UnknownDefinition (LookupError)   a start names a definition that is not registered
+    ├── UnknownParticipant (LookupError)  a definition names a participant that is not registered
+    ├── SagaNotFound (LookupError)        a status query for a saga id the store does not hold
+    ├── SagaRejected                      the coordinator refused to start a saga
+    ├── StoreError                        the saga store failed; driver errors are translated here
+    │   ├── StoreUnavailable              locked, busy, read-only or unwritable database
+    │   └── CorruptRecord                 a stored row that fails to decode
+    └── ActorSystemError                  the actor system could not be started or reached
+        └── CoordinatorTimeout (TimeoutError)  no reply within the timeout
+
+Messages name the saga, the step or the file concerned and say what to do next.
+"""
+
+from __future__ import annotations
+
+
+class UnderstudyError(Exception):
+    """Base class of every error raised by understudy."""
+
+
+class DefinitionError(UnderstudyError, ValueError):
+    """A saga definition that cannot run as written (for example a step without compensation)."""
+
+
+class PayloadError(UnderstudyError, TypeError):
+    """A payload or result that msgpack cannot encode; the message names the offending field."""
+
+
+class UnknownDefinition(UnderstudyError, LookupError):
+    """A start names a saga definition (name, version) that the coordinator does not know."""
+
+
+class UnknownParticipant(UnderstudyError, LookupError):
+    """A saga definition names a participant that is not registered with the coordinator."""
+
+
+class SagaNotFound(UnderstudyError, LookupError):
+    """The store holds no saga with the given id."""
+
+
+class SagaRejected(UnderstudyError):
+    """The coordinator refused to start a saga; the message says why."""
+
+
+class StoreError(UnderstudyError):
+    """The saga store failed. Driver errors are translated to this tree at the store boundary."""
+
+
+class StoreUnavailable(StoreError):
+    """The database is locked, busy, read-only or cannot be written."""
+
+
+class CorruptRecord(StoreError):
+    """A stored row (snapshot, payload or event) failed to decode."""
+
+
+class ActorSystemError(UnderstudyError):
+    """The actor system could not be started, reached or configured."""
+
+
+class CoordinatorTimeout(ActorSystemError, TimeoutError):
+    """The coordinator did not answer within the timeout."""

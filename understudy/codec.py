@@ -20,9 +20,9 @@ _ENCODABLE_SCALARS = (type(None), bool, int, float, str, bytes)
 def _find_unencodable(value: Any, path: str) -> tuple[str, Any] | None:
     """Return (path, value) of the first value msgpack cannot encode, or None."""
     if isinstance(value, _ENCODABLE_SCALARS):
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not -(2**63) <= value < 2**64:
-                return path, value
+        out_of_range = isinstance(value, int) and not -(2**63) <= value < 2**64
+        if out_of_range and not isinstance(value, bool):
+            return path, value
         return None
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
@@ -49,7 +49,7 @@ def check_encodable(value: Any, what: str) -> None:
     path, bad = found
     where = f"field {path!r} of the {what}" if path else f"the {what}"
     raise PayloadError(
-        f"{where} holds {type(bad).__name__} {bad!r:.60}, which msgpack cannot encode; "
+        f"{where} holds {type(bad).__name__} {repr(bad)[:60]}, which msgpack cannot encode; "
         "use None, bool, int, float, str, bytes, lists and dicts (for example a datetime as an "
         "ISO string, a Decimal as a str)"
     )
@@ -57,11 +57,10 @@ def check_encodable(value: Any, what: str) -> None:
 
 def encode(value: Any, what: str = "value") -> bytes:
     """Encode ``value`` with msgpack; an unencodable value raises :class:`PayloadError`."""
-    try:
-        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError):
-        check_encodable(value, what)
-        raise
+    # msgpack would pack a tuple dict key as an array, which no decoder can use as a key again:
+    # walking the value first turns that (and every other unencodable value) into PayloadError.
+    check_encodable(value, what)
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def decode(data: bytes, what: str = "record") -> Any:

@@ -9,6 +9,7 @@ failure after it recovers forward (retries) and never compensates.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import attrs
@@ -83,6 +84,10 @@ class Step:
     timeout: float = attrs.field(default=5.0, validator=_positive)
 
 
+def _to_steps(steps: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(steps)
+
+
 @attrs.frozen
 class SagaDefinition:
     """A named, versioned, ordered list of steps.
@@ -94,7 +99,7 @@ class SagaDefinition:
 
     name: str
     version: int
-    steps: tuple[Step, ...] = attrs.field(converter=tuple)
+    steps: tuple[Step, ...] = attrs.field(converter=_to_steps)
     on_recovery: RecoveryPolicy = "resume"
 
     def __attrs_post_init__(self) -> None:

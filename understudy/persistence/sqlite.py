@@ -89,10 +89,10 @@ def _translate(exc: sqlite3.Error, path: str, doing: str) -> StoreError:
             f"saga store {path!r} cannot be written while {doing} ({text}); check that the file "
             "and its directory are writable by this process"
         )
-    if "disk" in lowered or "full" in lowered or "i/o" in lowered:
-        return StoreUnavailable(f"saga store {path!r} failed while {doing}: {text}")
     if "malformed" in lowered or "not a database" in lowered:
         return CorruptRecord(f"saga store {path!r} is not a valid database ({text})")
+    if "disk" in lowered or "full" in lowered or "i/o" in lowered:
+        return StoreUnavailable(f"saga store {path!r} failed while {doing}: {text}")
     return StoreError(f"saga store {path!r} failed while {doing}: {text}")
 
 
@@ -104,8 +104,9 @@ class SQLiteStore(SagaStore):
     write waits for another process's lock before :class:`StoreUnavailable` is raised.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
-                 busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 5.0
+    ) -> None:
         self.path = os.fspath(path)
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
@@ -176,8 +177,14 @@ class SQLiteStore(SagaStore):
                         "INSERT OR IGNORE INTO understudy_sagas (saga_id, definition, version, "
                         "status, payload, snapshot_version, incarnation, created_at, updated_at) "
                         "VALUES (?, ?, ?, 'running', ?, 0, 1, ?, ?)",
-                        (write.saga_id, write.definition, write.version, write.payload,
-                         write.at, write.at),
+                        (
+                            write.saga_id,
+                            write.definition,
+                            write.version,
+                            write.payload,
+                            write.at,
+                            write.at,
+                        ),
                     )
                     applied = cursor.rowcount == 1
                     incarnation = 1
@@ -187,9 +194,17 @@ class SQLiteStore(SagaStore):
                         "snapshot_version = ?, recovery_attempts = ?, reason = ?, updated_at = ? "
                         f"WHERE saga_id = ? AND incarnation = ? AND status NOT IN {_TERMINAL_SQL} "
                         "AND snapshot_version < ?",
-                        (write.status, write.snapshot, write.snapshot_version,
-                         write.recovery_attempts, write.reason, write.at, write.saga_id,
-                         write.incarnation, write.snapshot_version),
+                        (
+                            write.status,
+                            write.snapshot,
+                            write.snapshot_version,
+                            write.recovery_attempts,
+                            write.reason,
+                            write.at,
+                            write.saga_id,
+                            write.incarnation,
+                            write.snapshot_version,
+                        ),
                     )
                     applied = cursor.rowcount == 1
                     incarnation = write.incarnation
@@ -201,14 +216,22 @@ class SQLiteStore(SagaStore):
         return results
 
     @staticmethod
-    def _insert_events(conn: sqlite3.Connection, saga_id: str, incarnation: int,
-                       events: Sequence[Event]) -> None:
+    def _insert_events(
+        conn: sqlite3.Connection, saga_id: str, incarnation: int, events: Sequence[Event]
+    ) -> None:
         conn.executemany(
             "INSERT INTO understudy_events (saga_id, kind, at, step, attempt, incarnation, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (saga_id, e.kind, e.at, e.step, e.attempt, incarnation,
-                 codec.encode(e.detail, "event detail") if e.detail else None)
+                (
+                    saga_id,
+                    e.kind,
+                    e.at,
+                    e.step,
+                    e.attempt,
+                    incarnation,
+                    codec.encode(e.detail, "event detail") if e.detail else None,
+                )
                 for e in events
             ],
         )
@@ -234,10 +257,20 @@ class SQLiteStore(SagaStore):
             ).fetchone()
             record = SagaRecord(*row)
             self._insert_events(
-                conn, saga_id, record.incarnation,
-                [Event("claimed", at, detail={"recovery": recovery,
-                                              "recovery_attempts": record.recovery_attempts,
-                                              "pid": os.getpid()})],
+                conn,
+                saga_id,
+                record.incarnation,
+                [
+                    Event(
+                        "claimed",
+                        at,
+                        detail={
+                            "recovery": recovery,
+                            "recovery_attempts": record.recovery_attempts,
+                            "pid": os.getpid(),
+                        },
+                    )
+                ],
             )
         return record
 
@@ -273,8 +306,16 @@ class SQLiteStore(SagaStore):
             (saga_id,),
         )
         return [
-            EventRecord(seq, sid, kind, at, step, attempt, inc,
-                        codec.decode(detail, f"event {seq} of saga {sid!r}") if detail else {})
+            EventRecord(
+                seq,
+                sid,
+                kind,
+                at,
+                step,
+                attempt,
+                inc,
+                codec.decode(detail, f"event {seq} of saga {sid!r}") if detail else {},
+            )
             for seq, sid, kind, at, step, attempt, inc, detail in rows
         ]
 

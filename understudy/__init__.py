@@ -1,0 +1,75 @@
+"""understudy: an actor-model saga coordinator.
+
+Define a saga as steps with compensations, write participants as actors, start sagas from app
+actors, asyncio or plain code, and let supervised saga actors finish every saga through crashes:
+forward, or compensated in reverse order.
+"""
+
+from understudy.actors.participant import Participant, Reject, StepContext, action, compensation
+from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP, MULTIPROC_UDP
+from understudy.definitions import Irreversible, RetryPolicy, SagaDefinition, Step
+from understudy.errors import (
+    ActorSystemError,
+    CoordinatorTimeout,
+    CorruptRecord,
+    DefinitionError,
+    PayloadError,
+    SagaNotFound,
+    SagaRejected,
+    StoreError,
+    StoreUnavailable,
+    UnderstudyError,
+    UnknownDefinition,
+    UnknownParticipant,
+)
+from understudy.messages import (
+    QueryStatus,
+    RegisterParticipant,
+    SagaAccepted,
+    SagaFinished,
+    SagaStatus,
+    StartSaga,
+)
+from understudy.persistence.base import COMPENSATED, COMPLETED, FAILED
+from understudy.runtime import Understudy
+from understudy.supervisors.policy import RestartPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COMPENSATED",
+    "COMPLETED",
+    "FAILED",
+    "IN_PROCESS",
+    "MULTIPROC_TCP",
+    "MULTIPROC_UDP",
+    "ActorSystemError",
+    "CoordinatorTimeout",
+    "CorruptRecord",
+    "DefinitionError",
+    "Irreversible",
+    "Participant",
+    "PayloadError",
+    "QueryStatus",
+    "RegisterParticipant",
+    "Reject",
+    "RestartPolicy",
+    "RetryPolicy",
+    "SagaAccepted",
+    "SagaDefinition",
+    "SagaFinished",
+    "SagaNotFound",
+    "SagaRejected",
+    "SagaStatus",
+    "StartSaga",
+    "Step",
+    "StepContext",
+    "StoreError",
+    "StoreUnavailable",
+    "Understudy",
+    "UnderstudyError",
+    "UnknownDefinition",
+    "UnknownParticipant",
+    "action",
+    "compensation",
+]

@@ -1,0 +1,413 @@
+"""The saga actor's behaviour: a state machine over one saga instance.
+
+It is pure logic: it never touches a database or a socket. Each input (begin, resume, a reply, a
+timer) changes the state, appends timeline events and returns commands (send a request, set a
+timer, report the end). The host (:mod:`understudy.supervisors.host`) commits the new snapshot
+and the events first and only then carries out the commands: that ordering is the write-ahead
+rule (I3), and keeping it in one place is why this class does no I/O.
+
+Rules it keeps:
+- a step is pushed on the compensation stack when its intent is recorded, so every step that may
+  have run is compensated on abort (I4), in reverse order (I5);
+- idempotency keys are derived from (saga, step, kind) and never change across attempts and
+  restarts, so a participant applies each at most once (I6);
+- a reply counts only if it matches the outstanding request's step, kind, attempt and the
+  saga's incarnation (I10);
+- after the pivot (the first irreversible step) failures recover forward, never backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from understudy import codec
+from understudy.definitions import SagaDefinition, Step
+from understudy.messages import StepReply, StepRequest
+from understudy.persistence.base import (
+    COMPENSATED,
+    COMPENSATING,
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    TERMINAL_STATUSES,
+    Event,
+)
+
+DO = "do"
+UNDO = "undo"
+
+
+@attrs.frozen
+class Send:
+    """Send ``request`` to the participant registered as ``participant``."""
+
+    participant: str
+    request: StepRequest
+
+
+@attrs.frozen
+class Timer:
+    """Call :meth:`Saga.on_timer` with ``token`` after ``delay`` seconds."""
+
+    delay: float
+    token: int
+
+
+@attrs.frozen
+class Finish:
+    """The saga reached a terminal status."""
+
+    status: str
+    reason: str | None
+    outstanding: tuple[str, ...]
+    results: dict[str, Any]
+
+
+Command = Send | Timer | Finish
+
+
+def idempotency_key(saga_id: str, step: int, kind: str) -> str:
+    return f"{saga_id}:{step}:{kind}"
+
+
+@attrs.define
+class SagaState:
+    """Everything a saga needs to go on after a crash; stored as its msgpack snapshot."""
+
+    phase: str = RUNNING
+    step: int = 0
+    attempt: int = 0
+    stack: list[int] = attrs.field(factory=list)
+    results: dict[str, Any] = attrs.field(factory=dict)
+    pending: list[Any] | None = None  # [kind, step, attempt, deadline]: a request is out
+    waiting: list[Any] | None = None  # [kind, step, next attempt, due]: a retry is due
+    pivot_passed: bool = False
+    reason: str | None = None
+    outstanding: list[str] = attrs.field(factory=list)
+    timer: int = 0
+    recovery_attempts: int = 0
+
+
+class Saga:
+    """One saga instance: its definition, payload, incarnation and :class:`SagaState`."""
+
+    def __init__(
+        self,
+        saga_id: str,
+        definition: SagaDefinition,
+        payload: dict[str, Any],
+        incarnation: int,
+        state: SagaState,
+        snapshot_version: int,
+    ) -> None:
+        self.saga_id = saga_id
+        self.definition = definition
+        self.payload = payload
+        self.incarnation = incarnation
+        self.state = state
+        self.snapshot_version = snapshot_version
+        self.events: list[Event] = []
+
+    @classmethod
+    def restore(
+        cls,
+        saga_id: str,
+        definition: SagaDefinition,
+        payload: dict[str, Any],
+        incarnation: int,
+        snapshot: bytes | None,
+        snapshot_version: int,
+        recovery_attempts: int,
+    ) -> Saga:
+        """Rebuild from a stored snapshot (raises CorruptRecord when it does not decode)."""
+        state = SagaState()
+        if snapshot is not None:
+            data = codec.decode(snapshot, f"snapshot v{snapshot_version} of saga {saga_id!r}")
+            try:
+                state = SagaState(**data)
+            except TypeError as exc:
+                from understudy.errors import CorruptRecord
+
+                raise CorruptRecord(
+                    f"snapshot v{snapshot_version} of saga {saga_id!r} has unexpected fields: {exc}"
+                ) from exc
+        state.recovery_attempts = recovery_attempts
+        return cls(saga_id, definition, payload, incarnation, state, snapshot_version)
+
+    # --- what the host reads ----------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        return self.state.phase
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.phase in TERMINAL_STATUSES
+
+    def snapshot(self) -> bytes:
+        return codec.encode(attrs.asdict(self.state), f"snapshot of saga {self.saga_id!r}")
+
+    def take_events(self) -> tuple[Event, ...]:
+        events, self.events = tuple(self.events), []
+        return events
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def begin(self, now: float) -> list[Command]:
+        """Start a new saga at its first step."""
+        self._event(
+            "started",
+            now,
+            detail={"definition": self.definition.name, "version": self.definition.version},
+        )
+        return self._send_forward(0, 1, now)
+
+    def resume(self, now: float) -> list[Command]:
+        """Go on after a restart: resend what was outstanding with the same key, or compensate
+        when the definition says so and the pivot has not passed."""
+        s = self.state
+        self._event(
+            "resumed", now, detail={"phase": s.phase, "recovery_attempts": s.recovery_attempts}
+        )
+        if (
+            s.phase == RUNNING
+            and self.definition.on_recovery == "compensate"
+            and not s.pivot_passed
+        ):
+            return self._abort("interrupted by a crash; definition recovers by compensating", now)
+        if s.pending is not None:
+            kind, step, attempt, _deadline = s.pending
+            return self._send(kind, step, attempt, now, resent=True)
+        if s.waiting is not None:
+            return [self._arm_timer(max(0.0, s.waiting[3] - now))]
+        if s.phase == RUNNING:
+            return self._send_forward(s.step, max(1, s.attempt), now)
+        return self._compensate_next(now)
+
+    def on_reply(self, reply: StepReply, now: float) -> list[Command] | None:
+        """Apply a participant's reply; None when it is stale and changes nothing."""
+        s = self.state
+        if (
+            s.pending is None
+            or reply.incarnation != self.incarnation
+            or [reply.kind, reply.step, reply.attempt] != s.pending[:3]
+        ):
+            return None
+        kind, step, attempt, _deadline = s.pending
+        s.pending = None
+        detail = {"outcome": reply.outcome}
+        if reply.reason:
+            detail["reason"] = reply.reason
+        if reply.replayed:
+            detail["replayed"] = True
+        name = self.definition.steps[step].name
+        if reply.outcome == "ok":
+            s.recovery_attempts = 0
+            if kind == DO:
+                self._event("done", now, step, attempt, detail)
+                s.results[name] = reply.result
+                if step == self.definition.pivot:
+                    s.pivot_passed = True
+                if step + 1 == len(self.definition.steps):
+                    return self._finish(COMPLETED, None, (), now)
+                return self._send_forward(step + 1, 1, now)
+            self._event("compensated", now, step, attempt, detail)
+            s.stack.pop()
+            return self._compensate_next(now)
+        self._event(
+            "rejected" if reply.outcome == "rejected" else "failed", now, step, attempt, detail
+        )
+        return self._failed(
+            kind, step, attempt, reply.outcome == "rejected", reply.reason or reply.outcome, now
+        )
+
+    def on_timer(self, token: int, now: float) -> list[Command] | None:
+        """A timer fired: a reply deadline passed, or a retry is due. None when stale."""
+        s = self.state
+        if token != s.timer or self.terminal:
+            return None
+        if s.pending is not None:
+            kind, step, attempt, deadline = s.pending
+            if now + 1e-3 < deadline:  # a clock that moved back: wait out the rest
+                return [self._arm_timer(deadline - now)]
+            s.pending = None
+            timeout = self.definition.steps[step].timeout
+            self._event("timeout", now, step, attempt, {"kind": kind, "after": timeout})
+            return self._failed(kind, step, attempt, False, f"no reply within {timeout} s", now)
+        if s.waiting is not None:
+            kind, step, attempt, _due = s.waiting
+            s.waiting = None
+            return self._send(kind, step, attempt, now)
+        return None
+
+    # --- transitions ------------------------------------------------------------------------
+
+    def _failed(
+        self, kind: str, step: int, attempt: int, rejected: bool, reason: str, now: float
+    ) -> list[Command]:
+        definition, s = self.definition, self.state
+        spec = definition.steps[step]
+        policy = spec.retry if kind == DO else spec.compensation_retry
+        # A business rejection is recorded under the key by the participant, so retrying it
+        # would replay the same refusal; only errors and timeouts are retried.
+        if not rejected and attempt < policy.attempts:
+            delay = policy.delay(attempt)
+            s.waiting = [kind, step, attempt + 1, now + delay]
+            self._event("retry-scheduled", now, step, attempt + 1, {"kind": kind, "in": delay})
+            return [self._arm_timer(delay)]
+        if kind == UNDO:
+            return self._park(
+                f"compensation {spec.compensation!r} of step {spec.name!r} failed after "
+                f"{attempt} attempt(s): {reason}",
+                now,
+            )
+        if s.pivot_passed:
+            return self._park(
+                f"step {spec.name!r} failed after the pivot "
+                f"{definition.steps[definition.pivot or 0].name!r} ({attempt} attempt(s)): "
+                f"{reason}; the saga recovers forward only, so finish this step by hand",
+                now,
+            )
+        if step == definition.pivot and not rejected:
+            return self._park(
+                f"pivot step {spec.name!r} did not confirm after {attempt} attempt(s) ({reason}) "
+                f"and cannot be compensated; instead: {_instead(spec)}",
+                now,
+            )
+        return self._abort(
+            f"step {spec.name!r} {'was rejected' if rejected else 'failed'}"
+            f"{'' if rejected else f' after {attempt} attempt(s)'}: {reason}",
+            now,
+        )
+
+    def _abort(self, reason: str, now: float) -> list[Command]:
+        s = self.state
+        s.phase = COMPENSATING
+        s.reason = reason
+        s.pending = s.waiting = None
+        self._event(
+            "aborted",
+            now,
+            detail={"reason": reason, "to_compensate": [self._name(i) for i in reversed(s.stack)]},
+        )
+        return self._compensate_next(now)
+
+    def _compensate_next(self, now: float) -> list[Command]:
+        s = self.state
+        while s.stack:
+            index = s.stack[-1]
+            spec = self.definition.steps[index]
+            if spec.compensation is None:
+                # Only an irreversible step that did not confirm reaches here; it was refused
+                # or never applied, so there is nothing to undo, only to report.
+                self._event(
+                    "compensation-skipped",
+                    now,
+                    index,
+                    detail={
+                        "irreversible": True,
+                        "instead": spec.irreversible.instead if spec.irreversible else None,
+                    },
+                )
+                s.stack.pop()
+                continue
+            return self._send(UNDO, index, 1, now)
+        return self._finish(COMPENSATED, s.reason, (), now)
+
+    def _park(self, reason: str, now: float) -> list[Command]:
+        s = self.state
+        outstanding: list[str] = []
+        if s.phase == COMPENSATING:
+            outstanding = [
+                f"compensate step {self._name(i)!r} ({self.definition.steps[i].compensation})"
+                for i in reversed(s.stack)
+            ]
+        else:
+            outstanding = [
+                f"finish step {self._name(i)!r} ({self.definition.steps[i].action})"
+                for i in range(s.step, len(self.definition.steps))
+            ]
+        return self._finish(FAILED, reason, tuple(outstanding), now)
+
+    def _finish(
+        self, status: str, reason: str | None, outstanding: tuple[str, ...], now: float
+    ) -> list[Command]:
+        s = self.state
+        s.phase = status
+        s.reason = reason
+        s.outstanding = list(outstanding)
+        s.pending = s.waiting = None
+        detail: dict[str, Any] = {}
+        if reason:
+            detail["reason"] = reason
+        if outstanding:
+            detail["outstanding"] = list(outstanding)
+        self._event(status, now, detail=detail)
+        return [Finish(status, reason, outstanding, dict(s.results))]
+
+    def _send_forward(self, step: int, attempt: int, now: float) -> list[Command]:
+        s = self.state
+        s.step = step
+        if step not in s.stack:
+            s.stack.append(step)
+        return self._send(DO, step, attempt, now)
+
+    def _send(
+        self, kind: str, step: int, attempt: int, now: float, resent: bool = False
+    ) -> list[Command]:
+        s = self.state
+        spec = self.definition.steps[step]
+        action = spec.action if kind == DO else spec.compensation
+        assert action is not None
+        key = idempotency_key(self.saga_id, step, kind)
+        s.attempt = attempt
+        s.pending = [kind, step, attempt, now + spec.timeout]
+        self._event(
+            "intent" if kind == DO else "compensation-intent",
+            now,
+            step,
+            attempt,
+            {
+                "key": key,
+                "participant": spec.participant,
+                "action": action,
+                **({"resent": True} if resent else {}),
+            },
+        )
+        request = StepRequest(
+            saga_id=self.saga_id,
+            step=step,
+            step_name=spec.name,
+            kind=kind,
+            action=action,
+            key=key,
+            forward_key=idempotency_key(self.saga_id, step, DO),
+            payload=self.payload,
+            results=dict(s.results),
+            attempt=attempt,
+            incarnation=self.incarnation,
+        )
+        return [Send(spec.participant, request), self._arm_timer(spec.timeout)]
+
+    def _arm_timer(self, delay: float) -> Timer:
+        self.state.timer += 1
+        return Timer(delay, self.state.timer)
+
+    def _event(
+        self,
+        kind: str,
+        now: float,
+        step: int | None = None,
+        attempt: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.events.append(Event(kind, now, step, attempt, detail or {}))
+
+    def _name(self, index: int) -> str:
+        return self.definition.steps[index].name
+
+
+def _instead(step: Step) -> str:
+    return step.irreversible.instead if step.irreversible is not None else "-"

@@ -1,0 +1,172 @@
+"""Messages between applications, the coordinator, saga hosts and participants.
+
+Each message is a small frozen attrs value defined at module top level: the multi-process
+Thespian bases pickle messages between processes, and only importable top-level classes survive
+that. Replies carry the saga id, step, kind, attempt and incarnation so that a late, duplicated or
+misrouted reply can be recognised and ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+# --- applications <-> coordinator ---------------------------------------------------------------
+
+
+@attrs.frozen
+class StartSaga:
+    """Ask the coordinator to run a saga. Starting an id that exists returns that saga.
+
+    With ``wait`` (the default) the sender gets one reply, :class:`SagaFinished`, when the saga is
+    terminal; without it the reply is :class:`SagaAccepted` once the start is durable. A start
+    that cannot run is answered with :class:`SagaRejected`.
+    """
+
+    saga_id: str
+    definition: str
+    payload: dict[str, Any] = attrs.field(factory=dict)
+    version: int | None = None  # None: the newest registered version
+    wait: bool = True
+
+
+@attrs.frozen
+class SagaAccepted:
+    """The start is durable (or the saga already existed: ``existing``)."""
+
+    saga_id: str
+    existing: bool = False
+
+
+@attrs.frozen
+class SagaFinished:
+    """The saga is terminal: ``completed``, ``compensated`` or ``failed`` (needs attention).
+
+    ``outstanding`` lists what a person must resolve when the status is ``failed``.
+    """
+
+    saga_id: str
+    status: str
+    reason: str | None = None
+    outstanding: tuple[str, ...] = ()
+    results: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SagaRejected:
+    """The coordinator refused the start; ``error`` names the understudy error class."""
+
+    saga_id: str
+    error: str
+    reason: str
+
+
+@attrs.frozen
+class QueryStatus:
+    """Ask for a saga's current status; the reply is :class:`SagaStatus`."""
+
+    saga_id: str
+
+
+@attrs.frozen
+class SagaStatus:
+    """A saga's status as stored (``None`` when the store holds no such saga)."""
+
+    saga_id: str
+    status: str | None
+    reason: str | None = None
+
+
+# --- participants ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class StepRequest:
+    """Run an action (``kind="do"``) or its compensation (``kind="undo"``) at a participant.
+
+    ``key`` is the idempotency key of this request; ``forward_key`` is the key of the forward
+    request a compensation undoes (equal to ``key`` for a forward request).
+    """
+
+    saga_id: str
+    step: int
+    step_name: str
+    kind: str
+    action: str
+    key: str
+    forward_key: str
+    payload: dict[str, Any]
+    results: dict[str, Any]
+    attempt: int
+    incarnation: int
+
+
+@attrs.frozen
+class StepReply:
+    """A participant's answer: ``outcome`` is ``ok``, ``rejected`` (a business refusal, final)
+    or ``error`` (the handler failed; the coordinator may retry with the same key)."""
+
+    saga_id: str
+    step: int
+    kind: str
+    key: str
+    attempt: int
+    incarnation: int
+    outcome: str
+    result: Any = None
+    reason: str | None = None
+    replayed: bool = False  # the participant returned a recorded result; nothing ran again
+
+
+@attrs.frozen
+class RegisterParticipant:
+    """Tell the coordinator that the sender serves as participant ``name``."""
+
+    name: str
+
+
+@attrs.frozen
+class AddParticipant:
+    """Ask the coordinator to create, configure and supervise participant ``name``.
+
+    ``actor_class`` is the participant's import path ("package.module.ClassName") so that any
+    process can load it; ``options`` are passed to its ``setup``.
+    """
+
+    name: str
+    actor_class: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ConfigureParticipant:
+    """Sent once to a newly created participant actor, before any step request."""
+
+    name: str
+    options: dict[str, Any]
+    faults: tuple[Any, ...] = ()  # understudy.failpoints.Fault values armed by crash tests
+
+
+@attrs.frozen
+class ParticipantReady:
+    """Reply to :class:`AddParticipant` and :class:`ConfigureParticipant`: the participant is
+    configured (or ``error`` says why it is not)."""
+
+    name: str
+    error: str | None = None
+    pid: int = 0
+
+
+@attrs.frozen
+class Ping:
+    """Liveness probe; answered with :class:`Pong` carrying the answering process's pid."""
+
+    token: str = ""
+
+
+@attrs.frozen
+class Pong:
+    token: str
+    pid: int
+    detail: dict[str, Any] = attrs.field(factory=dict)

@@ -1,0 +1,460 @@
+"""The embedded runtime: start understudy inside a process and talk to it from plain or asyncio
+code.
+
+How synchronous Thespian and asyncio meet (the decision, and why):
+
+- Actors stay synchronous and use ``sqlite3`` directly: a Thespian handler cannot await, and
+  running an event loop inside a handler would add a loop turn to every commit. Each saga host
+  owns one connection and group-commits (see :mod:`understudy.supervisors.host`).
+- Application code reaches the actor system through ONE bridge thread that owns the
+  ``ActorSystem`` handle. A Thespian handle shared by several threads loses replies, and the
+  in-process base runs every actor in whichever thread calls it, so exactly one thread may drive
+  it. Callers put a command on a queue and get a ``concurrent.futures.Future``; synchronous calls
+  wait on it, asyncio calls await it through ``asyncio.wrap_future``. Commands that arrive while
+  the bridge is busy go to the coordinator as one :class:`Batch`, so concurrent starts share
+  commits.
+- Read-only queries from asyncio code (status, timelines) use aiosqlite (:mod:`understudy.
+  persistence.aio`) so that the event loop never blocks on the file; they never go through the
+  actors. Writes never come from the asyncio side: one writer per process per file.
+
+``bench/bridge.py`` measures what this costs against calling the actors directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import concurrent.futures
+import itertools
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from understudy import codec
+from understudy.actors.system import (
+    IN_PROCESS,
+    class_path,
+    is_multiprocess,
+    start_actor_system,
+)
+from understudy.definitions import SagaDefinition
+from understudy.errors import (
+    ActorSystemError,
+    CoordinatorTimeout,
+    PayloadError,
+    SagaNotFound,
+    SagaRejected,
+    StoreUnavailable,
+    UnderstudyError,
+    UnknownDefinition,
+    UnknownParticipant,
+)
+from understudy.failpoints import Fault
+from understudy.messages import (
+    AddParticipant,
+    ParticipantReady,
+    Pong,
+    SagaAccepted,
+    SagaFinished,
+    SagaStatus,
+    StartSaga,
+)
+from understudy.messages import SagaRejected as SagaRejectedMessage
+from understudy.persistence import SagaStore, open_store
+from understudy.persistence.base import SagaRecord
+from understudy.supervisors.coordinator import Coordinator
+from understudy.supervisors.policy import RestartPolicy
+from understudy.supervisors.protocol import (
+    Batch,
+    CoordinatorReady,
+    CoordinatorSetup,
+    HostsInfo,
+    QueryHosts,
+    Stop,
+    StoreConfig,
+)
+
+_ERRORS: dict[str, type[UnderstudyError]] = {
+    "UnknownDefinition": UnknownDefinition,
+    "UnknownParticipant": UnknownParticipant,
+    "PayloadError": PayloadError,
+    "StoreUnavailable": StoreUnavailable,
+}
+
+
+def _rejection_error(reply: SagaRejectedMessage) -> UnderstudyError:
+    return _ERRORS.get(reply.error, SagaRejected)(reply.reason)
+
+
+class _Bridge(threading.Thread):
+    """The one thread that talks to the actor system (see the module docstring)."""
+
+    def __init__(self, asys: Any, coordinator: Any, in_process: bool) -> None:
+        super().__init__(name="understudy-bridge", daemon=True)
+        self.asys = asys
+        self.coordinator = coordinator
+        self.in_process = in_process
+        self.commands: queue.Queue[tuple[Any, Any, concurrent.futures.Future[Any]] | None] = (
+            queue.Queue()
+        )
+        self.waiting: dict[Any, list[concurrent.futures.Future[Any]]] = {}
+        self.stopped = threading.Event()
+
+    def submit(self, message: Any, key: Any) -> concurrent.futures.Future[Any]:
+        """Send ``message`` to the coordinator; the future resolves with the reply for ``key``."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self.stopped.is_set():
+            future.set_exception(ActorSystemError("understudy has been shut down"))
+            return future
+        self.commands.put((message, key, future))
+        return future
+
+    def run(self) -> None:
+        try:
+            while True:
+                batch = self._drain(block=not self.waiting)
+                if batch is None:
+                    return
+                if batch:
+                    messages = tuple(message for message, _key, _future in batch)
+                    for _message, key, future in batch:
+                        self.waiting.setdefault(key, []).append(future)
+                    self.asys.tell(
+                        self.coordinator, messages[0] if len(messages) == 1 else Batch(messages)
+                    )
+                self._listen()
+        finally:
+            self.stopped.set()
+            for futures in self.waiting.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(ActorSystemError("understudy has been shut down"))
+
+    def _drain(self, block: bool) -> list[Any] | None:
+        items: list[Any] = []
+        try:
+            # Idle: block a little for the next command. Busy: only take what is there, and
+            # keep listening (on the in-process base, timers fire only while we listen).
+            first = self.commands.get(timeout=0.02) if block else self.commands.get_nowait()
+        except queue.Empty:
+            return items
+        if first is None:
+            return None
+        items.append(first)
+        while True:
+            try:
+                item = self.commands.get_nowait()
+            except queue.Empty:
+                return items
+            if item is None:
+                self.commands.put(None)
+                return items
+            items.append(item)
+
+    def _listen(self) -> None:
+        timeout = 0.0 if self.in_process else 0.002
+        while True:
+            reply = self.asys.listen(timeout)
+            if reply is None:
+                if self.in_process and self.waiting:
+                    time.sleep(0.001)  # let the clock reach the next timer
+                return
+            self._resolve(reply)
+
+    def _resolve(self, reply: Any) -> None:
+        if isinstance(reply, (SagaFinished, SagaAccepted, SagaRejectedMessage, SagaStatus)):
+            key: Any = ("saga", reply.saga_id)
+        elif isinstance(reply, ParticipantReady):
+            key = ("participant", reply.name)
+        elif isinstance(reply, HostsInfo):
+            key = ("hosts",)
+        elif isinstance(reply, Pong):
+            key = ("pong", reply.token)
+        elif isinstance(reply, CoordinatorReady):
+            key = ("ready",)
+        else:
+            return
+        futures = self.waiting.get(key)
+        if not futures:
+            return
+        future = futures.pop(0)
+        if not futures:
+            del self.waiting[key]
+        if not future.done():
+            future.set_result(reply)
+
+    def stop(self) -> None:
+        self.commands.put(None)
+
+
+class Understudy:
+    """An understudy runtime embedded in this process: actor system, coordinator, hosts.
+
+    Start it with :meth:`start` (or use it as a context manager) and stop it with
+    :meth:`shutdown`. Saga starts are idempotent by saga id.
+    """
+
+    def __init__(
+        self,
+        asys: Any,
+        coordinator: Any,
+        store: StoreConfig,
+        base: str,
+        owns_system: bool,
+        resumed: int,
+    ) -> None:
+        self.asys = asys
+        self.address = coordinator
+        self.store_config = store
+        self.base = base
+        self.resumed = resumed
+        self._owns_system = owns_system
+        self._bridge = _Bridge(asys, coordinator, not is_multiprocess(base))
+        self._bridge.start()
+        self._local = threading.local()
+        self._tokens = itertools.count()
+
+    @classmethod
+    def start(
+        cls,
+        store: str | os.PathLike[str],
+        definitions: Iterable[SagaDefinition],
+        participants: Iterable[tuple[str, type, dict[str, Any]]] = (),
+        *,
+        base: str = IN_PROCESS,
+        hosts: int | None = None,
+        policy: RestartPolicy | None = None,
+        store_options: dict[str, Any] | None = None,
+        admin_port: int | None = None,
+        faults: Sequence[Fault] = (),
+        timeout: float = 60.0,
+    ) -> Understudy:
+        """Start an actor system (``base``) with a coordinator over the store at ``store``.
+
+        ``participants`` are ``(name, ParticipantClass, options)`` triples created, configured
+        and supervised by the coordinator before any unfinished saga resumes. ``hosts`` is the
+        number of saga host actors (default: 1 in-process, the CPU count on multi-process bases).
+        Every unfinished saga in the store is resumed before this returns.
+        """
+        definitions = tuple(definitions)
+        store_config = StoreConfig(os.fspath(store), dict(store_options or {}))
+        # Fail fast, in the caller's thread, on a store that cannot be opened or written.
+        open_store(store_config.location, **store_config.options).close()
+        specs = tuple(
+            AddParticipant(name, class_path(pcls), dict(options))
+            for name, pcls, options in participants
+        )
+        if hosts is None:
+            hosts = (os.cpu_count() or 2) if is_multiprocess(base) else 1
+        asys = start_actor_system(base, admin_port=admin_port)
+        try:
+            coordinator = asys.createActor(Coordinator)
+            setup = CoordinatorSetup(
+                store_config, definitions, hosts, policy or RestartPolicy(), specs, tuple(faults)
+            )
+            reply = asys.ask(coordinator, setup, timeout)
+            if reply is None:
+                raise CoordinatorTimeout(f"understudy did not start within {timeout} s")
+            if reply.error:
+                raise ActorSystemError(f"understudy could not start: {reply.error}")
+        except BaseException:
+            asys.shutdown()
+            raise
+        return cls(asys, coordinator, store_config, base, True, reply.resumed)
+
+    # --- starting sagas ------------------------------------------------------------------------
+
+    def _start_message(
+        self,
+        saga_id: str,
+        definition: str | SagaDefinition,
+        payload: dict[str, Any] | None,
+        version: int | None,
+        wait: bool,
+    ) -> StartSaga:
+        if isinstance(definition, SagaDefinition):
+            definition, version = definition.name, definition.version
+        payload = {} if payload is None else payload
+        codec.check_encodable(payload, f"payload of saga {saga_id!r}")
+        return StartSaga(saga_id, definition, payload, version, wait)
+
+    def submit_future(
+        self,
+        saga_id: str,
+        definition: str | SagaDefinition,
+        payload: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        wait: bool = True,
+    ) -> concurrent.futures.Future[Any]:
+        """Start a saga; the future resolves with the coordinator's reply message."""
+        message = self._start_message(saga_id, definition, payload, version, wait)
+        return self._bridge.submit(message, ("saga", saga_id))
+
+    def run(
+        self,
+        saga_id: str,
+        definition: str | SagaDefinition,
+        payload: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        timeout: float | None = 60.0,
+    ) -> SagaFinished:
+        """Start a saga (or find the one with this id) and wait until it is terminal."""
+        future = self.submit_future(saga_id, definition, payload, version=version)
+        return _finished(_result(future, timeout, saga_id))
+
+    def submit(
+        self,
+        saga_id: str,
+        definition: str | SagaDefinition,
+        payload: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        timeout: float | None = 60.0,
+    ) -> SagaAccepted:
+        """Start a saga without waiting for its end; returns once the start is durable."""
+        future = self.submit_future(saga_id, definition, payload, version=version, wait=False)
+        return _accepted(_result(future, timeout, saga_id))
+
+    async def run_async(
+        self,
+        saga_id: str,
+        definition: str | SagaDefinition,
+        payload: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        timeout: float | None = 60.0,
+    ) -> SagaFinished:
+        """asyncio twin of :meth:`run`."""
+        future = self.submit_future(saga_id, definition, payload, version=version)
+        try:
+            reply = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError as exc:
+            raise CoordinatorTimeout(
+                f"saga {saga_id!r} did not finish within {timeout} s; it "
+                "goes on, query its status later"
+            ) from exc
+        return _finished(reply)
+
+    async def submit_async(
+        self,
+        saga_id: str,
+        definition: str | SagaDefinition,
+        payload: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+    ) -> SagaAccepted:
+        """asyncio twin of :meth:`submit`."""
+        future = self.submit_future(saga_id, definition, payload, version=version, wait=False)
+        return _accepted(await asyncio.wrap_future(future))
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def _reader(self) -> SagaStore:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = open_store(self.store_config.location, **self.store_config.options)
+            self._local.store = store
+        return store
+
+    def record(self, saga_id: str) -> SagaRecord:
+        """The saga's stored row; raises :class:`SagaNotFound`."""
+        record = self._reader().get(saga_id)
+        if record is None:
+            raise SagaNotFound(f"no saga with id {saga_id!r} in {self.store_config.location!r}")
+        return record
+
+    def status(self, saga_id: str) -> str:
+        """The saga's stored status (running, compensating, completed, compensated, failed)."""
+        return self.record(saga_id).status
+
+    async def status_async(self, saga_id: str) -> str:
+        """asyncio twin of :meth:`status`, reading through aiosqlite."""
+        from understudy.persistence.aio import open_async_reader
+
+        async with open_async_reader(self.store_config.location) as reader:
+            record = await reader.get(saga_id)
+        if record is None:
+            raise SagaNotFound(f"no saga with id {saga_id!r} in {self.store_config.location!r}")
+        return record.status
+
+    def wait(self, saga_id: str, timeout: float = 60.0, poll: float = 0.02) -> SagaRecord:
+        """Poll the store until the saga is terminal (works across process restarts)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.record(saga_id)
+            if record.terminal:
+                return record
+            if time.monotonic() > deadline:
+                raise CoordinatorTimeout(
+                    f"saga {saga_id!r} is still {record.status} after {timeout} s"
+                )
+            time.sleep(poll)
+
+    def add_participant(
+        self, name: str, participant: type, options: dict[str, Any], timeout: float = 30.0
+    ) -> None:
+        """Create, configure and supervise a participant actor registered as ``name``."""
+        future = self._bridge.submit(
+            AddParticipant(name, class_path(participant), options), ("participant", name)
+        )
+        reply = _result(future, timeout, name)
+        if reply.error:
+            raise ActorSystemError(f"participant {name!r} could not start: {reply.error}")
+
+    def hosts(self, timeout: float = 10.0) -> HostsInfo:
+        """Pids of the saga hosts and participants (for crash tests and diagnostics)."""
+        return _result(self._bridge.submit(QueryHosts(), ("hosts",)), timeout, "hosts")  # type: ignore[no-any-return]
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the bridge and the actor system (every actor process on multi-process bases)."""
+        if self._bridge.is_alive():
+            # Shutting down regardless: a child restarted now would only be orphaned.
+            with contextlib.suppress(concurrent.futures.TimeoutError, ActorSystemError):
+                self._bridge.submit(Stop(), ("pong", "stop")).result(10)
+        self._bridge.stop()
+        self._bridge.join(timeout=30)
+        store = getattr(self._local, "store", None)
+        if store is not None:
+            store.close()
+            self._local.store = None
+        if self._owns_system:
+            self.asys.shutdown()
+
+    def __enter__(self) -> Understudy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+
+def _result(future: concurrent.futures.Future[Any], timeout: float | None, what: str) -> Any:
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError as exc:
+        raise CoordinatorTimeout(
+            f"no answer about {what!r} within {timeout} s; a saga goes "
+            "on regardless, query its status later"
+        ) from exc
+
+
+def _finished(reply: Any) -> SagaFinished:
+    if isinstance(reply, SagaRejectedMessage):
+        raise _rejection_error(reply)
+    assert isinstance(reply, SagaFinished), reply
+    return reply
+
+
+def _accepted(reply: Any) -> SagaAccepted:
+    if isinstance(reply, SagaRejectedMessage):
+        raise _rejection_error(reply)
+    if isinstance(reply, SagaFinished):
+        return SagaAccepted(reply.saga_id, existing=True)
+    assert isinstance(reply, SagaAccepted), reply
+    return reply

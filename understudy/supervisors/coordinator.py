@@ -1,0 +1,363 @@
+"""The coordinator: the top supervisor of one understudy runtime.
+
+It validates starts (so a bad start is refused before anything is written), routes each saga to
+the host that owns its shard, keeps the waiters of every saga (so a host crash loses no caller),
+keeps the registry of participants, and supervises hosts and participants: when one dies
+(``ChildActorExited``), it creates a new one. A new host resumes every unfinished saga of its shard
+from the store, which is also how a restarted process resumes everything: the first hosts of a
+runtime run the same startup scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from understudy import codec
+from understudy.actors.system import ActorTypeDispatcher, ChildActorExited, load_class
+from understudy.definitions import SagaDefinition
+from understudy.errors import PayloadError, StoreError, UnderstudyError
+from understudy.messages import (
+    AddParticipant,
+    ConfigureParticipant,
+    ParticipantReady,
+    Ping,
+    Pong,
+    QueryStatus,
+    RegisterParticipant,
+    SagaAccepted,
+    SagaFinished,
+    SagaRejected,
+    SagaStatus,
+    StartSaga,
+)
+from understudy.persistence import SagaStore, open_store
+from understudy.supervisors.host import SagaHost, shard_of
+from understudy.supervisors.policy import RestartWindow
+from understudy.supervisors.protocol import (
+    Batch,
+    CoordinatorReady,
+    CoordinatorSetup,
+    HostReady,
+    HostSetup,
+    HostsInfo,
+    HostStart,
+    HostStarted,
+    HostStartFailed,
+    ParticipantTable,
+    QueryHosts,
+    Stop,
+)
+
+log = logging.getLogger("understudy.coordinator")
+
+
+class _Child:
+    """A supervised child: a saga host (``shard``) or a participant (``participant``)."""
+
+    def __init__(
+        self, address: Any, shard: int | None = None, participant: AddParticipant | None = None
+    ) -> None:
+        self.address = address
+        self.shard = shard
+        self.participant = participant
+        self.pid = 0
+
+
+class Coordinator(ActorTypeDispatcher):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.setup: CoordinatorSetup | None = None
+        self.store: SagaStore | None = None
+        self.definitions: dict[tuple[str, int], SagaDefinition] = {}
+        self.latest: dict[str, int] = {}
+        # Thespian addresses are unhashable, and the address createActor returns prints
+        # differently from the one the child later reports with, so children are found by ==.
+        self.children: list[_Child] = []
+        self.hosts: dict[int, _Child] = {}
+        self.participants: dict[str, Any] = {}  # name -> address
+        self.participant_pids: dict[str, int] = {}
+        self.waiters: dict[str, list[tuple[Any, bool]]] = {}
+        self.setup_reply: Any = None
+        self.pending_ready: set[str] = set()
+        self.resumed = 0
+        self.host_restarts = 0
+        self.add_requests: dict[str, list[Any]] = {}
+        self.window: RestartWindow | None = None
+        self.stopping = False
+
+    # --- setup --------------------------------------------------------------------------------
+
+    def receiveMsg_CoordinatorSetup(self, msg: CoordinatorSetup, sender: Any) -> None:
+        if self.setup is not None:
+            self.send(sender, CoordinatorReady(0, (), error="coordinator is already set up"))
+            return
+        self.setup = msg
+        self.setup_reply = sender
+        self.window = RestartWindow(msg.policy)
+        for definition in msg.definitions:
+            self.definitions[definition.key] = definition
+            self.latest[definition.name] = max(
+                self.latest.get(definition.name, 0), definition.version
+            )
+        try:
+            self.store = open_store(msg.store.location, **msg.store.options)
+        except UnderstudyError as exc:
+            self.send(sender, CoordinatorReady(0, (), error=str(exc)))
+            return
+        # Participants first, so that resumed sagas find them; hosts once they are all ready.
+        for spec in msg.participants:
+            self._create_participant(spec)
+            self.pending_ready.add(f"participant:{spec.name}")
+        if not msg.participants:
+            self._create_hosts()
+
+    def _create_hosts(self) -> None:
+        assert self.setup is not None
+        for shard in range(self.setup.hosts):
+            self.pending_ready.add(f"host:{shard}")
+            self._create_host(shard)
+
+    def _create_host(self, shard: int) -> None:
+        assert self.setup is not None
+        address = self.createActor(SagaHost)
+        child = _Child(address, shard=shard)
+        self.children.append(child)
+        self.hosts[shard] = child
+        self.send(
+            address,
+            HostSetup(
+                shard,
+                self.setup.hosts,
+                self.setup.store,
+                self.setup.definitions,
+                dict(self.participants),
+                self.setup.policy,
+                self.setup.faults,
+            ),
+        )
+
+    def _create_participant(self, spec: AddParticipant) -> None:
+        try:
+            cls = load_class(spec.actor_class)
+            address = self.createActor(cls)
+        except Exception as exc:
+            self._participant_ready(
+                ParticipantReady(spec.name, f"{type(exc).__name__}: {exc}"), None
+            )
+            return
+        self.children.append(_Child(address, participant=spec))
+        faults = self.setup.faults if self.setup is not None else ()
+        self.send(address, ConfigureParticipant(spec.name, spec.options, faults))
+
+    def receiveMsg_HostReady(self, msg: HostReady, sender: Any) -> None:
+        host = self.hosts.get(msg.shard)
+        if host is not None:
+            host.pid = msg.pid
+        self.resumed += msg.resumed
+        if msg.error:
+            log.error("saga host %d failed to start: %s", msg.shard, msg.error)
+        self._ready_step(f"host:{msg.shard}", msg.error)
+
+    def receiveMsg_ParticipantReady(self, msg: ParticipantReady, sender: Any) -> None:
+        self._participant_ready(msg, sender)
+
+    def _participant_ready(self, msg: ParticipantReady, sender: Any) -> None:
+        if msg.error is None and sender is not None:
+            self.participants[msg.name] = sender
+            self.participant_pids[msg.name] = msg.pid
+            child = self._child(sender)
+            if child is not None:
+                child.pid = msg.pid
+            self._broadcast_participants()
+        else:
+            log.error("participant %s failed to start: %s", msg.name, msg.error)
+        for requester in self.add_requests.pop(msg.name, []):
+            self.send(requester, msg)
+        self._ready_step(f"participant:{msg.name}", msg.error)
+
+    def _ready_step(self, what: str, error: str | None) -> None:
+        if what not in self.pending_ready:
+            return
+        self.pending_ready.discard(what)
+        if error and self.setup_reply is not None:
+            self.send(self.setup_reply, CoordinatorReady(0, (), error=f"{what}: {error}"))
+            self.setup_reply = None
+            return
+        if not self.pending_ready and self.setup_reply is not None:
+            if not self.hosts:
+                self._create_hosts()
+                return
+            self.send(
+                self.setup_reply,
+                CoordinatorReady(self.resumed, tuple(h.pid for _, h in sorted(self.hosts.items()))),
+            )
+            self.setup_reply = None
+
+    def _broadcast_participants(self) -> None:
+        for host in self.hosts.values():
+            self.send(host.address, ParticipantTable(dict(self.participants)))
+
+    # --- participants ---------------------------------------------------------------------------
+
+    def receiveMsg_AddParticipant(self, msg: AddParticipant, sender: Any) -> None:
+        self.add_requests.setdefault(msg.name, []).append(sender)
+        self._create_participant(msg)
+
+    def receiveMsg_RegisterParticipant(self, msg: RegisterParticipant, sender: Any) -> None:
+        self.participants[msg.name] = sender
+        self._broadcast_participants()
+        self.send(sender, ParticipantReady(msg.name))
+
+    # --- sagas ----------------------------------------------------------------------------------
+
+    def receiveMsg_Batch(self, msg: Batch, sender: Any) -> None:
+        for message in msg.messages:
+            self.receiveMessage(message, sender)
+
+    def receiveMsg_StartSaga(self, msg: StartSaga, sender: Any) -> None:
+        if self.setup is None or self.store is None:
+            self.send(
+                sender,
+                SagaRejected(
+                    msg.saga_id, "ActorSystemError", "the coordinator has not been set up"
+                ),
+            )
+            return
+        rejection = self._validate(msg)
+        if rejection is not None:
+            self.send(sender, rejection)
+            return
+        version = msg.version if msg.version is not None else self.latest[msg.definition]
+        self.waiters.setdefault(msg.saga_id, []).append((sender, msg.wait))
+        host = self.hosts[shard_of(msg.saga_id, self.setup.hosts)]
+        self.send(host.address, HostStart(msg.saga_id, msg.definition, version, msg.payload))
+
+    def _validate(self, msg: StartSaga) -> SagaRejected | None:
+        if not isinstance(msg.saga_id, str) or not msg.saga_id:
+            return SagaRejected(
+                str(msg.saga_id), "SagaRejected", "a saga id must be a non-empty string"
+            )
+        if msg.definition not in self.latest:
+            return SagaRejected(
+                msg.saga_id,
+                "UnknownDefinition",
+                f"no saga definition named {msg.definition!r} is registered "
+                f"(known: {', '.join(sorted(self.latest)) or 'none'}); pass it "
+                "in definitions=[...] when starting understudy",
+            )
+        version = msg.version if msg.version is not None else self.latest[msg.definition]
+        definition = self.definitions.get((msg.definition, version))
+        if definition is None:
+            return SagaRejected(
+                msg.saga_id,
+                "UnknownDefinition",
+                f"saga definition {msg.definition!r} has no version {version}",
+            )
+        missing = sorted(definition.participants - set(self.participants))
+        if missing:
+            steps = [s.name for s in definition.steps if s.participant in missing]
+            return SagaRejected(
+                msg.saga_id,
+                "UnknownParticipant",
+                f"saga definition {msg.definition!r} v{version} names "
+                f"participant(s) {', '.join(map(repr, missing))} (steps "
+                f"{', '.join(map(repr, steps))}) that are not registered "
+                f"(registered: {', '.join(sorted(self.participants)) or 'none'}); "
+                "add them with add_participant() first",
+            )
+        try:
+            codec.check_encodable(msg.payload, f"payload of saga {msg.saga_id!r}")
+            if not isinstance(msg.payload, dict):
+                raise PayloadError(
+                    f"the payload of saga {msg.saga_id!r} must be a dict, "
+                    f"not {type(msg.payload).__name__}"
+                )
+        except PayloadError as exc:
+            return SagaRejected(msg.saga_id, "PayloadError", str(exc))
+        return None
+
+    def receiveMsg_HostStarted(self, msg: HostStarted, sender: Any) -> None:
+        waiters = self.waiters.get(msg.saga_id, [])
+        for address, _wait in [w for w in waiters if not w[1]]:
+            self.send(address, SagaAccepted(msg.saga_id, msg.existing))
+        remaining = [w for w in waiters if w[1]]
+        if remaining:
+            self.waiters[msg.saga_id] = remaining
+        else:
+            self.waiters.pop(msg.saga_id, None)
+
+    def receiveMsg_HostStartFailed(self, msg: HostStartFailed, sender: Any) -> None:
+        for address, _wait in self.waiters.pop(msg.saga_id, []):
+            self.send(address, SagaRejected(msg.saga_id, msg.error, msg.reason))
+
+    def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
+        for address, _wait in self.waiters.pop(msg.saga_id, []):
+            self.send(address, msg)
+
+    def receiveMsg_QueryStatus(self, msg: QueryStatus, sender: Any) -> None:
+        assert self.store is not None
+        try:
+            record = self.store.get(msg.saga_id)
+        except StoreError as exc:
+            self.send(sender, SagaStatus(msg.saga_id, None, str(exc)))
+            return
+        self.send(
+            sender,
+            SagaStatus(
+                msg.saga_id, record.status if record else None, record.reason if record else None
+            ),
+        )
+
+    def receiveMsg_QueryHosts(self, msg: QueryHosts, sender: Any) -> None:
+        self.send(
+            sender,
+            HostsInfo(
+                {s: h.pid for s, h in self.hosts.items()},
+                dict(self.participant_pids),
+                self.host_restarts,
+            ),
+        )
+
+    def receiveMsg_Ping(self, msg: Ping, sender: Any) -> None:
+        self.send(sender, Pong(msg.token, os.getpid()))
+
+    # --- supervision ------------------------------------------------------------------------
+
+    def _child(self, address: Any) -> _Child | None:
+        for child in self.children:
+            if child.address == address:
+                return child
+        return None
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        # Thespian may report one exit twice (requested exit, SIGTERM): the first pops the child.
+        child = self._child(msg.childAddress)
+        if child is None or self.setup is None or self.stopping:
+            return
+        self.children.remove(child)
+        if child.shard is not None:
+            log.warning("saga host %d (pid %d) exited; starting a new one", child.shard, child.pid)
+            self.host_restarts += 1
+            assert self.window is not None
+            if not self.window.allow(time.time()):
+                # Past the intensity: slow down instead of spinning; sagas are safe on disk,
+                # and each one's persisted recovery cap parks a saga that keeps killing hosts.
+                time.sleep(self.setup.policy.host_restart_delay)
+            self._create_host(child.shard)
+        elif child.participant is not None:
+            spec = child.participant
+            log.warning("participant %s exited; starting a new one", spec.name)
+            self.participants.pop(spec.name, None)
+            self.participant_pids.pop(spec.name, None)
+            self._create_participant(spec)
+
+    def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
+        self.stopping = True
+        self.send(sender, Pong("stop", os.getpid()))
+
+    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        if self.store is not None:
+            self.store.close()

@@ -1,0 +1,122 @@
+"""Messages between the coordinator and its saga hosts (internal; top-level for pickling)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from understudy.definitions import SagaDefinition
+from understudy.failpoints import Fault
+from understudy.supervisors.policy import RestartPolicy
+
+
+@attrs.frozen
+class StoreConfig:
+    """Where the saga store is and how to open it (each process opens its own connection)."""
+
+    location: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class HostSetup:
+    shard: int
+    shards: int
+    store: StoreConfig
+    definitions: tuple[SagaDefinition, ...]
+    participants: dict[str, Any]  # name -> actor address
+    policy: RestartPolicy
+    faults: tuple[Fault, ...] = ()
+
+
+@attrs.frozen
+class HostReady:
+    shard: int
+    pid: int
+    resumed: int
+    error: str | None = None
+
+
+@attrs.frozen
+class HostStart:
+    saga_id: str
+    definition: str
+    version: int
+    payload: dict[str, Any]
+
+
+@attrs.frozen
+class HostStarted:
+    saga_id: str
+    existing: bool
+
+
+@attrs.frozen
+class HostStartFailed:
+    saga_id: str
+    error: str
+    reason: str
+
+
+@attrs.frozen
+class ParticipantTable:
+    participants: dict[str, Any]
+
+
+@attrs.frozen
+class Flush:
+    """A host's reminder to itself to commit the batch it has gathered."""
+
+
+@attrs.frozen
+class SagaTimer:
+    saga_id: str
+    incarnation: int
+    token: int
+
+
+@attrs.frozen
+class Reload:
+    saga_ids: tuple[str, ...]
+
+
+@attrs.frozen
+class CoordinatorSetup:
+    store: StoreConfig
+    definitions: tuple[SagaDefinition, ...]
+    hosts: int
+    policy: RestartPolicy
+    participants: tuple[Any, ...] = ()  # AddParticipant values, created before any saga resumes
+    faults: tuple[Fault, ...] = ()
+
+
+@attrs.frozen
+class CoordinatorReady:
+    resumed: int
+    host_pids: tuple[int, ...]
+    error: str | None = None
+
+
+@attrs.frozen
+class QueryHosts:
+    """Ask the coordinator for the pids of its saga hosts and participants."""
+
+
+@attrs.frozen
+class HostsInfo:
+    host_pids: dict[int, int]  # shard -> pid
+    participant_pids: dict[str, int]
+    restarts: int
+
+
+@attrs.frozen
+class Batch:
+    """Several messages from one sender, handled in order (lets a client's starts share commits)."""
+
+    messages: tuple[Any, ...]
+
+
+@attrs.frozen
+class Stop:
+    """Sent before the actor system shuts down: children that exit now must not be restarted."""

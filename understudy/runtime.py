@@ -23,8 +23,8 @@ How synchronous Thespian and asyncio meet (the decision, and why):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import queue

@@ -227,7 +227,7 @@ class SagaHost(ActorTypeDispatcher):  # type: ignore[misc]
                     request.attempt,
                     request.incarnation,
                     "error",
-                    reason=f"participant could not handle the request (PoisonMessage: {msg.details})",
+                    reason=f"participant could not handle it (PoisonMessage: {msg.details})",
                 ),
                 sender,
             )

@@ -1,0 +1,81 @@
+"""Fixtures: real actor systems (in-process and multi-process), a fresh SQLite file per test."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from participants import Recorder
+from understudy import RetryPolicy, SagaDefinition, Step, Understudy
+
+BASES = ["simpleSystemBase", "multiprocTCPBase"]
+PARTICIPANTS = ("orders", "inventory", "payments")
+
+FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
+
+
+def order_definition(timeout: float = 5.0, **overrides: Any) -> SagaDefinition:
+    """The seed's order saga: create order, reserve inventory, charge payment."""
+    steps = [
+        Step("create", "orders", "create", "cancel", retry=FAST, compensation_retry=FAST,
+             timeout=timeout),
+        Step("reserve", "inventory", "reserve", "release", retry=FAST, compensation_retry=FAST,
+             timeout=timeout),
+        Step("charge", "payments", "charge", "refund", retry=FAST, compensation_retry=FAST,
+             timeout=timeout),
+    ]
+    return SagaDefinition("order", 1, steps, **overrides)
+
+
+@pytest.fixture(params=BASES)
+def base(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def start(tmp_path: Path, base: str) -> Iterator[Callable[..., Understudy]]:
+    """Start an understudy runtime over ``tmp_path / "sagas.db"`` with Recorder participants."""
+    running: list[Understudy] = []
+
+    def _start(definitions: Any = None, participants: Any = None, **options: Any) -> Understudy:
+        if participants is None:
+            participants = [
+                (name, Recorder, {"database": str(tmp_path / f"{name}.db")})
+                for name in PARTICIPANTS
+            ]
+        options.setdefault("base", base)
+        runtime = Understudy.start(
+            tmp_path / "sagas.db", definitions or [order_definition()], participants, **options
+        )
+        running.append(runtime)
+        return runtime
+
+    yield _start
+    for runtime in running:
+        runtime.shutdown()
+
+
+def effects(path: Path) -> list[tuple[str, str, str]]:
+    """(saga_id, step, kind) of every effect a Recorder applied, in the order applied."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT saga_id, step, kind FROM effects ORDER BY seq").fetchall()
+    return [tuple(row) for row in rows]
+
+
+def all_effects(tmp_path: Path) -> dict[str, list[tuple[str, str, str]]]:
+    return {name: effects(tmp_path / f"{name}.db") for name in PARTICIPANTS}
+
+
+def timeline(tmp_path: Path, saga_id: str) -> list[tuple[str, str]]:
+    """(step, kind) of one saga's effects across every participant, in the order applied."""
+    rows: list[tuple[float, int, str, str]] = []
+    for name in PARTICIPANTS:
+        with sqlite3.connect(tmp_path / f"{name}.db") as db:
+            rows += db.execute(
+                "SELECT at, seq, step, kind FROM effects WHERE saga_id = ?", (saga_id,)
+            ).fetchall()
+    return [(step, kind) for _at, _seq, step, kind in sorted(rows)]

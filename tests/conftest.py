@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from participants import Recorder
+
 from understudy import RetryPolicy, SagaDefinition, Step, Understudy
 
 BASES = ["simpleSystemBase", "multiprocTCPBase"]

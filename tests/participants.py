@@ -8,6 +8,7 @@ Behaviour is steered by the saga payload: ``{"reject": "charge"}`` makes that ac
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from typing import Any
@@ -31,10 +32,12 @@ class Recorder(Participant):
             raise Reject(f"{step.action} refused by the test")
         fail = payload.get("fail", {}).get(step.action, 0)
         if fail:
-            # Counted in memory: the handler's writes roll back when it raises.
-            seen = _FAILURES.get(step.key, 0)
+            # Counted in memory (the handler's writes roll back when it raises), per process:
+            # a forked process inherits its parent's counts.
+            counter = (os.getpid(), step.key)
+            seen = _FAILURES.get(counter, 0)
             if fail < 0 or seen < fail:
-                _FAILURES[step.key] = seen + 1
+                _FAILURES[counter] = seen + 1
                 raise RuntimeError(f"{step.action} failing on purpose ({seen + 1})")
         db.execute(
             "INSERT INTO effects (saga_id, step, kind, action, key, at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -71,7 +74,7 @@ class Recorder(Participant):
         return self._apply(step, db)
 
 
-_FAILURES: dict[str, int] = {}
+_FAILURES: dict[tuple[int, str], int] = {}
 
 
 class Silent(Participant):

@@ -155,12 +155,12 @@ class _Bridge(threading.Thread):
             items.append(item)
 
     def _listen(self) -> None:
-        timeout = 0.0 if self.in_process else 0.002
+        # A zero timeout would make the in-process base do nothing at all (it checks the
+        # deadline before running anything); a short one runs what is queued and fires due
+        # timers, then hands back so new commands are picked up.
         while True:
-            reply = self.asys.listen(timeout)
+            reply = self.asys.listen(0.002)
             if reply is None:
-                if self.in_process and self.waiting:
-                    time.sleep(0.001)  # let the clock reach the next timer
                 return
             self._resolve(reply)
 

@@ -1,0 +1,35 @@
+"""An application actor that starts sagas from inside the actor system, as users' actors do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from understudy import SagaFinished, SagaRejected, StartSaga
+from understudy.actors.system import ActorTypeDispatcher
+
+
+@attrs.frozen
+class PlaceOrder:
+    coordinator: Any
+    order_id: str
+    payload: dict[str, Any]
+
+
+class Shop(ActorTypeDispatcher):  # type: ignore[misc]
+    """Starts an order saga and reports the terminal reply to whoever asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: dict[str, Any] = {}
+
+    def receiveMsg_PlaceOrder(self, msg: PlaceOrder, sender: Any) -> None:
+        self.asked[msg.order_id] = sender
+        self.send(msg.coordinator, StartSaga(msg.order_id, "order", msg.payload))
+
+    def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
+        self.send(self.asked.pop(msg.saga_id), msg)
+
+    def receiveMsg_SagaRejected(self, msg: SagaRejected, sender: Any) -> None:
+        self.send(self.asked.pop(msg.saga_id), msg)

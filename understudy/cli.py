@@ -1,0 +1,263 @@
+"""The ``understudy`` command: read a saga store and print what happened.
+
+``understudy list STORE`` prints counts by status and one line per saga, newest first;
+``understudy show STORE SAGA_ID`` prints a saga's row and its timeline (``--json`` for machines).
+STORE is the path of a SQLite saga store; it is never created here. Exit status: 0 on success,
+1 for an unknown saga id or a store error, 2 for a usage error or a missing store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from understudy import codec
+from understudy.errors import CorruptRecord, UnderstudyError
+from understudy.persistence.base import ALL_STATUSES, EventRecord, SagaRecord, SagaStore
+from understudy.persistence.sqlite import SQLiteStore
+
+DESCRIPTION = "Read an understudy saga store: list sagas, show one saga's timeline."
+REASON_WIDTH = 60
+#: Detail keys already shown elsewhere on a timeline line.
+_SHOWN_KEYS = frozenset({"participant", "action"})
+#: Events that answer an intent (forward or compensation) for one step.
+_OUTCOMES = frozenset({"done", "compensated", "rejected", "failed", "timeout"})
+
+
+def _iso(at: float, timespec: str = "seconds") -> str:
+    """``at`` (epoch seconds) as a local ISO 8601 time with its UTC offset."""
+    return datetime.fromtimestamp(at).astimezone().isoformat(timespec=timespec)
+
+
+def _shorten(text: str | None, width: int = REASON_WIDTH) -> str:
+    """``text`` on one line, cut to ``width`` characters; ``-`` when empty."""
+    if not text:
+        return "-"
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _json_default(value: Any) -> str:
+    """Make values JSON cannot hold printable: bytes as hex, anything else as its repr."""
+    return value.hex() if isinstance(value, bytes) else repr(value)
+
+
+def _compact(value: Any) -> str:
+    """A detail value on one line: bare words as they are, everything else as JSON."""
+    if isinstance(value, str) and value and not any(c.isspace() or c in "\"'=" for c in value):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=_json_default, ensure_ascii=False)
+
+
+def _status(value: str) -> str:
+    """argparse type of ``--status``: one of the statuses a saga can have."""
+    if value not in ALL_STATUSES:
+        raise argparse.ArgumentTypeError(
+            f"unknown status {value!r}; valid statuses are {', '.join(ALL_STATUSES)}"
+        )
+    return value
+
+
+def _decode(data: bytes | None, what: str) -> tuple[Any, str | None]:
+    """``data`` decoded (None when absent), or None and a note saying why it cannot be."""
+    if data is None:
+        return None, None
+    try:
+        return codec.decode(data, what), None
+    except CorruptRecord as exc:
+        return None, str(exc)
+
+
+def _snapshot(record: SagaRecord) -> tuple[dict[str, Any] | None, str | None]:
+    """The decoded snapshot (or None) and a note when it cannot be decoded."""
+    what = f"snapshot v{record.snapshot_version} of saga {record.saga_id!r}"
+    data, note = _decode(record.snapshot, what)
+    if data is not None and not isinstance(data, dict):
+        return None, f"{what} is a {type(data).__name__}, not a mapping"
+    return data, note
+
+
+def cmd_list(store: SagaStore, status: str | None, limit: int) -> int:
+    """Print counts by status, then one line per saga, newest first."""
+    counts = store.count_by_status()
+    known = [s for s in ALL_STATUSES if s in counts] + sorted(set(counts) - set(ALL_STATUSES))
+    summary = ", ".join(f"{counts[s]} {s}" for s in known) or "none"
+    print(f"{sum(counts.values())} saga(s): {summary}")
+    records = store.list_sagas(status, limit)
+    if not records:
+        print(f"no sagas{f' with status {status}' if status else ''}")
+        return 0
+    rows = [
+        (
+            r.saga_id,
+            r.status,
+            f"{r.definition} v{r.version}",
+            _iso(r.created_at),
+            _iso(r.updated_at),
+            f"inc {r.incarnation}",
+            _shorten(r.reason),
+        )
+        for r in records
+    ]
+    header = ("ID", "STATUS", "DEFINITION", "CREATED", "UPDATED", "INC", "REASON")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
+    return 0
+
+
+def _step_labels(events: Sequence[EventRecord], snapshot: dict[str, Any] | None) -> dict[int, str]:
+    """Label each step index: its name where the snapshot or an abort names it, and the
+    ``participant.action`` of its first intent."""
+    names: dict[int, str] = {}
+    # Forward steps run in order and are pushed on the stack in order, so both the snapshot's
+    # results (one key per done step) and an abort's to_compensate (the stack, reversed) list
+    # step names by index.
+    if snapshot and isinstance(snapshot.get("results"), dict):
+        names.update(enumerate(str(k) for k in snapshot["results"]))
+    for event in events:
+        if event.kind == "aborted" and isinstance(event.detail.get("to_compensate"), list):
+            names.update(enumerate(str(n) for n in reversed(event.detail["to_compensate"])))
+    actions: dict[int, str] = {}  # "(participant.action)" of the step's first intent
+    for e in events:
+        if e.kind == "intent" and e.step is not None and e.step not in actions:
+            actions[e.step] = f"({e.detail.get('participant', '?')}.{e.detail.get('action', '?')})"
+    labels = {}
+    for index in sorted(set(names) | set(actions)):
+        parts = (f"step {index}", names.get(index), actions.get(index))
+        labels[index] = " ".join(p for p in parts if p)
+    return labels
+
+
+def _timeline(record: SagaRecord, events: Sequence[EventRecord], labels: dict[int, str]) -> None:
+    """Print one line per event, then per-step summaries, retries and restarts."""
+    print(f"timeline ({len(events)} events):")
+    start = record.created_at
+    steps: dict[int, dict[str, list[str]]] = {}
+    phase: dict[int, str] = {}  # the kind of the latest intent per step: do or undo
+    retries = restarts = 0
+    for e in events:
+        step = "" if e.step is None else labels.get(e.step, f"step {e.step}")
+        cells = [
+            _iso(e.at, "milliseconds"),
+            f"+{(e.at - start) * 1000:.1f} ms".rjust(12),
+            e.kind.ljust(20),
+            step,
+            f"attempt {e.attempt}" if e.attempt is not None else "",
+            f"inc {e.incarnation}",
+            " ".join(f"{k}={_compact(v)}" for k, v in e.detail.items() if k not in _SHOWN_KEYS),
+        ]
+        print("  " + "  ".join(c for c in cells if c))
+        retries += e.kind == "retry-scheduled"
+        restarts += e.kind == "claimed" and e.detail.get("recovery") is True
+        if e.step is None:
+            continue
+        summary = steps.setdefault(e.step, {"do": [], "undo": []})
+        attempt = f" #{e.attempt}" if e.attempt is not None else ""
+        if e.kind in ("intent", "compensation-intent"):
+            phase[e.step] = "do" if e.kind == "intent" else "undo"
+            resent = " resent" if e.detail.get("resent") else ""
+            summary[phase[e.step]].append(f"intent{attempt}{resent}")
+        elif e.kind in _OUTCOMES:
+            summary[phase.get(e.step, "do")].append(f"{e.kind}{attempt}")
+        elif e.kind == "compensation-skipped":
+            summary["undo"].append("skipped (irreversible)")
+    print("steps:")
+    for index, summary in sorted(steps.items()):
+        do = ", ".join(summary["do"]) or "-"
+        undo = ", ".join(summary["undo"]) or "-"
+        print(f"  {labels.get(index, f'step {index}')}: {do}; compensation: {undo}")
+    print(f"retries: {retries}")
+    print(f"restarts: {restarts}")
+
+
+def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
+    """Print a saga's row and its timeline; 1 when the id is unknown."""
+    record = store.get(saga_id)
+    if record is None:
+        print(f"understudy: error: no saga with id {saga_id!r} in {path!r}", file=sys.stderr)
+        return 1
+    snapshot, note = _snapshot(record)
+    if as_json:
+        events = store.events(saga_id)
+        row = attrs.asdict(record)
+        row["payload"], row["payload_error"] = _decode(record.payload, f"payload of {saga_id!r}")
+        row["snapshot"], row["snapshot_error"] = snapshot, note
+        out = {"saga": row, "events": [attrs.asdict(e) for e in events]}
+        print(json.dumps(out, indent=2, default=_json_default, ensure_ascii=False))
+        return 0
+    print(f"saga {record.saga_id}")
+    print(f"  status: {record.status}")
+    print(f"  definition: {record.definition} v{record.version}")
+    print(f"  created: {_iso(record.created_at)}  updated: {_iso(record.updated_at)}")
+    print(f"  incarnation: {record.incarnation}")
+    print(f"  recovery attempts: {record.recovery_attempts}")
+    print(f"  reason: {record.reason or '-'}")
+    if note:
+        print(f"  note: {note}; the timeline below is still intact")
+    if snapshot and snapshot.get("outstanding"):
+        print("  outstanding (finish by hand):")
+        for item in snapshot["outstanding"]:
+            print(f"    - {item}")
+    try:
+        events = store.events(saga_id)
+    except CorruptRecord as exc:
+        print(f"understudy: error: the timeline cannot be read: {exc}", file=sys.stderr)
+        return 1
+    labels = _step_labels(events, snapshot)
+    stack = snapshot.get("stack") if snapshot else None
+    if record.status == "compensating" and isinstance(stack, list) and stack:
+        pending = ", ".join(labels.get(i, f"step {i}") for i in reversed(stack))
+        print(f"  still to compensate: {pending}")
+    _timeline(record, events, labels)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``understudy`` command."""
+    parser = argparse.ArgumentParser(prog="understudy", description=DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser("list", help="counts by status and one line per saga")
+    listing.add_argument("store", metavar="STORE", help="path of the SQLite saga store")
+    listing.add_argument("--status", type=_status, help=f"only one of: {', '.join(ALL_STATUSES)}")
+    listing.add_argument("--limit", type=int, default=100, help="at most N sagas (100)")
+    show = commands.add_parser("show", help="a saga's row and timeline")
+    show.add_argument("store", metavar="STORE", help="path of the SQLite saga store")
+    show.add_argument("saga_id", metavar="SAGA_ID")
+    show.add_argument("--json", action="store_true", help="print the row and events as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "list" and args.limit <= 0:
+            parser.error(f"argument --limit: must be greater than 0, got {args.limit}")
+    except SystemExit as exc:  # usage errors and --help: return the status instead of exiting
+        return exc.code if isinstance(exc.code, int) else 2
+    # SQLiteStore creates a missing file: check first, so a typo does not leave an empty store.
+    if not os.path.isfile(args.store):
+        why = "is not a file" if os.path.exists(args.store) else "does not exist"
+        print(f"understudy: error: saga store {args.store!r} {why}", file=sys.stderr)
+        return 2
+    try:
+        with SQLiteStore(args.store) as store:
+            if args.command == "list":
+                return cmd_list(store, args.status, args.limit)
+            return cmd_show(store, args.store, args.saga_id, args.json)
+    except UnderstudyError as exc:
+        print(f"understudy: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

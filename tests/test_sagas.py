@@ -43,9 +43,12 @@ def test_a_rejected_step_compensates_earlier_steps_in_reverse(start: Start, tmp_
     finished = us.run("o-2", "order", {"reject": "charge"})
     assert finished.status == "compensated"
     assert "card" not in (finished.reason or "") and "charge" in (finished.reason or "")
-    assert (
-        timeline(tmp_path, "o-2")
-    ) == [("create", "do"), ("reserve", "do"), ("reserve", "undo"), ("create", "undo")]
+    assert (timeline(tmp_path, "o-2")) == [
+        ("create", "do"),
+        ("reserve", "do"),
+        ("reserve", "undo"),
+        ("create", "undo"),
+    ]
 
 
 def test_transient_errors_are_retried_with_the_same_key(start: Start, tmp_path: Path) -> None:
@@ -105,8 +108,15 @@ def test_a_participant_that_never_replies_times_out_then_compensates(
         1,
         [
             Step("create", "orders", "create", "cancel", retry=FAST),
-            Step("charge", "silent", "charge", "refund", retry=FAST, timeout=0.2,
-                 compensation_retry=FAST),
+            Step(
+                "charge",
+                "silent",
+                "charge",
+                "refund",
+                retry=FAST,
+                timeout=0.2,
+                compensation_retry=FAST,
+            ),
         ],
     )
     participants = [
@@ -116,9 +126,10 @@ def test_a_participant_that_never_replies_times_out_then_compensates(
     us = start([definition], participants)
     finished = us.run("o-6", "order", {}, timeout=30)
     assert finished.status == "failed"  # the silent participant never confirms its refund
-    assert (
-        finished.outstanding
-    ) == ("compensate step 'charge' (refund)", "compensate step 'create' (cancel)")
+    assert (finished.outstanding) == (
+        "compensate step 'charge' (refund)",
+        "compensate step 'create' (cancel)",
+    )
     kinds = [e.kind for e in SQLiteStore(tmp_path / "sagas.db").events("o-6")]
     assert kinds.count("timeout") - 3 == 3  # three forward timeouts, then three on the refund
     assert "aborted" in kinds
@@ -145,7 +156,7 @@ def test_an_unencodable_payload_is_refused_naming_the_field(start: Start, tmp_pa
 def test_an_unknown_definition_is_refused(start: Start) -> None:
     """Starting a definition nobody registered names the ones that are."""
     us = start()
-    with pytest.raises(UnknownDefinition, match="refund-everything.*known: order"):
+    with pytest.raises(UnknownDefinition, match=r"refund-everything.*known: order"):
         us.run("x-1", "refund-everything", {})
 
 
@@ -157,8 +168,13 @@ def test_a_step_after_the_pivot_recovers_forward(start: Start, tmp_path: Path) -
         1,
         [
             Step("create", "orders", "create", "cancel", retry=FAST),
-            Step("charge", "payments", "charge", irreversible=Irreversible("log and alert"),
-                 retry=FAST),
+            Step(
+                "charge",
+                "payments",
+                "charge",
+                irreversible=Irreversible("log and alert"),
+                retry=FAST,
+            ),
             Step("ship", "inventory", "ship", "release", retry=FAST),
         ],
     )

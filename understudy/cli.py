@@ -25,7 +25,7 @@ from understudy.persistence.sqlite import SQLiteStore
 
 DESCRIPTION = "Read an understudy saga store: list sagas, show one saga's timeline."
 REASON_WIDTH = 60
-#: Detail keys already shown elsewhere on a timeline line.
+#: Detail keys of a forward intent already shown in its step label.
 _SHOWN_KEYS = frozenset({"participant", "action"})
 #: Events that answer an intent (forward or compensation) for one step.
 _OUTCOMES = frozenset({"done", "compensated", "rejected", "failed", "timeout"})
@@ -152,7 +152,11 @@ def _timeline(record: SagaRecord, events: Sequence[EventRecord], labels: dict[in
             step,
             f"attempt {e.attempt}" if e.attempt is not None else "",
             f"inc {e.incarnation}",
-            " ".join(f"{k}={_compact(v)}" for k, v in e.detail.items() if k not in _SHOWN_KEYS),
+            " ".join(
+                f"{k}={_compact(v)}"
+                for k, v in e.detail.items()
+                if e.kind != "intent" or k not in _SHOWN_KEYS
+            ),
         ]
         print("  " + "  ".join(c for c in cells if c))
         retries += e.kind == "retry-scheduled"
@@ -203,7 +207,7 @@ def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
     if note:
         print(f"  note: {note}; the timeline below is still intact")
     if snapshot and snapshot.get("outstanding"):
-        print("  outstanding (finish by hand):")
+        print("  outstanding (left for a person to do):")
         for item in snapshot["outstanding"]:
             print(f"    - {item}")
     try:

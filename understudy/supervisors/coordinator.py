@@ -80,6 +80,10 @@ class Coordinator(ActorTypeDispatcher):  # type: ignore[misc]
         self.participants: dict[str, Any] = {}  # name -> address
         self.participant_pids: dict[str, int] = {}
         self.waiters: dict[str, list[tuple[Any, bool]]] = {}
+        # Starts of sagas someone waits for, resent to a new host if theirs dies: HostStart is
+        # idempotent, and it answers with the saga's end if the dead host committed it but
+        # never reported it.
+        self.starting: dict[str, HostStart] = {}
         self.setup_reply: Any = None
         self.pending_ready: set[str] = set()
         self.resumed = 0
@@ -232,8 +236,10 @@ class Coordinator(ActorTypeDispatcher):  # type: ignore[misc]
             return
         version = msg.version if msg.version is not None else self.latest[msg.definition]
         self.waiters.setdefault(msg.saga_id, []).append((sender, msg.wait))
+        start = HostStart(msg.saga_id, msg.definition, version, msg.payload)
+        self.starting[msg.saga_id] = start
         host = self.hosts[shard_of(msg.saga_id, self.setup.hosts)]
-        self.send(host.address, HostStart(msg.saga_id, msg.definition, version, msg.payload))
+        self.send(host.address, start)
 
     def _validate(self, msg: StartSaga) -> SagaRejected | None:
         if not isinstance(msg.saga_id, str) or not msg.saga_id:
@@ -288,12 +294,15 @@ class Coordinator(ActorTypeDispatcher):  # type: ignore[misc]
             self.waiters[msg.saga_id] = remaining
         else:
             self.waiters.pop(msg.saga_id, None)
+            self.starting.pop(msg.saga_id, None)
 
     def receiveMsg_HostStartFailed(self, msg: HostStartFailed, sender: Any) -> None:
+        self.starting.pop(msg.saga_id, None)
         for address, _wait in self.waiters.pop(msg.saga_id, []):
             self.send(address, SagaRejected(msg.saga_id, msg.error, msg.reason))
 
     def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
+        self.starting.pop(msg.saga_id, None)
         for address, _wait in self.waiters.pop(msg.saga_id, []):
             self.send(address, msg)
 
@@ -347,6 +356,10 @@ class Coordinator(ActorTypeDispatcher):  # type: ignore[misc]
                 # and each one's persisted recovery cap parks a saga that keeps killing hosts.
                 time.sleep(self.setup.policy.host_restart_delay)
             self._create_host(child.shard)
+            shards = self.setup.hosts
+            for saga_id, start in self.starting.items():
+                if shard_of(saga_id, shards) == child.shard:
+                    self.send(self.hosts[child.shard].address, start)
         elif child.participant is not None:
             spec = child.participant
             log.warning("participant %s exited; starting a new one", spec.name)

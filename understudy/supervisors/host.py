@@ -118,6 +118,11 @@ class SagaHost(ActorTypeDispatcher):  # type: ignore[misc]
         now = time.time()
         record = self.store.claim(saga_id, recovery=True, at=now)
         if record is None:
+            # Already terminal (or unknown): a crash between the terminal commit and the
+            # report to the coordinator must not leave the caller waiting.
+            ended = self.store.get(saga_id)
+            if ended is not None and ended.terminal:
+                self.send(self.coordinator, _finished_from_record(ended))
             return
         definition = self.definitions.get((record.definition, record.version))
         if definition is None:
@@ -329,10 +334,10 @@ class SagaHost(ActorTypeDispatcher):  # type: ignore[misc]
         if not batch:
             return
         writes = [w for staged in batch for w in staged.writes]
-        failpoints.hit("host.before_commit")
         try:
+            failpoints.hit("host.before_commit")
             results = self.store.apply(writes)
-        except StoreError as exc:
+        except Exception as exc:
             self._commit_failed(batch, exc)
             return
         position = 0
@@ -347,7 +352,13 @@ class SagaHost(ActorTypeDispatcher):  # type: ignore[misc]
                 continue
             if staged.new:
                 self.send(self.coordinator, HostStarted(saga.saga_id, existing=False))
-            self._carry_out(saga, staged.commands)
+            try:
+                self._carry_out(saga, staged.commands)
+            except Exception as exc:
+                # The saga's state is durable, its commands only half done: restart it from
+                # the snapshot, which resends what is outstanding under the same keys.
+                if saga is not None:
+                    self._crash(saga.saga_id, exc, new=False)
 
     def _carry_out(self, saga: Saga | None, commands: list[Any]) -> None:
         for command in commands:
@@ -394,13 +405,14 @@ class SagaHost(ActorTypeDispatcher):  # type: ignore[misc]
             return
         self.send(address, request)
 
-    def _commit_failed(self, batch: list[_Staged], exc: StoreError) -> None:
+    def _commit_failed(self, batch: list[_Staged], exc: Exception) -> None:
         """Nothing of the batch is durable: forget it, refuse new starts, reload the rest."""
         log.error("commit of %d saga write(s) failed: %s", len(batch), exc)
         reload: list[str] = []
         for staged in batch:
             saga = staged.saga
-            if saga is None:
+            if saga is None:  # a parked record: park it again after the reload
+                reload.extend(w.saga_id for w in staged.writes if w.saga_id not in reload)
                 continue
             self.sagas.pop(saga.saga_id, None)
             if staged.new:

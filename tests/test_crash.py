@@ -1,0 +1,175 @@
+"""Crashes at every persistence and messaging boundary: every saga still ends terminal, each
+effect is applied at most once per key, and every started step of an aborted saga is
+compensated in reverse order.
+
+On the multi-process base the fault is a real SIGKILL of the process hosting the saga actors
+(or of the participant); on the in-process base it is an exception at the same boundary, which
+restarts the saga actor from its snapshot.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PARTICIPANTS, all_effects, order_definition, timeline
+from participants import Recorder
+
+from understudy import Understudy
+from understudy.failpoints import Fault
+from understudy.persistence.sqlite import SQLiteStore
+
+FORWARD = [("create", "do"), ("reserve", "do"), ("charge", "do")]
+BACKWARD = [("create", "do"), ("reserve", "do"), ("reserve", "undo"), ("create", "undo")]
+
+HOST_POINTS = [
+    "host.after_intent_commit",  # after the intent commit, before the send
+    "host.after_send",  # after the send, before the reply
+    "host.after_reply",  # after the reply, before the snapshot
+    "host.before_commit",  # a batch (intent and snapshot) about to commit
+    "host.after_compensation_intent",  # during compensation
+    "host.after_terminal",  # terminal state durable, caller not told
+]
+PARTICIPANT_POINTS = ["participant.after_apply", "participant.before_apply"]
+
+
+def _participants(tmp_path: Path) -> list[tuple[str, type, dict[str, str]]]:
+    return [(n, Recorder, {"database": str(tmp_path / f"{n}.db")}) for n in PARTICIPANTS]
+
+
+def _run_batch(us: Understudy, prefix: str, count: int = 8) -> dict[str, str]:
+    """Start ``count`` sagas at once (every fourth rejected at the third step), wait for all."""
+    futures = {
+        f"{prefix}-{i}": us.submit_future(
+            f"{prefix}-{i}", "order", {"reject": "charge"} if i % 4 == 0 else {}
+        )
+        for i in range(count)
+    }
+    return {saga_id: future.result(90).status for saga_id, future in futures.items()}
+
+
+def _check_invariants(tmp_path: Path, statuses: dict[str, str]) -> None:
+    store = SQLiteStore(tmp_path / "sagas.db")
+    try:
+        for saga_id, status in statuses.items():
+            record = store.get(saga_id)
+            assert record is not None and record.terminal, saga_id
+            assert status == record.status
+            expected = "compensated" if int(saga_id.rsplit("-", 1)[1]) % 4 == 0 else "completed"
+            assert expected == status, (saga_id, record.reason)
+            assert (FORWARD if expected == "completed" else BACKWARD) == timeline(tmp_path, saga_id)
+        integrity = store._conn.execute("PRAGMA integrity_check").fetchone()[0]
+        assert integrity == "ok"
+    finally:
+        store.close()
+    for name, rows in all_effects(tmp_path).items():
+        duplicates = [k for k, n in collections.Counter(rows).items() if n > 1]
+        assert duplicates == [], name
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("point", HOST_POINTS + PARTICIPANT_POINTS)
+def test_sigkill_at_each_boundary(point: str, tmp_path: Path) -> None:
+    """A SIGKILL of the saga host (or participant) process at ``point`` is survived."""
+    fired = tmp_path / "fired"
+    fault = Fault(point, "kill", nth=2, once_file=str(fired))
+    with Understudy.start(
+        tmp_path / "sagas.db",
+        [order_definition(timeout=1.0)],
+        _participants(tmp_path),
+        base="multiprocTCPBase",
+        hosts=1,
+        faults=[fault],
+    ) as us:
+        statuses = _run_batch(us, "k")
+        restarts = us.hosts().restarts
+    assert fired.exists(), f"the fault at {point} never fired"
+    if point.startswith("host."):
+        assert restarts >= 1
+    _check_invariants(tmp_path, statuses)
+
+
+@pytest.mark.parametrize("point", HOST_POINTS)
+def test_exception_at_each_boundary_in_process(point: str, tmp_path: Path) -> None:
+    """On the in-process base an exception at ``point`` restarts the saga actor from its
+    snapshot, and the saga still ends as it should."""
+    fired = tmp_path / "fired"
+    fault = Fault(point, "raise", nth=2, once_file=str(fired))
+    with Understudy.start(
+        tmp_path / "sagas.db",
+        [order_definition(timeout=1.0)],
+        _participants(tmp_path),
+        faults=[fault],
+    ) as us:
+        statuses = _run_batch(us, "x")
+    assert fired.exists(), f"the fault at {point} never fired"
+    _check_invariants(tmp_path, statuses)
+
+
+WORKER = """
+import sys, time
+sys.path[:0] = {paths!r}
+from participants import Recorder
+from conftest import order_definition
+from understudy import Understudy
+tmp = {tmp!r}
+us = Understudy.start(tmp + "/sagas.db", [order_definition(timeout=1.0)],
+    [(n, Recorder, {{"database": tmp + "/" + n + ".db"}}) for n in ("orders", "inventory", "payments")],
+    base="multiprocTCPBase", hosts=2)
+for i in range(400):
+    payload = {{"reject": "charge"}} if i % 4 == 0 else {{"fail": {{"charge": 1}}}}
+    us.submit("w-%d" % i, "order", payload)
+    print("accepted w-%d" % i, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.multiproc
+def test_whole_process_killed_mid_run_then_restarted(tmp_path: Path) -> None:
+    """SIGKILL of the whole application (every actor process with it) mid-run: a new runtime
+    on the same store finishes every saga whose start was acknowledged."""
+    tests_dir = str(Path(__file__).parent)
+    script = WORKER.format(paths=[tests_dir, str(Path(tests_dir).parent)], tmp=str(tmp_path))
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    accepted: list[str] = []
+    assert worker.stdout is not None
+    deadline = time.monotonic() + 60
+    while len(accepted) < 120 and time.monotonic() < deadline:
+        line = worker.stdout.readline()
+        if not line:
+            break
+        accepted.append(line.split()[1])
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert len(accepted) >= 120, "the worker did not get far enough to be killed mid-run"
+    store = SQLiteStore(tmp_path / "sagas.db")
+    unfinished_at_kill = len(store.unfinished())
+    store.close()
+    assert unfinished_at_kill > 0, "nothing was in flight when the process died"
+    with Understudy.start(
+        tmp_path / "sagas.db",
+        [order_definition(timeout=1.0)],
+        _participants(tmp_path),
+        base="multiprocTCPBase",
+        hosts=2,
+    ) as us:
+        assert us.resumed >= unfinished_at_kill
+        for saga_id in accepted:
+            record = us.wait(saga_id, timeout=60)
+            expected = "compensated" if int(saga_id[2:]) % 4 == 0 else "completed"
+            assert expected == record.status, (saga_id, record.reason)
+            assert (FORWARD if expected == "completed" else BACKWARD) == timeline(tmp_path, saga_id)
+    for name, rows in all_effects(tmp_path).items():
+        duplicates = [k for k, n in collections.Counter(rows).items() if n > 1]
+        assert duplicates == [], name

@@ -119,8 +119,9 @@ from participants import Recorder
 from conftest import order_definition
 from understudy import Understudy
 tmp = {tmp!r}
+names = ("orders", "inventory", "payments")
 us = Understudy.start(tmp + "/sagas.db", [order_definition(timeout=1.0)],
-    [(n, Recorder, {{"database": tmp + "/" + n + ".db"}}) for n in ("orders", "inventory", "payments")],
+    [(n, Recorder, {{"database": tmp + "/" + n + ".db"}}) for n in names],
     base="multiprocTCPBase", hosts=2)
 for i in range(400):
     payload = {{"reject": "charge"}} if i % 4 == 0 else {{"fail": {{"charge": 1}}}}

@@ -123,6 +123,10 @@ names = ("orders", "inventory", "payments")
 us = Understudy.start(tmp + "/sagas.db", [order_definition(timeout=1.0)],
     [(n, Recorder, {{"database": tmp + "/" + n + ".db"}}) for n in names],
     base="multiprocTCPBase", hosts=2)
+# Thespian's multi-process admin detaches into its own session: report its process group so the
+# test can kill every process of the application, as a machine crash would.
+import os
+print("pgid", os.getpgid(us.hosts().coordinator_pid), flush=True)
 for i in range(400):
     payload = {{"reject": "charge"}} if i % 4 == 0 else {{"fail": {{"charge": 1}}}}
     us.submit("w-%d" % i, "order", payload)
@@ -145,14 +149,17 @@ def test_whole_process_killed_mid_run_then_restarted(tmp_path: Path) -> None:
     )
     accepted: list[str] = []
     assert worker.stdout is not None
+    actor_group = int(worker.stdout.readline().split()[1])
     deadline = time.monotonic() + 60
     while len(accepted) < 120 and time.monotonic() < deadline:
         line = worker.stdout.readline()
         if not line:
             break
         accepted.append(line.split()[1])
+    os.killpg(actor_group, signal.SIGKILL)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
+    worker.stdout.close()
     assert len(accepted) >= 120, "the worker did not get far enough to be killed mid-run"
     store = SQLiteStore(tmp_path / "sagas.db")
     unfinished_at_kill = len(store.unfinished())

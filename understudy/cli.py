@@ -248,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"argument --limit: must be greater than 0, got {args.limit}")
     except SystemExit as exc:  # usage errors and --help: return the status instead of exiting
         return exc.code if isinstance(exc.code, int) else 2
-    # SQLiteStore creates a missing file: check first, so a typo does not leave an empty store.
+    # Checked here too, so a missing file is a usage error (status 2) naming the path.
     if not os.path.isfile(args.store):
         why = "is not a file" if os.path.exists(args.store) else "does not exist"
         print(f"understudy: error: saga store {args.store!r} {why}", file=sys.stderr)
         return 2
     try:
-        with SQLiteStore(args.store) as store:
+        with SQLiteStore(args.store, read_only=True) as store:
             if args.command == "list":
                 return cmd_list(store, args.status, args.limit)
             return cmd_show(store, args.store, args.saga_id, args.json)

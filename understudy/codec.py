@@ -68,4 +68,4 @@ def decode(data: bytes, what: str = "record") -> Any:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise CorruptRecord(f"{what} failed to decode as msgpack: {exc}") from exc
+        raise CorruptRecord(f"{what} failed to decode as msgpack: {exc!r}") from exc

@@ -357,7 +357,7 @@ class Understudy:
     def _reader(self) -> SagaStore:
         store = getattr(self._local, "store", None)
         if store is None:
-            store = open_store(self.store_config.location, **self.store_config.options)
+            store = open_store(self.store_config.location, read_only=True)
             self._local.store = store
         return store
 

@@ -20,7 +20,7 @@ def open_store(location: str | os.PathLike[str], **options: object) -> SagaStore
 
         return MemoryStore()
     if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///") - 1 :] if text.startswith("sqlite:////") else text[10:]
+        text = text[len("sqlite:///") :]  # sqlite:///rel/path and sqlite:////abs/path
     from understudy.persistence.sqlite import SQLiteStore
 
     return SQLiteStore(text, **options)  # type: ignore[arg-type]

@@ -105,9 +105,17 @@ class SQLiteStore(SagaStore):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 5.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        read_only: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        if read_only:
+            self._open_read_only(busy_timeout)
+            return
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         try:
@@ -147,6 +155,31 @@ class SQLiteStore(SagaStore):
             raise StoreError(
                 f"saga store {self.path!r} has schema version {found}, this understudy expects "
                 f"{SCHEMA_VERSION}; upgrade understudy or use a new file"
+            )
+
+    def _open_read_only(self, busy_timeout: float) -> None:
+        """Open for queries only (the CLI, status reads): never creates, writes or waits for
+        the writer's lock, so it works on a busy or read-only file."""
+        if not os.path.isfile(self.path):
+            raise StoreError(f"saga store {self.path!r} does not exist")
+        try:
+            self._conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro",
+                uri=True,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            row = self._conn.execute(
+                "SELECT value FROM understudy_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, "opening for reading") from exc
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            self._conn.close()
+            raise StoreError(
+                f"saga store {self.path!r} has schema version {row and row[0]}, this understudy "
+                f"expects {SCHEMA_VERSION}"
             )
 
     @contextmanager

@@ -327,6 +327,7 @@ class Coordinator(ActorTypeDispatcher):  # type: ignore[misc]
                 {s: h.pid for s, h in self.hosts.items()},
                 dict(self.participant_pids),
                 self.host_restarts,
+                os.getpid(),
             ),
         )
 

@@ -108,6 +108,7 @@ class HostsInfo:
     host_pids: dict[int, int]  # shard -> pid
     participant_pids: dict[str, int]
     restarts: int
+    coordinator_pid: int = 0
 
 
 @attrs.frozen

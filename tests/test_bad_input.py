@@ -1,0 +1,97 @@
+"""Bad input gets a clear error that names the thing and the fix, and loses nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import PARTICIPANTS, order_definition, timeline
+from participants import Recorder
+
+from understudy import StoreUnavailable, Understudy
+from understudy.persistence.base import Event, NewSaga, Transition
+from understudy.persistence.sqlite import SQLiteStore
+
+Start = Callable[..., Understudy]
+
+
+def test_a_corrupt_snapshot_parks_that_saga_and_the_others_finish(
+    start: Start, tmp_path: Path
+) -> None:
+    """A snapshot row that fails to decode parks its saga with the reason; others resume."""
+    store = SQLiteStore(tmp_path / "sagas.db")
+    store.apply(
+        [
+            NewSaga("bad", "order", 1, b"\x80", 1.0, (Event("started", 1.0),)),
+            Transition("bad", 1, "running", b"\xc1\xc1 not msgpack", 1, 0, 2.0),
+            NewSaga("good", "order", 1, b"\x80", 1.0, (Event("started", 1.0),)),
+        ]
+    )
+    store.close()
+    us = start()
+    assert us.resumed == 2
+    good = us.wait("good", timeout=30)
+    bad = us.wait("bad", timeout=30)
+    assert good.status == "completed"
+    assert bad.status == "failed"
+    assert "snapshot" in (bad.reason or "") and "decode" in (bad.reason or "")
+    assert bad.snapshot == b"\xc1\xc1 not msgpack"  # kept for whoever investigates
+    assert timeline(tmp_path, "bad") == []
+
+
+def _participants(tmp_path: Path) -> list[tuple[str, type, dict[str, str]]]:
+    return [(n, Recorder, {"database": str(tmp_path / f"{n}.db")}) for n in PARTICIPANTS]
+
+
+def test_a_locked_database_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    """A store locked by another writer fails the start with StoreUnavailable naming the file."""
+    path = tmp_path / "sagas.db"
+    SQLiteStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable, match=r"sagas\.db.*locked"):
+            Understudy.start(
+                path,
+                [order_definition()],
+                _participants(tmp_path),
+                store_options={"busy_timeout": 0.2},
+            )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_read_only_database_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    """A store file that cannot be written fails the start with StoreUnavailable naming it."""
+    path = tmp_path / "sagas.db"
+    SQLiteStore(path).close()
+    # Root ignores permission bits, so the file is made immutable instead (ext4 attribute).
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        with pytest.raises(StoreUnavailable, match=r"sagas\.db.*cannot be written"):
+            Understudy.start(path, [order_definition()], _participants(tmp_path))
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_store_failure_during_a_run_refuses_new_starts_and_loses_nothing(
+    start: Start, tmp_path: Path
+) -> None:
+    """While another connection holds the write lock, a start is refused with StoreUnavailable
+    (not silently dropped); once the lock is gone the same saga id starts and completes."""
+    us = start(store_options={"busy_timeout": 0.2})
+    assert us.run("before", "order", {}).status == "completed"
+    holder = sqlite3.connect(tmp_path / "sagas.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            us.run("during", "order", {}, timeout=30)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert us.run("during", "order", {}, timeout=30).status == "completed"
+    assert timeline(tmp_path, "during") == [("create", "do"), ("reserve", "do"), ("charge", "do")]

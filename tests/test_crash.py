@@ -21,7 +21,7 @@ import pytest
 from conftest import PARTICIPANTS, all_effects, order_definition, timeline
 from participants import Recorder
 
-from understudy import Understudy
+from understudy import RestartPolicy, Understudy
 from understudy.failpoints import Fault
 from understudy.persistence.sqlite import SQLiteStore
 
@@ -117,7 +117,7 @@ import sys, time
 sys.path[:0] = {paths!r}
 from participants import Recorder
 from conftest import order_definition
-from understudy import Understudy
+from understudy import RestartPolicy, Understudy
 tmp = {tmp!r}
 names = ("orders", "inventory", "payments")
 us = Understudy.start(tmp + "/sagas.db", [order_definition(timeout=1.0)],
@@ -181,3 +181,24 @@ def test_whole_process_killed_mid_run_then_restarted(tmp_path: Path) -> None:
     for name, rows in all_effects(tmp_path).items():
         duplicates = [k for k, n in collections.Counter(rows).items() if n > 1]
         assert duplicates == [], name
+
+
+def test_a_saga_that_keeps_crashing_parks_and_the_others_finish(tmp_path: Path) -> None:
+    """Past the restart intensity a crashing saga parks as failed; the other sagas complete."""
+    fault = Fault("host.after_intent_commit", "raise", nth=1, saga_id="k-3", persistent=True)
+    with Understudy.start(
+        tmp_path / "sagas.db",
+        [order_definition(timeout=1.0)],
+        _participants(tmp_path),
+        faults=[fault],
+        policy=RestartPolicy(max_restarts=2, within=60.0),
+    ) as us:
+        futures = {f"k-{i}": us.submit_future(f"k-{i}", "order", {}) for i in range(1, 6)}
+        outcomes = {saga_id: f.result(60) for saga_id, f in futures.items()}
+    assert outcomes["k-3"].status == "failed"
+    assert "crashed more than 2 times" in (outcomes["k-3"].reason or "")
+    assert {"completed"} == {o.status for s, o in outcomes.items() if s != "k-3"}
+    store = SQLiteStore(tmp_path / "sagas.db")
+    claims = [e for e in store.events("k-3") if e.kind == "claimed"]
+    store.close()
+    assert len(claims) == 3  # two restarts, then the claim that parked it

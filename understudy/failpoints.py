@@ -40,7 +40,8 @@ class InjectedFault(Exception):
 @attrs.frozen
 class Fault:
     """Fire ``action`` at the ``nth`` hit of ``point`` (counting only hits for ``saga_id`` when
-    it is set). ``delay`` seconds apply to the ``delay`` action."""
+    it is set), and at every later hit too when ``persistent``. ``delay`` seconds apply to the
+    ``delay`` action."""
 
     point: str = attrs.field(validator=attrs.validators.in_(POINTS))
     action: str = attrs.field(default="kill", validator=attrs.validators.in_(ACTIONS))
@@ -48,6 +49,7 @@ class Fault:
     saga_id: str | None = None
     once_file: str | None = None
     delay: float = 0.0
+    persistent: bool = False
 
 
 _armed: dict[str, list[Fault]] = {}
@@ -76,7 +78,7 @@ def hit(point: str, saga_id: str | None = None) -> None:
             continue
         count = _hits.get(fault, 0) + 1
         _hits[fault] = count
-        if count == fault.nth:
+        if count == fault.nth or (fault.persistent and count > fault.nth):
             _fire(fault)
 
 

@@ -1,0 +1,27 @@
+"""The ORDER saga: what an order does, step by step, and how each step is undone.
+
+Steps run in this order and are compensated in reverse: an order that cannot be charged releases
+its stock and is cancelled; an order whose stock is gone is cancelled. Every step can be undone,
+so the saga has no pivot: any refusal compensates everything done so far.
+"""
+
+from __future__ import annotations
+
+from understudy import SagaDefinition, Step
+
+ORDERS = "orders"
+INVENTORY = "inventory"
+PAYMENTS = "payments"
+
+#: The participants every order talks to (registered names).
+PARTICIPANT_NAMES = (ORDERS, INVENTORY, PAYMENTS)
+
+ORDER = SagaDefinition(
+    "order",
+    1,
+    [
+        Step("create_order", ORDERS, "create", "cancel"),
+        Step("reserve_inventory", INVENTORY, "reserve", "release"),
+        Step("charge_payment", PAYMENTS, "charge", "refund"),
+    ],
+)

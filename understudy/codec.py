@@ -34,7 +34,8 @@ def _find_unencodable(value: Any, path: str) -> tuple[str, Any] | None:
         for key, item in value.items():
             if not isinstance(key, (str, int, bytes)):
                 return f"{path} key {key!r}", key
-            found = _find_unencodable(item, f"{path}.{key}" if path else str(key))
+            label = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+            found = _find_unencodable(item, f"{path}.{label}" if path else label)
             if found:
                 return found
         return None
@@ -60,7 +61,7 @@ def encode(value: Any, what: str = "value") -> bytes:
     # msgpack would pack a tuple dict key as an array, which no decoder can use as a key again:
     # walking the value first turns that (and every other unencodable value) into PayloadError.
     check_encodable(value, what)
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(value, use_bin_type=True)
 
 
 def decode(data: bytes, what: str = "record") -> Any:

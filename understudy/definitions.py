@@ -19,12 +19,12 @@ from understudy.errors import DefinitionError
 RecoveryPolicy = Literal["resume", "compensate"]
 
 
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
     if value <= 0:
         raise DefinitionError(f"{attribute.name} must be greater than 0, got {value!r}")
 
 
-def _not_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+def _not_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
     if value < 0:
         raise DefinitionError(f"{attribute.name} must not be negative, got {value!r}")
 
@@ -54,7 +54,7 @@ class Irreversible:
     instead: str = attrs.field()
 
     @instead.validator
-    def _check(self, attribute: attrs.Attribute, value: str) -> None:  # type: ignore[type-arg]
+    def _check(self, attribute: attrs.Attribute, value: str) -> None:
         if not value or not value.strip():
             raise DefinitionError(
                 "Irreversible(instead=...) must say what to do instead of compensating, "

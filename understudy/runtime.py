@@ -275,11 +275,12 @@ class Understudy:
         version: int | None,
         wait: bool,
     ) -> StartSaga:
+        name = definition if isinstance(definition, str) else definition.name
         if isinstance(definition, SagaDefinition):
-            definition, version = definition.name, definition.version
+            version = definition.version
         payload = {} if payload is None else payload
         codec.check_encodable(payload, f"payload of saga {saga_id!r}")
-        return StartSaga(saga_id, definition, payload, version, wait)
+        return StartSaga(saga_id, name, payload, version, wait)
 
     def submit_future(
         self,
@@ -408,7 +409,7 @@ class Understudy:
 
     def hosts(self, timeout: float = 10.0) -> HostsInfo:
         """Pids of the saga hosts and participants (for crash tests and diagnostics)."""
-        return _result(self._bridge.submit(QueryHosts(), ("hosts",)), timeout, "hosts")  # type: ignore[no-any-return]
+        return _result(self._bridge.submit(QueryHosts(), ("hosts",)), timeout, "hosts")
 
     # --- lifecycle ------------------------------------------------------------------------------
 

@@ -107,7 +107,7 @@ NOOP = "noop"
 TOMBSTONE = "tombstone"
 
 
-class Participant(ActorTypeDispatcher):  # type: ignore[misc]
+class Participant(ActorTypeDispatcher):
     """Base class of participant actors; see the module docstring."""
 
     _actions: ClassVar[dict[str, str]] = {}

@@ -197,7 +197,7 @@ class Saga:
             return None
         kind, step, attempt, _deadline = s.pending
         s.pending = None
-        detail = {"outcome": reply.outcome}
+        detail: dict[str, Any] = {"outcome": reply.outcome}
         if reply.reason:
             detail["reason"] = reply.reason
         if reply.replayed:

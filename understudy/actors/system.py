@@ -104,7 +104,7 @@ def load_class(path: str) -> type:
         cls = getattr(module, class_name)
     except (ImportError, AttributeError) as exc:
         raise ActorSystemError(f"cannot import actor class {path!r}: {exc}") from exc
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def class_path(cls: type) -> str:

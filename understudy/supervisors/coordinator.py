@@ -66,7 +66,7 @@ class _Child:
         self.pid = 0
 
 
-class Coordinator(ActorTypeDispatcher):  # type: ignore[misc]
+class Coordinator(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.setup: CoordinatorSetup | None = None

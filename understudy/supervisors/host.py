@@ -70,7 +70,7 @@ class _Staged:
         self.new = new
 
 
-class SagaHost(ActorTypeDispatcher):  # type: ignore[misc]
+class SagaHost(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.setup: HostSetup | None = None

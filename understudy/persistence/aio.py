@@ -13,10 +13,9 @@ from contextlib import asynccontextmanager
 
 import aiosqlite
 
-from understudy import codec
 from understudy.errors import StoreError
 from understudy.persistence.base import EventRecord, SagaRecord
-from understudy.persistence.sqlite import _SAGA_COLUMNS
+from understudy.persistence.sqlite import _EVENTS_SQL, _SAGA_COLUMNS, event_record
 
 
 class AsyncSQLiteReader:
@@ -37,26 +36,13 @@ class AsyncSQLiteReader:
     async def events(self, saga_id: str) -> list[EventRecord]:
         try:
             async with self._conn.execute(
-                "SELECT seq, saga_id, kind, at, step, attempt, incarnation, detail "
-                "FROM understudy_events WHERE saga_id = ? ORDER BY seq",
+                _EVENTS_SQL,
                 (saga_id,),
             ) as cursor:
                 rows = await cursor.fetchall()
         except aiosqlite.Error as exc:
             raise StoreError(f"saga store {self.path!r} failed while reading: {exc}") from exc
-        return [
-            EventRecord(
-                seq,
-                sid,
-                kind,
-                at,
-                step,
-                attempt,
-                inc,
-                codec.decode(detail, f"event {seq} of saga {sid!r}") if detail else {},
-            )
-            for seq, sid, kind, at, step, attempt, inc, detail in rows
-        ]
+        return [event_record(row) for row in rows]
 
 
 @asynccontextmanager

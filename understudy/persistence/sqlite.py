@@ -75,6 +75,19 @@ _SAGA_COLUMNS = (
 )
 
 
+_EVENTS_SQL = (
+    "SELECT seq, saga_id, kind, at, step, attempt, incarnation, detail "
+    "FROM understudy_events WHERE saga_id = ? ORDER BY seq"
+)
+
+
+def event_record(row: Sequence[Any]) -> EventRecord:
+    """An :class:`EventRecord` from a row selected by ``_EVENTS_SQL``."""
+    seq, saga_id, kind, at, step, attempt, incarnation, detail = row
+    decoded = codec.decode(detail, f"event {seq} of saga {saga_id!r}") if detail else {}
+    return EventRecord(seq, saga_id, kind, at, step, attempt, incarnation, decoded)
+
+
 def _translate(exc: sqlite3.Error, path: str, doing: str) -> StoreError:
     """Turn a driver error into the backend-neutral error tree, naming the file and the fix."""
     text = str(exc)
@@ -334,23 +347,10 @@ class SQLiteStore(SagaStore):
 
     def events(self, saga_id: str) -> list[EventRecord]:
         rows = self._read(
-            "SELECT seq, saga_id, kind, at, step, attempt, incarnation, detail "
-            "FROM understudy_events WHERE saga_id = ? ORDER BY seq",
+            _EVENTS_SQL,
             (saga_id,),
         )
-        return [
-            EventRecord(
-                seq,
-                sid,
-                kind,
-                at,
-                step,
-                attempt,
-                inc,
-                codec.decode(detail, f"event {seq} of saga {sid!r}") if detail else {},
-            )
-            for seq, sid, kind, at, step, attempt, inc, detail in rows
-        ]
+        return [event_record(row) for row in rows]
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:

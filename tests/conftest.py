@@ -21,12 +21,33 @@ FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
 def order_definition(timeout: float = 5.0, **overrides: Any) -> SagaDefinition:
     """The seed's order saga: create order, reserve inventory, charge payment."""
     steps = [
-        Step("create", "orders", "create", "cancel", retry=FAST, compensation_retry=FAST,
-             timeout=timeout),
-        Step("reserve", "inventory", "reserve", "release", retry=FAST, compensation_retry=FAST,
-             timeout=timeout),
-        Step("charge", "payments", "charge", "refund", retry=FAST, compensation_retry=FAST,
-             timeout=timeout),
+        Step(
+            "create",
+            "orders",
+            "create",
+            "cancel",
+            retry=FAST,
+            compensation_retry=FAST,
+            timeout=timeout,
+        ),
+        Step(
+            "reserve",
+            "inventory",
+            "reserve",
+            "release",
+            retry=FAST,
+            compensation_retry=FAST,
+            timeout=timeout,
+        ),
+        Step(
+            "charge",
+            "payments",
+            "charge",
+            "refund",
+            retry=FAST,
+            compensation_retry=FAST,
+            timeout=timeout,
+        ),
     ]
     return SagaDefinition("order", 1, steps, **overrides)
 

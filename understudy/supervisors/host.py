@@ -20,6 +20,8 @@ snapshot with a new incarnation, within the restart policy's intensity; past it,
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import time
@@ -46,6 +48,7 @@ from understudy.supervisors.protocol import (
     ParticipantTable,
     Reload,
     SagaTimer,
+    Tick,
 )
 
 log = logging.getLogger("understudy.host")
@@ -83,6 +86,9 @@ class SagaHost(ActorTypeDispatcher):
         self.batch: list[_Staged] = []
         self.flush_scheduled = False
         self.windows: dict[str, RestartWindow] = {}
+        self.timers: list[tuple[float, int, SagaTimer]] = []
+        self.timer_seq = itertools.count()
+        self.tick_at: float | None = None
 
     # --- setup and recovery -----------------------------------------------------------------
 
@@ -239,14 +245,36 @@ class SagaHost(ActorTypeDispatcher):
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         payload = msg.payload
-        if isinstance(payload, SagaTimer):
-            saga = self.sagas.get(payload.saga_id)
-            if saga is not None and saga.incarnation == payload.incarnation:
-                self._run(saga, lambda: saga.on_timer(payload.token, time.time()))
+        if isinstance(payload, Tick):
+            self._tick(payload)
         elif isinstance(payload, Reload):
             for saga_id in payload.saga_ids:
                 if saga_id not in self.sagas:
                     self._guarded_load(saga_id)
+
+    # --- timers: one Thespian wakeup per host, a heap of saga deadlines behind it ------------
+
+    def _set_timer(self, due: float, timer: SagaTimer) -> None:
+        # Thespian scans every pending wakeup on every message it delivers, so a wakeup per
+        # request made message handling grow with the number of sagas in flight. Deadlines live
+        # in this heap instead, and only the earliest one is armed with Thespian.
+        heapq.heappush(self.timers, (due, next(self.timer_seq), timer))
+        if self.tick_at is None or due < self.tick_at:
+            self.tick_at = due
+            self.wakeupAfter(_seconds(max(0.0, due - time.time())), Tick(due))
+
+    def _tick(self, tick: Tick) -> None:
+        if tick.at == self.tick_at:
+            self.tick_at = None  # the earliest armed wakeup fired; later ones may still come
+        now = time.time()
+        while self.timers and self.timers[0][0] <= now:
+            _due, _seq, timer = heapq.heappop(self.timers)
+            saga = self.sagas.get(timer.saga_id)
+            if saga is not None and saga.incarnation == timer.incarnation:
+                self._run(saga, lambda s=saga, t=timer: s.on_timer(t.token, now))
+        if self.timers and (self.tick_at is None or self.timers[0][0] < self.tick_at):
+            self.tick_at = self.timers[0][0]
+            self.wakeupAfter(_seconds(max(0.0, self.tick_at - now)), Tick(self.tick_at))
 
     def receiveMsg_ParticipantTable(self, msg: ParticipantTable, sender: Any) -> None:
         self.participants = dict(msg.participants)
@@ -374,8 +402,8 @@ class SagaHost(ActorTypeDispatcher):
                 failpoints.hit("host.after_send", request.saga_id)
             elif isinstance(command, Timer):
                 assert saga is not None
-                self.wakeupAfter(
-                    _seconds(command.delay),
+                self._set_timer(
+                    time.time() + command.delay,
                     SagaTimer(saga.saga_id, saga.incarnation, command.token),
                 )
             elif isinstance(command, Finish):

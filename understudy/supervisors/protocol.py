@@ -77,6 +77,13 @@ class SagaTimer:
 
 
 @attrs.frozen
+class Tick:
+    """The host's one armed wakeup, for the earliest deadline at ``at`` (wall clock)."""
+
+    at: float
+
+
+@attrs.frozen
 class Reload:
     saga_ids: tuple[str, ...]
 

@@ -7,11 +7,12 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 from conftest import PARTICIPANTS, order_definition, timeline
 from participants import Recorder
 
-from understudy import StoreUnavailable, Understudy
+from understudy import RetryPolicy, SagaDefinition, StoreUnavailable, Understudy
 from understudy.persistence.base import Event, NewSaga, Transition
 from understudy.persistence.sqlite import SQLiteStore
 
@@ -95,3 +96,21 @@ def test_a_store_failure_during_a_run_refuses_new_starts_and_loses_nothing(
         holder.close()
     assert us.run("during", "order", {}, timeout=30).status == "completed"
     assert timeline(tmp_path, "during") == [("create", "do"), ("reserve", "do"), ("charge", "do")]
+
+
+def test_a_saga_resumes_only_under_its_own_definition_version(start: Start, tmp_path: Path) -> None:
+    """A saga saved under v1 that finds only v2 registered after a restart parks, naming both;
+    the new version runs new sagas."""
+    v1 = order_definition()
+    slow = RetryPolicy(attempts=5, backoff=5.0)  # keeps the saga waiting to retry at shutdown
+    v1 = SagaDefinition("order", 1, [*v1.steps[:2], attrs.evolve(v1.steps[2], retry=slow)])
+    us = start([v1])
+    us.submit("pinned", "order", {"fail": {"charge": -1}})
+    us.shutdown()
+    with SQLiteStore(tmp_path / "sagas.db") as store:
+        assert store.get("pinned").status == "running"  # type: ignore[union-attr]
+    again = start([SagaDefinition("order", 2, v1.steps)])
+    parked = again.wait("pinned", timeout=30)
+    assert parked.status == "failed"
+    assert "'order' v1" in (parked.reason or "") and "order v2" in (parked.reason or "")
+    assert again.run("fresh", "order", {}).status == "completed"

@@ -43,6 +43,8 @@ class Recorder(Participant):
             "INSERT INTO effects (saga_id, step, kind, action, key, at) VALUES (?, ?, ?, ?, ?, ?)",
             (step.saga_id, step.step, step.kind, step.action, step.key, time.time()),
         )
+        if payload.get("big"):
+            return {"by": step.action, "blob": "x" * int(payload["big"])}
         return {"by": step.action}
 
     @action("reserve")

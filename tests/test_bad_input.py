@@ -114,3 +114,17 @@ def test_a_saga_resumes_only_under_its_own_definition_version(start: Start, tmp_
     assert parked.status == "failed"
     assert "'order' v1" in (parked.reason or "") and "order v2" in (parked.reason or "")
     assert again.run("fresh", "order", {}).status == "completed"
+
+
+def test_a_snapshot_past_its_cap_parks_the_saga(start: Start, tmp_path: Path) -> None:
+    """Step results that would make the snapshot exceed max_snapshot_bytes park the saga with
+    the reason instead of carrying a growing snapshot; nothing more is sent."""
+    us = start(max_snapshot_bytes=20_000)
+    finished = us.run("huge", "order", {"big": 30_000})
+    assert finished.status == "failed"
+    assert "max_snapshot_bytes" in (finished.reason or "")
+    assert timeline(tmp_path, "huge") == [("create", "do")]
+    with SQLiteStore(tmp_path / "sagas.db") as store:
+        record = store.get("huge")
+    assert record is not None and len(record.snapshot or b"") < 20_000
+    assert us.run("small", "order", {}).status == "completed"

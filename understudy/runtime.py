@@ -230,6 +230,7 @@ class Understudy:
         store_options: dict[str, Any] | None = None,
         admin_port: int | None = None,
         faults: Sequence[Fault] = (),
+        max_snapshot_bytes: int = 1 << 20,
         timeout: float = 60.0,
     ) -> Understudy:
         """Start an actor system (``base``) with a coordinator over the store at ``store``.
@@ -237,7 +238,8 @@ class Understudy:
         ``participants`` are ``(name, ParticipantClass, options)`` triples created, configured
         and supervised by the coordinator before any unfinished saga resumes. ``hosts`` is the
         number of saga host actors (default: 1 in-process, the CPU count on multi-process bases).
-        Every unfinished saga in the store is resumed before this returns.
+        Every unfinished saga in the store is resumed before this returns. A saga whose
+        snapshot would exceed ``max_snapshot_bytes`` parks as failed instead of growing.
         """
         definitions = tuple(definitions)
         store_config = StoreConfig(os.fspath(store), dict(store_options or {}))
@@ -253,7 +255,13 @@ class Understudy:
         try:
             coordinator = asys.createActor(Coordinator)
             setup = CoordinatorSetup(
-                store_config, definitions, hosts, policy or RestartPolicy(), specs, tuple(faults)
+                store_config,
+                definitions,
+                hosts,
+                policy or RestartPolicy(),
+                specs,
+                tuple(faults),
+                max_snapshot_bytes,
             )
             reply = asys.ask(coordinator, setup, timeout)
             if reply is None:

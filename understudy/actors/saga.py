@@ -242,6 +242,17 @@ class Saga:
             return self._send(kind, step, attempt, now)
         return None
 
+    def overflow(self, size: int, cap: int, now: float) -> list[Command]:
+        """The snapshot outgrew its cap: park the saga (nothing more is sent) and drop the step
+        results from its state so the parked snapshot fits."""
+        commands = self._park(
+            f"snapshot of {size} bytes exceeds the cap of {cap} bytes (max_snapshot_bytes); "
+            "step results are too large to keep: return references, not documents",
+            now,
+        )
+        self.state.results = {}
+        return commands
+
     # --- transitions ------------------------------------------------------------------------
 
     def _failed(

@@ -140,6 +140,7 @@ class Coordinator(ActorTypeDispatcher):
                 dict(self.participants),
                 self.setup.policy,
                 self.setup.faults,
+                self.setup.max_snapshot_bytes,
             ),
         )
 

@@ -292,13 +292,19 @@ class SagaHost(ActorTypeDispatcher):
                 return
             assert self.setup is not None
             writes: list[Any] = [new] if new is not None else []
+            snapshot = saga.snapshot()
+            if len(snapshot) > self.setup.max_snapshot_bytes:
+                # I16: an unbounded snapshot would slow every later step and recovery. Park
+                # instead of sending anything, keeping the state minus the step results.
+                commands = saga.overflow(len(snapshot), self.setup.max_snapshot_bytes, time.time())
+                snapshot = saga.snapshot()
             saga.snapshot_version += 1
             writes.append(
                 Transition(
                     saga.saga_id,
                     saga.incarnation,
                     saga.status,
-                    saga.snapshot(),
+                    snapshot,
                     saga.snapshot_version,
                     saga.state.recovery_attempts,
                     time.time(),

@@ -28,6 +28,7 @@ class HostSetup:
     participants: dict[str, Any]  # name -> actor address
     policy: RestartPolicy
     faults: tuple[Fault, ...] = ()
+    max_snapshot_bytes: int = 1 << 20
 
 
 @attrs.frozen
@@ -96,6 +97,7 @@ class CoordinatorSetup:
     policy: RestartPolicy
     participants: tuple[Any, ...] = ()  # AddParticipant values, created before any saga resumes
     faults: tuple[Fault, ...] = ()
+    max_snapshot_bytes: int = 1 << 20
 
 
 @attrs.frozen

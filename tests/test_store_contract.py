@@ -330,6 +330,21 @@ def test_claim_fences_the_previous_incarnation(store: SagaStore) -> None:
     assert [False, True] == store.apply([old_owner, new_owner])
 
 
+def test_claim_all_claims_every_unfinished_saga_and_skips_the_rest(store: SagaStore) -> None:
+    """claim_all bumps each unfinished saga once and leaves out terminal and unknown ids."""
+    store.apply([new_saga("s1"), new_saga("s2"), new_saga("s3")])
+    store.apply([transition("s2", status=COMPLETED)])
+
+    claimed = store.claim_all(["s1", "s2", "s3", "nope"], recovery=True, at=T0 + 5)
+
+    assert ["s1", "s3"] == sorted(claimed)
+    assert [(2, 1), (2, 1)] == [
+        (claimed[s].incarnation, claimed[s].recovery_attempts) for s in ("s1", "s3")
+    ]
+    assert claimed["s1"] == store.get("s1")
+    assert 1 == store.get("s2").incarnation  # type: ignore[union-attr]
+
+
 # --- events --------------------------------------------------------------------------------------
 
 

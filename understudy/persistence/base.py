@@ -134,6 +134,18 @@ class SagaStore(abc.ABC):
         None when the saga is unknown or already terminal. Older incarnations are fenced from
         then on."""
 
+    def claim_all(
+        self, saga_ids: Sequence[str], *, recovery: bool, at: float
+    ) -> dict[str, SagaRecord]:
+        """:meth:`claim` for many sagas (the startup scan); only claimed sagas are returned.
+        Backends override it to claim them all in one transaction."""
+        claimed: dict[str, SagaRecord] = {}
+        for saga_id in saga_ids:
+            record = self.claim(saga_id, recovery=recovery, at=at)
+            if record is not None:
+                claimed[saga_id] = record
+        return claimed
+
     @abc.abstractmethod
     def unfinished(self) -> list[str]:
         """Ids of every saga that is not terminal, oldest first."""

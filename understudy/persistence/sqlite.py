@@ -289,36 +289,36 @@ class SQLiteStore(SagaStore):
         return SagaRecord(*row[0]) if row else None
 
     def claim(self, saga_id: str, *, recovery: bool, at: float) -> SagaRecord | None:
-        with self._transaction(f"claiming saga {saga_id!r}") as conn:
-            cursor = conn.execute(
-                "UPDATE understudy_sagas SET incarnation = incarnation + 1, "
-                "recovery_attempts = recovery_attempts + ?, updated_at = ? "
-                f"WHERE saga_id = ? AND status NOT IN {_TERMINAL_SQL}",
-                (1 if recovery else 0, at, saga_id),
-            )
-            if cursor.rowcount != 1:
-                return None
-            row = conn.execute(
-                f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id = ?", (saga_id,)
-            ).fetchone()
-            record = SagaRecord(*row)
-            self._insert_events(
-                conn,
-                saga_id,
-                record.incarnation,
-                [
-                    Event(
-                        "claimed",
-                        at,
-                        detail={
-                            "recovery": recovery,
-                            "recovery_attempts": record.recovery_attempts,
-                            "pid": os.getpid(),
-                        },
-                    )
-                ],
-            )
-        return record
+        return self.claim_all([saga_id], recovery=recovery, at=at).get(saga_id)
+
+    def claim_all(
+        self, saga_ids: Sequence[str], *, recovery: bool, at: float
+    ) -> dict[str, SagaRecord]:
+        claimed: dict[str, SagaRecord] = {}
+        with self._transaction(f"claiming {len(saga_ids)} saga(s)") as conn:
+            for saga_id in saga_ids:
+                cursor = conn.execute(
+                    "UPDATE understudy_sagas SET incarnation = incarnation + 1, "
+                    "recovery_attempts = recovery_attempts + ?, updated_at = ? "
+                    f"WHERE saga_id = ? AND status NOT IN {_TERMINAL_SQL}",
+                    (1 if recovery else 0, at, saga_id),
+                )
+                if cursor.rowcount != 1:
+                    continue
+                row = conn.execute(
+                    f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id = ?", (saga_id,)
+                ).fetchone()
+                record = SagaRecord(*row)
+                detail = {
+                    "recovery": recovery,
+                    "recovery_attempts": record.recovery_attempts,
+                    "pid": os.getpid(),
+                }
+                self._insert_events(
+                    conn, saga_id, record.incarnation, [Event("claimed", at, detail=detail)]
+                )
+                claimed[saga_id] = record
+        return claimed
 
     def unfinished(self) -> list[str]:
         rows = self._read(

@@ -54,6 +54,7 @@ from understudy.supervisors.protocol import (
 log = logging.getLogger("understudy.host")
 
 STORE_RETRY_DELAY = 0.2
+RECOVERY_CHUNK = 500  # sagas claimed per transaction by the startup scan
 
 
 def shard_of(saga_id: str, shards: int) -> int:
@@ -114,22 +115,30 @@ class SagaHost(ActorTypeDispatcher):
             for sid in self.store.unfinished()
             if shard_of(sid, self.setup.shards) == self.setup.shard
         ]
-        for saga_id in mine:
-            self._load(saga_id)
+        for chunk in range(0, len(mine), RECOVERY_CHUNK):
+            self._load(mine[chunk : chunk + RECOVERY_CHUNK])
         return len(mine)
 
-    def _load(self, saga_id: str) -> None:
-        """Claim a stored saga (new incarnation) and resume it, or park it when it cannot run."""
-        assert self.setup is not None and self.store is not None
+    def _load(self, saga_ids: list[str]) -> None:
+        """Claim stored sagas (new incarnations, one transaction) and resume them, or park
+        those that cannot run."""
+        assert self.store is not None
         now = time.time()
-        record = self.store.claim(saga_id, recovery=True, at=now)
-        if record is None:
-            # Already terminal (or unknown): a crash between the terminal commit and the
-            # report to the coordinator must not leave the caller waiting.
-            ended = self.store.get(saga_id)
-            if ended is not None and ended.terminal:
-                self.send(self.coordinator, _finished_from_record(ended))
-            return
+        claimed = self.store.claim_all(saga_ids, recovery=True, at=now)
+        for saga_id in saga_ids:
+            record = claimed.get(saga_id)
+            if record is None:
+                # Already terminal (or unknown): a crash between the terminal commit and the
+                # report to the coordinator must not leave the caller waiting.
+                ended = self.store.get(saga_id)
+                if ended is not None and ended.terminal:
+                    self.send(self.coordinator, _finished_from_record(ended))
+                continue
+            self._resume_record(record, now)
+
+    def _resume_record(self, record: SagaRecord, now: float) -> None:
+        assert self.setup is not None
+        saga_id = record.saga_id
         definition = self.definitions.get((record.definition, record.version))
         if definition is None:
             known = sorted(f"{n} v{v}" for n, v in self.definitions)
@@ -206,7 +215,7 @@ class SagaHost(ActorTypeDispatcher):
             if record.terminal:
                 self.send(self.coordinator, _finished_from_record(record))
             else:
-                self._load(saga_id)
+                self._load([saga_id])
             return
         definition = self.definitions[(msg.definition, msg.version)]
         saga = Saga.restore(saga_id, definition, msg.payload, 1, None, 0, 0)
@@ -354,7 +363,7 @@ class SagaHost(ActorTypeDispatcher):
 
     def _guarded_load(self, saga_id: str) -> None:
         try:
-            self._load(saga_id)
+            self._load([saga_id])
         except StoreError as exc:
             log.error("could not reload saga %s (%s); retrying", saga_id, exc)
             self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload((saga_id,)))

@@ -202,3 +202,27 @@ def test_a_saga_that_keeps_crashing_parks_and_the_others_finish(tmp_path: Path) 
     claims = [e for e in store.events("k-3") if e.kind == "claimed"]
     store.close()
     assert len(claims) == 3  # two restarts, then the claim that parked it
+
+
+@pytest.mark.multiproc
+def test_a_restarted_participant_gets_the_outstanding_request_at_once(tmp_path: Path) -> None:
+    """When a participant process dies after applying a request, its replacement receives the
+    outstanding request again right away (no reply deadline has to pass) and replays the
+    recorded result."""
+    fired = tmp_path / "fired"
+    fault = Fault("participant.after_apply", "kill", nth=1, saga_id="p-1", once_file=str(fired))
+    with Understudy.start(
+        tmp_path / "sagas.db",
+        [order_definition(timeout=120.0)],
+        _participants(tmp_path),
+        base="multiprocTCPBase",
+        faults=[fault],
+    ) as us:
+        finished = us.run("p-1", "order", {}, timeout=60)
+    assert fired.exists()
+    assert finished.status == "completed"
+    with SQLiteStore(tmp_path / "sagas.db") as store:
+        events = store.events("p-1")
+    assert [e for e in events if e.kind == "timeout"] == []
+    assert [e.detail.get("replayed") for e in events if e.kind == "done" and e.step == 0] == [True]
+    assert timeline(tmp_path, "p-1") == FORWARD

@@ -387,20 +387,34 @@ class Saga:
                 **({"resent": True} if resent else {}),
             },
         )
+        return [self._request(kind, step, attempt), self._arm_timer(spec.timeout)]
+
+    def outstanding(self) -> Send | None:
+        """The request this saga waits on, rebuilt identically (same key, attempt and
+        incarnation): re-sending it is safe, and needs no new intent."""
+        if self.state.pending is None:
+            return None
+        kind, step, attempt, _deadline = self.state.pending
+        return self._request(kind, step, attempt)
+
+    def _request(self, kind: str, step: int, attempt: int) -> Send:
+        spec = self.definition.steps[step]
+        action = spec.action if kind == DO else spec.compensation
+        assert action is not None
         request = StepRequest(
             saga_id=self.saga_id,
             step=step,
             step_name=spec.name,
             kind=kind,
             action=action,
-            key=key,
+            key=idempotency_key(self.saga_id, step, kind),
             forward_key=idempotency_key(self.saga_id, step, DO),
             payload=self.payload,
-            results=dict(s.results),
+            results=dict(self.state.results),
             attempt=attempt,
             incarnation=self.incarnation,
         )
-        return [Send(spec.participant, request), self._arm_timer(spec.timeout)]
+        return Send(spec.participant, request)
 
     def _arm_timer(self, delay: float) -> Timer:
         self.state.timer += 1

@@ -286,7 +286,20 @@ class SagaHost(ActorTypeDispatcher):
             self.wakeupAfter(_seconds(max(0.0, self.tick_at - now)), Tick(self.tick_at))
 
     def receiveMsg_ParticipantTable(self, msg: ParticipantTable, sender: Any) -> None:
+        replaced = {
+            name
+            for name, address in msg.participants.items()
+            if name in self.participants and self.participants[name] != address
+        }
         self.participants = dict(msg.participants)
+        if replaced:
+            # A participant was restarted: whatever it was handling when it died is lost, so
+            # re-send each outstanding request to the new one now instead of waiting for its
+            # reply deadline. Same key, attempt and incarnation: its ledger makes it harmless.
+            for saga in self.sagas.values():
+                send = saga.outstanding()
+                if send is not None and send.participant in replaced:
+                    self._deliver(send.participant, send.request)
         for name in [n for n in self.held if n in self.participants]:
             for request in self.held.pop(name):
                 self._deliver(name, request)

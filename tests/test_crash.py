@@ -226,3 +226,51 @@ def test_a_restarted_participant_gets_the_outstanding_request_at_once(tmp_path: 
     assert [e for e in events if e.kind == "timeout"] == []
     assert [e.detail.get("replayed") for e in events if e.kind == "done" and e.step == 0] == [True]
     assert timeline(tmp_path, "p-1") == FORWARD
+
+
+ORPHAN = """
+import os, sys, time
+sys.path[:0] = {paths!r}
+from participants import Recorder
+from conftest import order_definition
+from understudy import Understudy
+tmp = {tmp!r}
+names = ("orders", "inventory", "payments")
+us = Understudy.start(tmp + "/sagas.db", [order_definition()],
+    [(n, Recorder, {{"database": tmp + "/" + n + ".db"}}) for n in names],
+    base="multiprocTCPBase", orphan_timeout=2.0)
+print("pgid", os.getpgid(us.hosts().coordinator_pid), flush=True)
+time.sleep(120)
+"""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.multiproc
+def test_actor_processes_stop_when_their_owner_is_killed(tmp_path: Path) -> None:
+    """Thespian's actor processes outlive the process that started them; understudy's stop
+    themselves once the owner has been silent for orphan_timeout."""
+    tests_dir = str(Path(__file__).parent)
+    script = ORPHAN.format(paths=[tests_dir, str(Path(tests_dir).parent)], tmp=str(tmp_path))
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert owner.stdout is not None
+    actor_group = int(owner.stdout.readline().split()[1])
+    owner.stdout.close()
+    os.killpg(owner.pid, signal.SIGKILL)  # the owner only: its actors are in another group
+    owner.wait()
+    assert _group_alive(actor_group)
+    deadline = time.monotonic() + 60
+    while _group_alive(actor_group) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = _group_alive(actor_group)
+    if alive:
+        os.killpg(actor_group, signal.SIGKILL)
+    assert not alive, "the orphaned actor system kept running"

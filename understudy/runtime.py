@@ -71,6 +71,7 @@ from understudy.supervisors.protocol import (
     Batch,
     CoordinatorReady,
     CoordinatorSetup,
+    Heartbeat,
     HostsInfo,
     QueryHosts,
     Stop,
@@ -92,8 +93,12 @@ def _rejection_error(reply: SagaRejectedMessage) -> UnderstudyError:
 class _Bridge(threading.Thread):
     """The one thread that talks to the actor system (see the module docstring)."""
 
-    def __init__(self, asys: Any, coordinator: Any, in_process: bool) -> None:
+    def __init__(
+        self, asys: Any, coordinator: Any, in_process: bool, heartbeat: float | None = None
+    ) -> None:
         super().__init__(name="understudy-bridge", daemon=True)
+        self.heartbeat = heartbeat
+        self.last_beat = 0.0
         self.asys = asys
         self.coordinator = coordinator
         self.in_process = in_process
@@ -126,6 +131,12 @@ class _Bridge(threading.Thread):
                         self.coordinator, messages[0] if len(messages) == 1 else Batch(messages)
                     )
                 self._listen()
+                if (
+                    self.heartbeat is not None
+                    and time.monotonic() - self.last_beat > self.heartbeat
+                ):
+                    self.last_beat = time.monotonic()
+                    self.asys.tell(self.coordinator, Heartbeat())
         finally:
             self.stopped.set()
             for futures in self.waiting.values():
@@ -212,7 +223,8 @@ class Understudy:
         self.base = base
         self.resumed = resumed
         self._owns_system = owns_system
-        self._bridge = _Bridge(asys, coordinator, not is_multiprocess(base))
+        heartbeat = 1.0 if is_multiprocess(base) else None
+        self._bridge = _Bridge(asys, coordinator, not is_multiprocess(base), heartbeat)
         self._bridge.start()
         self._local = threading.local()
         self._tokens = itertools.count()
@@ -231,6 +243,7 @@ class Understudy:
         admin_port: int | None = None,
         faults: Sequence[Fault] = (),
         max_snapshot_bytes: int = 1 << 20,
+        orphan_timeout: float = 15.0,
         timeout: float = 60.0,
     ) -> Understudy:
         """Start an actor system (``base``) with a coordinator over the store at ``store``.
@@ -240,6 +253,10 @@ class Understudy:
         number of saga host actors (default: 1 in-process, the CPU count on multi-process bases).
         Every unfinished saga in the store is resumed before this returns. A saga whose
         snapshot would exceed ``max_snapshot_bytes`` parks as failed instead of growing.
+
+        On multi-process bases Thespian's actor processes outlive the process that started
+        them; they shut themselves down when this process has not been heard from for
+        ``orphan_timeout`` seconds (it was killed), and a new start resumes their sagas.
         """
         definitions = tuple(definitions)
         store_config = StoreConfig(os.fspath(store), dict(store_options or {}))
@@ -262,6 +279,7 @@ class Understudy:
                 specs,
                 tuple(faults),
                 max_snapshot_bytes,
+                orphan_timeout if is_multiprocess(base) else None,
             )
             reply = asys.ask(coordinator, setup, timeout)
             if reply is None:

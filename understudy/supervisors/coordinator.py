@@ -13,10 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import timedelta
 from typing import Any
 
 from understudy import codec
-from understudy.actors.system import ActorTypeDispatcher, ChildActorExited, load_class
+from understudy.actors.system import (
+    ActorTypeDispatcher,
+    ChildActorExited,
+    WakeupMessage,
+    load_class,
+)
 from understudy.definitions import SagaDefinition
 from understudy.errors import PayloadError, StoreError, UnderstudyError
 from understudy.messages import (
@@ -40,12 +46,14 @@ from understudy.supervisors.protocol import (
     Batch,
     CoordinatorReady,
     CoordinatorSetup,
+    Heartbeat,
     HostReady,
     HostSetup,
     HostsInfo,
     HostStart,
     HostStarted,
     HostStartFailed,
+    OrphanCheck,
     ParticipantTable,
     QueryHosts,
     Stop,
@@ -91,6 +99,7 @@ class Coordinator(ActorTypeDispatcher):
         self.add_requests: dict[str, list[Any]] = {}
         self.window: RestartWindow | None = None
         self.stopping = False
+        self.last_heartbeat = 0.0
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -101,6 +110,9 @@ class Coordinator(ActorTypeDispatcher):
         self.setup = msg
         self.setup_reply = sender
         self.window = RestartWindow(msg.policy)
+        if msg.orphan_timeout is not None:
+            self.last_heartbeat = time.monotonic()
+            self.wakeupAfter(timedelta(seconds=msg.orphan_timeout / 4), OrphanCheck())
         for definition in msg.definitions:
             self.definitions[definition.key] = definition
             self.latest[definition.name] = max(
@@ -368,6 +380,31 @@ class Coordinator(ActorTypeDispatcher):
             self.participants.pop(spec.name, None)
             self.participant_pids.pop(spec.name, None)
             self._create_participant(spec)
+
+    # --- the owner's heartbeat ----------------------------------------------------------------
+
+    def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Any) -> None:
+        self.last_heartbeat = time.monotonic()
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if not isinstance(msg.payload, OrphanCheck) or self.setup is None or self.stopping:
+            return
+        timeout = self.setup.orphan_timeout
+        assert timeout is not None
+        silent = time.monotonic() - self.last_heartbeat
+        if silent <= timeout:
+            self.wakeupAfter(timedelta(seconds=timeout / 4), OrphanCheck())
+            return
+        # Thespian's multi-process admin outlives the process that started it. Without its
+        # owner nobody waits for these sagas, and a restarted owner starts a second system on
+        # the same store: stop, and let that restart resume every unfinished saga.
+        log.error(
+            "no heartbeat from the owning process for %.0f s; shutting the actor system down "
+            "(unfinished sagas resume when understudy starts again on this store)",
+            silent,
+        )
+        self.stopping = True
+        self.actorSystemShutdown()
 
     def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
         self.stopping = True

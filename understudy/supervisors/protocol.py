@@ -98,6 +98,17 @@ class CoordinatorSetup:
     participants: tuple[Any, ...] = ()  # AddParticipant values, created before any saga resumes
     faults: tuple[Fault, ...] = ()
     max_snapshot_bytes: int = 1 << 20
+    orphan_timeout: float | None = None  # shut the system down when the owner goes silent
+
+
+@attrs.frozen
+class Heartbeat:
+    """The owning process is alive (sent by the runtime's bridge about once a second)."""
+
+
+@attrs.frozen
+class OrphanCheck:
+    """The coordinator's reminder to check for its owner's heartbeat."""
 
 
 @attrs.frozen

@@ -26,7 +26,8 @@ from understudy.persistence.sqlite import SQLiteStore
 DESCRIPTION = "Read an understudy saga store: list sagas, show one saga's timeline."
 REASON_WIDTH = 60
 #: Detail keys of a forward intent already shown in its step label.
-_SHOWN_KEYS = frozenset({"participant", "action"})
+#: Intent details printed in their own cell ("participant.action") or already in the label.
+_SHOWN_KEYS = frozenset({"participant", "action", "name"})
 #: Events that answer an intent (forward or compensation) for one step.
 _OUTCOMES = frozenset({"done", "compensated", "rejected", "failed", "timeout"})
 
@@ -114,26 +115,23 @@ def cmd_list(store: SagaStore, status: str | None, limit: int) -> int:
 
 
 def _step_labels(events: Sequence[EventRecord], snapshot: dict[str, Any] | None) -> dict[int, str]:
-    """Label each step index: its name where the snapshot or an abort names it, and the
-    ``participant.action`` of its first intent."""
+    """Label each step index with its name: intents name their step; events written before
+    they did fall back to the snapshot's results (one key per done step, in step order) and an
+    abort's compensation stack."""
     names: dict[int, str] = {}
-    # Forward steps run in order and are pushed on the stack in order, so both the snapshot's
-    # results (one key per done step) and an abort's to_compensate (the stack, reversed) list
-    # step names by index.
     if snapshot and isinstance(snapshot.get("results"), dict):
         names.update(enumerate(str(k) for k in snapshot["results"]))
-    for event in events:
-        if event.kind == "aborted" and isinstance(event.detail.get("to_compensate"), list):
-            names.update(enumerate(str(n) for n in reversed(event.detail["to_compensate"])))
-    actions: dict[int, str] = {}  # "(participant.action)" of the step's first intent
     for e in events:
-        if e.kind == "intent" and e.step is not None and e.step not in actions:
-            actions[e.step] = f"({e.detail.get('participant', '?')}.{e.detail.get('action', '?')})"
-    labels = {}
-    for index in sorted(set(names) | set(actions)):
-        parts = (f"step {index}", names.get(index), actions.get(index))
-        labels[index] = " ".join(p for p in parts if p)
-    return labels
+        if e.kind == "aborted" and isinstance(e.detail.get("to_compensate"), list):
+            # the compensation stack, reversed: step names by index
+            names.update(enumerate(str(n) for n in reversed(e.detail["to_compensate"])))
+        if (
+            e.kind in ("intent", "compensation-intent")
+            and e.step is not None
+            and "name" in e.detail
+        ):
+            names[e.step] = str(e.detail["name"])
+    return {index: f"step {index} {name}" for index, name in names.items()}
 
 
 def _timeline(record: SagaRecord, events: Sequence[EventRecord], labels: dict[int, str]) -> None:
@@ -145,6 +143,7 @@ def _timeline(record: SagaRecord, events: Sequence[EventRecord], labels: dict[in
     retries = restarts = 0
     for e in events:
         step = "" if e.step is None else labels.get(e.step, f"step {e.step}")
+        intent = e.kind in ("intent", "compensation-intent")
         cells = [
             _iso(e.at, "milliseconds"),
             f"+{(e.at - start) * 1000:.1f} ms".rjust(12),
@@ -152,10 +151,11 @@ def _timeline(record: SagaRecord, events: Sequence[EventRecord], labels: dict[in
             step,
             f"attempt {e.attempt}" if e.attempt is not None else "",
             f"inc {e.incarnation}",
+            f"{e.detail.get('participant')}.{e.detail.get('action')}" if intent else "",
             " ".join(
                 f"{k}={_compact(v)}"
                 for k, v in e.detail.items()
-                if e.kind != "intent" or k not in _SHOWN_KEYS
+                if not intent or k not in _SHOWN_KEYS
             ),
         ]
         print("  " + "  ".join(c for c in cells if c))

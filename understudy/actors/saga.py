@@ -381,6 +381,7 @@ class Saga:
             step,
             attempt,
             {
+                "name": spec.name,
                 "key": key,
                 "participant": spec.participant,
                 "action": action,

@@ -1,7 +1,6 @@
 """Specification of the msgpack codec and of saga definitions."""
 
 # Assertions read `expected == actual`, the house style for specification tests.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

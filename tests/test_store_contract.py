@@ -6,7 +6,6 @@ is tested at the end, on real files.
 """
 
 # Assertions read `expected == actual`, the house style for specification tests.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

@@ -274,3 +274,19 @@ def test_actor_processes_stop_when_their_owner_is_killed(tmp_path: Path) -> None
     if alive:
         os.killpg(actor_group, signal.SIGKILL)
     assert not alive, "the orphaned actor system kept running"
+
+
+def test_a_duplicate_start_is_acknowledged_only_once_durable(tmp_path: Path) -> None:
+    """Two starts of one id in flight together: if the start's commit fails, neither caller is
+    told the saga was accepted (it does not exist); a later start runs it."""
+    fault = Fault("host.before_commit", "raise", nth=1, once_file=str(tmp_path / "fired"))
+    with Understudy.start(
+        tmp_path / "sagas.db", [order_definition()], _participants(tmp_path), faults=[fault]
+    ) as us:
+        first = us.submit_future("dup", "order", {}, wait=False)
+        second = us.submit_future("dup", "order", {}, wait=False)
+        assert ["SagaRejected", "SagaRejected"] == [
+            type(f.result(30)).__name__ for f in (first, second)
+        ]
+        assert us._reader().get("dup") is None
+        assert "completed" == us.run("dup", "order", {}).status

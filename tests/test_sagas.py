@@ -14,6 +14,7 @@ from participants import Recorder, Silent
 from understudy import (
     Irreversible,
     PayloadError,
+    SagaAccepted,
     SagaDefinition,
     SagaFinished,
     Step,
@@ -225,3 +226,13 @@ def test_a_new_runtime_resumes_unfinished_sagas(start: Start, tmp_path: Path) ->
     assert record.status == "compensated"
     steps = timeline(tmp_path, "r-1")
     assert steps == [("create", "do"), ("reserve", "do"), ("reserve", "undo"), ("create", "undo")]
+
+
+def test_each_start_of_one_saga_gets_its_own_kind_of_answer(start: Start) -> None:
+    """A waiting start and a non-waiting start of the same id in flight together: the first is
+    answered with the end, the second with the acceptance."""
+    us = start()
+    waiting = us.submit_future("twice", "order", {})
+    accepted = us.submit_future("twice", "order", {}, wait=False)
+    assert isinstance(waiting.result(30), SagaFinished)
+    assert isinstance(accepted.result(30), SagaAccepted)

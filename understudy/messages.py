@@ -29,6 +29,7 @@ class StartSaga:
     payload: dict[str, Any] = attrs.field(factory=dict)
     version: int | None = None  # None: the newest registered version
     wait: bool = True
+    request_id: str = ""  # echoed in the reply, to tell apart several starts of one saga
 
 
 @attrs.frozen
@@ -37,6 +38,7 @@ class SagaAccepted:
 
     saga_id: str
     existing: bool = False
+    request_id: str = ""
 
 
 @attrs.frozen
@@ -51,6 +53,7 @@ class SagaFinished:
     reason: str | None = None
     outstanding: tuple[str, ...] = ()
     results: dict[str, Any] = attrs.field(factory=dict)
+    request_id: str = ""
 
 
 @attrs.frozen
@@ -60,6 +63,7 @@ class SagaRejected:
     saga_id: str
     error: str
     reason: str
+    request_id: str = ""
 
 
 @attrs.frozen

@@ -59,7 +59,6 @@ from understudy.messages import (
     Pong,
     SagaAccepted,
     SagaFinished,
-    SagaStatus,
     StartSaga,
 )
 from understudy.messages import SagaRejected as SagaRejectedMessage
@@ -176,8 +175,8 @@ class _Bridge(threading.Thread):
             self._resolve(reply)
 
     def _resolve(self, reply: Any) -> None:
-        if isinstance(reply, (SagaFinished, SagaAccepted, SagaRejectedMessage, SagaStatus)):
-            key: Any = ("saga", reply.saga_id)
+        if isinstance(reply, (SagaFinished, SagaAccepted, SagaRejectedMessage)):
+            key: Any = ("request", reply.request_id)
         elif isinstance(reply, ParticipantReady):
             key = ("participant", reply.name)
         elif isinstance(reply, HostsInfo):
@@ -228,6 +227,7 @@ class Understudy:
         self._bridge.start()
         self._local = threading.local()
         self._tokens = itertools.count()
+        self._client_id = f"{os.getpid()}-{id(self):x}"
 
     @classmethod
     def start(
@@ -306,7 +306,9 @@ class Understudy:
             version = definition.version
         payload = {} if payload is None else payload
         codec.check_encodable(payload, f"payload of saga {saga_id!r}")
-        return StartSaga(saga_id, name, payload, version, wait)
+        return StartSaga(
+            saga_id, name, payload, version, wait, f"{self._client_id}-{next(self._tokens)}"
+        )
 
     def submit_future(
         self,
@@ -319,7 +321,7 @@ class Understudy:
     ) -> concurrent.futures.Future[Any]:
         """Start a saga; the future resolves with the coordinator's reply message."""
         message = self._start_message(saga_id, definition, payload, version, wait)
-        return self._bridge.submit(message, ("saga", saga_id))
+        return self._bridge.submit(message, ("request", message.request_id))
 
     def run(
         self,

@@ -16,6 +16,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import attrs
+
 from understudy import codec
 from understudy.actors.system import (
     ActorTypeDispatcher,
@@ -87,7 +89,7 @@ class Coordinator(ActorTypeDispatcher):
         self.hosts: dict[int, _Child] = {}
         self.participants: dict[str, Any] = {}  # name -> address
         self.participant_pids: dict[str, int] = {}
-        self.waiters: dict[str, list[tuple[Any, bool]]] = {}
+        self.waiters: dict[str, list[tuple[Any, bool, str]]] = {}  # (sender, wait, request id)
         # Starts of sagas someone waits for, resent to a new host if theirs dies: HostStart is
         # idempotent, and it answers with the saga's end if the dead host committed it but
         # never reported it.
@@ -245,10 +247,10 @@ class Coordinator(ActorTypeDispatcher):
             return
         rejection = self._validate(msg)
         if rejection is not None:
-            self.send(sender, rejection)
+            self.send(sender, attrs.evolve(rejection, request_id=msg.request_id))
             return
         version = msg.version if msg.version is not None else self.latest[msg.definition]
-        self.waiters.setdefault(msg.saga_id, []).append((sender, msg.wait))
+        self.waiters.setdefault(msg.saga_id, []).append((sender, msg.wait, msg.request_id))
         start = HostStart(msg.saga_id, msg.definition, version, msg.payload)
         self.starting[msg.saga_id] = start
         host = self.hosts[shard_of(msg.saga_id, self.setup.hosts)]
@@ -300,8 +302,8 @@ class Coordinator(ActorTypeDispatcher):
 
     def receiveMsg_HostStarted(self, msg: HostStarted, sender: Any) -> None:
         waiters = self.waiters.get(msg.saga_id, [])
-        for address, _wait in [w for w in waiters if not w[1]]:
-            self.send(address, SagaAccepted(msg.saga_id, msg.existing))
+        for address, _wait, request_id in [w for w in waiters if not w[1]]:
+            self.send(address, SagaAccepted(msg.saga_id, msg.existing, request_id))
         remaining = [w for w in waiters if w[1]]
         if remaining:
             self.waiters[msg.saga_id] = remaining
@@ -311,13 +313,13 @@ class Coordinator(ActorTypeDispatcher):
 
     def receiveMsg_HostStartFailed(self, msg: HostStartFailed, sender: Any) -> None:
         self.starting.pop(msg.saga_id, None)
-        for address, _wait in self.waiters.pop(msg.saga_id, []):
-            self.send(address, SagaRejected(msg.saga_id, msg.error, msg.reason))
+        for address, _wait, request_id in self.waiters.pop(msg.saga_id, []):
+            self.send(address, SagaRejected(msg.saga_id, msg.error, msg.reason, request_id))
 
     def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
         self.starting.pop(msg.saga_id, None)
-        for address, _wait in self.waiters.pop(msg.saga_id, []):
-            self.send(address, msg)
+        for address, _wait, request_id in self.waiters.pop(msg.saga_id, []):
+            self.send(address, attrs.evolve(msg, request_id=request_id))
 
     def receiveMsg_QueryStatus(self, msg: QueryStatus, sender: Any) -> None:
         assert self.store is not None

@@ -90,6 +90,7 @@ class SagaHost(ActorTypeDispatcher):
         self.timers: list[tuple[float, int, SagaTimer]] = []
         self.timer_seq = itertools.count()
         self.tick_at: float | None = None
+        self.uncommitted: set[str] = set()  # new sagas whose start row is not committed yet
 
     # --- setup and recovery -----------------------------------------------------------------
 
@@ -200,10 +201,22 @@ class SagaHost(ActorTypeDispatcher):
     # --- inputs -----------------------------------------------------------------------------
 
     def receiveMsg_HostStart(self, msg: HostStart, sender: Any) -> None:
-        assert self.store is not None
         saga_id = msg.saga_id
+        if self.store is None:
+            self.send(
+                self.coordinator,
+                HostStartFailed(
+                    saga_id,
+                    "StoreUnavailable",
+                    "the saga host cannot open its store yet (it retries); start the saga again",
+                ),
+            )
+            return
         if saga_id in self.sagas:
-            self.send(self.coordinator, HostStarted(saga_id, existing=True))
+            # A start whose row is not committed yet is answered by the flush that commits it
+            # (or fails it): acknowledging it now could acknowledge a saga that never exists.
+            if saga_id not in self.uncommitted:
+                self.send(self.coordinator, HostStarted(saga_id, existing=True))
             return
         try:
             record = self.store.get(saga_id)
@@ -215,7 +228,7 @@ class SagaHost(ActorTypeDispatcher):
             if record.terminal:
                 self.send(self.coordinator, _finished_from_record(record))
             else:
-                self._load([saga_id])
+                self._guarded_load(saga_id)
             return
         definition = self.definitions[(msg.definition, msg.version)]
         saga = Saga.restore(saga_id, definition, msg.payload, 1, None, 0, 0)
@@ -224,6 +237,7 @@ class SagaHost(ActorTypeDispatcher):
         new = NewSaga(
             saga_id, definition.name, definition.version, codec.encode(msg.payload, "payload"), now
         )
+        self.uncommitted.add(saga_id)
         self._run(saga, lambda: saga.begin(now), new=new)
 
     def receiveMsg_StepReply(self, msg: StepReply, sender: Any) -> None:
@@ -296,7 +310,12 @@ class SagaHost(ActorTypeDispatcher):
             # A participant was restarted: whatever it was handling when it died is lost, so
             # re-send each outstanding request to the new one now instead of waiting for its
             # reply deadline. Same key, attempt and incarnation: its ledger makes it harmless.
+            # Sagas with staged writes are skipped: their in-memory request may not be durable
+            # yet (write-ahead), and the flush sends it to the new address anyway.
+            staged = {st.saga.saga_id for st in self.batch if st.saga is not None}
             for saga in self.sagas.values():
+                if saga.saga_id in staged:
+                    continue
                 send = saga.outstanding()
                 if send is not None and send.participant in replaced:
                     self._deliver(send.participant, send.request)
@@ -357,6 +376,7 @@ class SagaHost(ActorTypeDispatcher):
         log.error("saga %s crashed: %s", saga_id, "".join(traceback.format_exception(exc)))
         self.sagas.pop(saga_id, None)
         if new:
+            self.uncommitted.discard(saga_id)
             self.send(self.coordinator, HostStartFailed(saga_id, type(exc).__name__, str(exc)))
             return
         window = self.windows.setdefault(saga_id, RestartWindow(self.setup.policy))
@@ -364,7 +384,12 @@ class SagaHost(ActorTypeDispatcher):
             self._guarded_load(saga_id)
             return
         assert self.store is not None
-        record = self.store.claim(saga_id, recovery=False, at=time.time())
+        try:
+            record = self.store.claim(saga_id, recovery=False, at=time.time())
+        except StoreError as store_error:
+            log.error("could not park saga %s (%s); retrying", saga_id, store_error)
+            self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
+            return
         if record is not None:
             self._park_record(
                 record,
@@ -396,6 +421,8 @@ class SagaHost(ActorTypeDispatcher):
         except Exception as exc:
             self._commit_failed(batch, exc)
             return
+        finally:
+            self.uncommitted.difference_update(s.saga.saga_id for s in batch if s.new)
         position = 0
         for staged in batch:
             applied = results[position : position + len(staged.writes)]

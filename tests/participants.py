@@ -20,6 +20,7 @@ class Recorder(Participant):
     """Applies any action or compensation by recording it in an ``effects`` table."""
 
     def setup(self, db: sqlite3.Connection, options: dict[str, Any]) -> None:
+        time.sleep(float(options.get("setup_delay", 0)))  # a slow migration or warm-up
         db.execute(
             "CREATE TABLE IF NOT EXISTS effects (seq INTEGER PRIMARY KEY, saga_id TEXT, "
             "step TEXT, kind TEXT, action TEXT, key TEXT, at REAL)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -290,3 +291,64 @@ def test_a_duplicate_start_is_acknowledged_only_once_durable(tmp_path: Path) -> 
         ]
         assert us._reader().get("dup") is None
         assert "completed" == us.run("dup", "order", {}).status
+
+
+@pytest.mark.multiproc
+def test_a_host_restarted_while_the_store_is_locked_recovers_once_it_is_free(
+    tmp_path: Path,
+) -> None:
+    """A host killed while another connection holds the store's write lock comes back, keeps
+    retrying its recovery, and finishes its sagas once the lock is gone."""
+    slow = Fault(
+        "participant.before_apply",
+        "delay",
+        nth=1,
+        saga_id="s",
+        delay=2.0,
+        once_file=str(tmp_path / "slow"),
+    )
+    with Understudy.start(
+        tmp_path / "sagas.db",
+        [order_definition(timeout=1.0)],
+        _participants(tmp_path),
+        base="multiprocTCPBase",
+        hosts=1,
+        faults=[slow],
+        store_options={"busy_timeout": 0.3},
+    ) as us:
+        us.submit("s", "order", {})
+        host_pid = us.hosts().host_pids[0]
+        lock = sqlite3.connect(tmp_path / "sagas.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # a backup or another tool holding the write lock
+        try:
+            os.kill(host_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while us.hosts().host_pids[0] in (0, host_pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)  # the new host fails its first recovery while the lock is held
+        finally:
+            lock.execute("COMMIT")
+            lock.close()
+        assert "completed" == us.wait("s", timeout=30).status
+        assert "completed" == us.run("n", "order", {}, timeout=30).status
+
+
+@pytest.mark.multiproc
+def test_starts_are_accepted_while_a_slow_participant_restarts(tmp_path: Path) -> None:
+    """A start slower than orphan_timeout (a participant with a slow setup) does not trip the
+    owner-heartbeat check; while that participant restarts, starts naming it are accepted and
+    finish once it is back."""
+    participants = _participants(tmp_path)
+    participants[0][2]["setup_delay"] = 3  # type: ignore[index]
+    with Understudy.start(
+        tmp_path / "sagas.db",
+        [order_definition()],
+        participants,
+        base="multiprocTCPBase",
+        orphan_timeout=1.0,
+    ) as us:
+        assert "completed" == us.run("a", "order", {}).status
+        os.kill(us.hosts().participant_pids["orders"], signal.SIGKILL)
+        time.sleep(0.5)  # the replacement is still in its slow setup
+        assert "completed" == us.run("a", "order", {}, timeout=30).status
+        assert "completed" == us.run("b", "order", {}, timeout=30).status

@@ -58,6 +58,7 @@ from understudy.supervisors.protocol import (
     OrphanCheck,
     ParticipantTable,
     QueryHosts,
+    Reconfigure,
     Stop,
 )
 
@@ -101,6 +102,7 @@ class Coordinator(ActorTypeDispatcher):
         self.add_requests: dict[str, list[Any]] = {}
         self.window: RestartWindow | None = None
         self.stopping = False
+        self.known_participants: set[str] = set()
         self.last_heartbeat = 0.0
 
     # --- setup --------------------------------------------------------------------------------
@@ -185,6 +187,7 @@ class Coordinator(ActorTypeDispatcher):
 
     def _participant_ready(self, msg: ParticipantReady, sender: Any) -> None:
         if msg.error is None and sender is not None:
+            self.known_participants.add(msg.name)
             self.participants[msg.name] = sender
             self.participant_pids[msg.name] = msg.pid
             child = self._child(sender)
@@ -193,6 +196,9 @@ class Coordinator(ActorTypeDispatcher):
             self._broadcast_participants()
         else:
             log.error("participant %s failed to start: %s", msg.name, msg.error)
+            if self.setup_reply is None and self._child_named(msg.name) is not None:
+                # A restart after startup: nobody is waiting to hear the error, so keep trying.
+                self.wakeupAfter(timedelta(seconds=1.0), Reconfigure(msg.name))
         for requester in self.add_requests.pop(msg.name, []):
             self.send(requester, msg)
         self._ready_step(f"participant:{msg.name}", msg.error)
@@ -214,6 +220,7 @@ class Coordinator(ActorTypeDispatcher):
                 CoordinatorReady(self.resumed, tuple(h.pid for _, h in sorted(self.hosts.items()))),
             )
             self.setup_reply = None
+            self.last_heartbeat = time.monotonic()  # the owner's heartbeats start now
 
     def _broadcast_participants(self) -> None:
         for host in self.hosts.values():
@@ -226,6 +233,7 @@ class Coordinator(ActorTypeDispatcher):
         self._create_participant(msg)
 
     def receiveMsg_RegisterParticipant(self, msg: RegisterParticipant, sender: Any) -> None:
+        self.known_participants.add(msg.name)
         self.participants[msg.name] = sender
         self._broadcast_participants()
         self.send(sender, ParticipantReady(msg.name))
@@ -277,7 +285,9 @@ class Coordinator(ActorTypeDispatcher):
                 "UnknownDefinition",
                 f"saga definition {msg.definition!r} has no version {version}",
             )
-        missing = sorted(definition.participants - set(self.participants))
+        # Known, not live: a participant being restarted is still a participant (hosts hold
+        # its requests until it is back).
+        missing = sorted(definition.participants - self.known_participants)
         if missing:
             steps = [s.name for s in definition.steps if s.participant in missing]
             return SagaRejected(
@@ -351,6 +361,12 @@ class Coordinator(ActorTypeDispatcher):
 
     # --- supervision ------------------------------------------------------------------------
 
+    def _child_named(self, name: str) -> _Child | None:
+        for child in self.children:
+            if child.participant is not None and child.participant.name == name:
+                return child
+        return None
+
     def _child(self, address: Any) -> _Child | None:
         for child in self.children:
             if child.address == address:
@@ -389,10 +405,24 @@ class Coordinator(ActorTypeDispatcher):
         self.last_heartbeat = time.monotonic()
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if isinstance(msg.payload, Reconfigure):
+            child = self._child_named(msg.payload.name)
+            if (
+                child is not None
+                and child.participant is not None
+                and (msg.payload.name not in self.participants)
+            ):
+                faults = self.setup.faults if self.setup is not None else ()
+                spec = child.participant
+                self.send(child.address, ConfigureParticipant(spec.name, spec.options, faults))
+            return
         if not isinstance(msg.payload, OrphanCheck) or self.setup is None or self.stopping:
             return
         timeout = self.setup.orphan_timeout
         assert timeout is not None
+        if self.setup_reply is not None:
+            # Still starting: the owner's heartbeats begin only once start() returns.
+            self.last_heartbeat = time.monotonic()
         silent = time.monotonic() - self.last_heartbeat
         if silent <= timeout:
             self.wakeupAfter(timedelta(seconds=timeout / 4), OrphanCheck())

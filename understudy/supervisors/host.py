@@ -47,6 +47,7 @@ from understudy.supervisors.protocol import (
     HostStartFailed,
     ParticipantTable,
     Reload,
+    RetrySetup,
     SagaTimer,
     Tick,
 )
@@ -54,6 +55,7 @@ from understudy.supervisors.protocol import (
 log = logging.getLogger("understudy.host")
 
 STORE_RETRY_DELAY = 0.2
+SETUP_RETRY_DELAY = 1.0
 RECOVERY_CHUNK = 500  # sagas claimed per transaction by the startup scan
 
 
@@ -100,13 +102,23 @@ class SagaHost(ActorTypeDispatcher):
         failpoints.arm(msg.faults)
         self.definitions = {d.key: d for d in msg.definitions}
         self.participants = dict(msg.participants)
+        self._open_and_recover()
+
+    def _open_and_recover(self) -> None:
+        """Open the store and resume this shard's sagas; on a store error, report it and try
+        again shortly (a host restarted while the store is busy must not stay idle)."""
+        assert self.setup is not None
+        shard = self.setup.shard
         try:
-            self.store = open_store(msg.store.location, **msg.store.options)
+            if self.store is None:
+                self.store = open_store(self.setup.store.location, **self.setup.store.options)
             resumed = self._recover()
         except UnderstudyError as exc:
-            self.send(sender, HostReady(msg.shard, os.getpid(), 0, error=str(exc)))
+            log.error("saga host %d cannot recover yet (%s); retrying", shard, exc)
+            self.send(self.coordinator, HostReady(shard, os.getpid(), 0, error=str(exc)))
+            self.wakeupAfter(_seconds(SETUP_RETRY_DELAY), RetrySetup())
             return
-        self.send(sender, HostReady(msg.shard, os.getpid(), resumed))
+        self.send(self.coordinator, HostReady(shard, os.getpid(), resumed))
 
     def _recover(self) -> int:
         """Load every unfinished saga of this shard: the startup scan after any crash."""
@@ -270,6 +282,8 @@ class SagaHost(ActorTypeDispatcher):
         payload = msg.payload
         if isinstance(payload, Tick):
             self._tick(payload)
+        elif isinstance(payload, RetrySetup):
+            self._open_and_recover()
         elif isinstance(payload, Reload):
             for saga_id in payload.saga_ids:
                 if saga_id not in self.sagas:

@@ -85,6 +85,18 @@ class Tick:
 
 
 @attrs.frozen
+class RetrySetup:
+    """A host whose store could not be opened or scanned tries again."""
+
+
+@attrs.frozen
+class Reconfigure:
+    """The coordinator retries configuring participant ``name`` after a failed restart."""
+
+    name: str
+
+
+@attrs.frozen
 class Reload:
     saga_ids: tuple[str, ...]
 

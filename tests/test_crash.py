@@ -198,6 +198,7 @@ def test_a_saga_that_keeps_crashing_parks_and_the_others_finish(tmp_path: Path) 
         outcomes = {saga_id: f.result(60) for saga_id, f in futures.items()}
     assert outcomes["k-3"].status == "failed"
     assert "crashed more than 2 times" in (outcomes["k-3"].reason or "")
+    assert "finish step 'create' (create)" == outcomes["k-3"].outstanding[0]
     assert {"completed"} == {o.status for s, o in outcomes.items() if s != "k-3"}
     store = SQLiteStore(tmp_path / "sagas.db")
     claims = [e for e in store.events("k-3") if e.kind == "claimed"]

@@ -242,6 +242,10 @@ class Saga:
             return self._send(kind, step, attempt, now)
         return None
 
+    def park(self, reason: str, now: float) -> list[Command]:
+        """Give up: failed-needs-attention, listing the compensations or steps outstanding."""
+        return self._park(reason, now)
+
     def overflow(self, size: int, cap: int, now: float) -> list[Command]:
         """The snapshot outgrew its cap: park the saga (nothing more is sent) and drop the step
         results from its state so the parked snapshot fits."""

@@ -93,6 +93,7 @@ class SagaHost(ActorTypeDispatcher):
         self.timer_seq = itertools.count()
         self.tick_at: float | None = None
         self.uncommitted: set[str] = set()  # new sagas whose start row is not committed yet
+        self.suspended = 0  # sagas left alone: their definition version is not registered
 
     # --- setup and recovery -----------------------------------------------------------------
 
@@ -137,33 +138,48 @@ class SagaHost(ActorTypeDispatcher):
         those that cannot run."""
         assert self.store is not None
         now = time.time()
-        claimed = self.store.claim_all(saga_ids, recovery=True, at=now)
+        runnable: list[str] = []
         for saga_id in saga_ids:
-            record = claimed.get(saga_id)
+            record = self.store.get(saga_id)
             if record is None:
-                # Already terminal (or unknown): a crash between the terminal commit and the
-                # report to the coordinator must not leave the caller waiting.
+                continue
+            if record.terminal:
+                # A crash between the terminal commit and the report to the coordinator
+                # must not leave the caller waiting.
+                self.send(self.coordinator, _finished_from_record(record))
+            elif (record.definition, record.version) not in self.definitions:
+                self._suspend(record)
+            else:
+                runnable.append(saga_id)
+        claimed = self.store.claim_all(runnable, recovery=True, at=now)
+        for saga_id in runnable:
+            record = claimed.get(saga_id)
+            if record is None:  # ended meanwhile (another incarnation finished it)
                 ended = self.store.get(saga_id)
                 if ended is not None and ended.terminal:
                     self.send(self.coordinator, _finished_from_record(ended))
                 continue
             self._resume_record(record, now)
 
+    def _suspend(self, record: SagaRecord) -> None:
+        """I15: a saga pinned to a definition version this runtime lacks is left as it is
+        stored (not claimed, not changed), to resume under a runtime that has that version."""
+        known = sorted(f"{n} v{v}" for n, v in self.definitions)
+        log.error(
+            "saga %s was started under definition %r v%d, which this runtime does not have "
+            "(it has: %s); it stays %s, untouched, and resumes when understudy starts with "
+            "that version registered",
+            record.saga_id,
+            record.definition,
+            record.version,
+            ", ".join(known) or "none",
+            record.status,
+        )
+        self.suspended += 1
+
     def _resume_record(self, record: SagaRecord, now: float) -> None:
         assert self.setup is not None
-        saga_id = record.saga_id
-        definition = self.definitions.get((record.definition, record.version))
-        if definition is None:
-            known = sorted(f"{n} v{v}" for n, v in self.definitions)
-            self._park_record(
-                record,
-                f"saga was started under definition {record.definition!r} "
-                f"v{record.version}, which this coordinator does not have "
-                f"(it has: {', '.join(known) or 'none'}); register that version "
-                "to resume it",
-                now,
-            )
-            return
+        definition = self.definitions[(record.definition, record.version)]
         if record.recovery_attempts > self.setup.policy.max_recovery_attempts:
             self._park_record(
                 record,
@@ -173,10 +189,19 @@ class SagaHost(ActorTypeDispatcher):
                 now,
             )
             return
+        saga = self._restore(record, definition)
+        if saga is None:
+            return
+        self.sagas[record.saga_id] = saga
+        self._run(saga, lambda: saga.resume(now))
+
+    def _restore(self, record: SagaRecord, definition: SagaDefinition) -> Saga | None:
+        """The saga as stored, or None after parking it when its payload or snapshot is
+        unreadable."""
         try:
-            payload = codec.decode(record.payload, f"payload of saga {saga_id!r}")
-            saga = Saga.restore(
-                saga_id,
+            payload = codec.decode(record.payload, f"payload of saga {record.saga_id!r}")
+            return Saga.restore(
+                record.saga_id,
                 definition,
                 payload,
                 record.incarnation,
@@ -185,15 +210,26 @@ class SagaHost(ActorTypeDispatcher):
                 record.recovery_attempts,
             )
         except CorruptRecord as exc:
-            self._park_record(record, str(exc), now)
-            return
-        self.sagas[saga_id] = saga
-        self._run(saga, lambda: saga.resume(now))
+            self._park_unreadable(record, str(exc), time.time())
+            return None
 
     def _park_record(self, record: SagaRecord, reason: str, now: float) -> None:
-        """Park a saga that cannot be loaded, keeping its stored snapshot bytes for a person."""
-        assert self.store is not None
+        """Park a saga as failed-needs-attention, listing what is outstanding (I2)."""
+        saga = self._restore(record, self.definitions[(record.definition, record.version)])
+        if saga is None:
+            return
         log.error("parking saga %s: %s", record.saga_id, reason)
+        self.sagas[record.saga_id] = saga
+        self._run(saga, lambda: saga.park(reason, now))
+
+    def _park_unreadable(self, record: SagaRecord, reason: str, now: float) -> None:
+        """Park a saga whose stored state cannot be read, keeping its bytes for a person."""
+        log.error("parking saga %s: %s", record.saga_id, reason)
+        outstanding = (
+            f"everything: the saga's state cannot be read; compare each participant's ledger "
+            f"entries for keys {record.saga_id}:<step>:do and :undo",
+        )
+        detail = {"reason": reason, "outstanding": list(outstanding)}
         self._stage_raw(
             record.saga_id,
             Transition(
@@ -205,9 +241,9 @@ class SagaHost(ActorTypeDispatcher):
                 record.recovery_attempts,
                 now,
                 reason,
-                (Event(FAILED, now, detail={"reason": reason}),),
+                (Event(FAILED, now, detail=detail),),
             ),
-            SagaFinished(record.saga_id, FAILED, reason),
+            SagaFinished(record.saga_id, FAILED, reason, outstanding),
         )
 
     # --- inputs -----------------------------------------------------------------------------

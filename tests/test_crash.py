@@ -353,3 +353,30 @@ def test_starts_are_accepted_while_a_slow_participant_restarts(tmp_path: Path) -
         time.sleep(0.5)  # the replacement is still in its slow setup
         assert "completed" == us.run("a", "order", {}, timeout=30).status
         assert "completed" == us.run("b", "order", {}, timeout=30).status
+
+
+@pytest.mark.multiproc
+def test_a_saga_that_keeps_killing_its_host_parks_alone(tmp_path: Path) -> None:
+    """A saga whose handling SIGKILLs its host on every load reaches the persisted recovery cap
+    and parks; a neighbour on the same host, merely waiting on a slow participant, is not
+    blamed and completes."""
+    faults = [
+        Fault("participant.before_apply", "delay", saga_id="Y", delay=1.5, persistent=True),
+        Fault("host.after_intent_commit", "kill", saga_id="X", persistent=True),
+    ]
+    with Understudy.start(
+        tmp_path / "sagas.db",
+        [order_definition(timeout=10.0)],
+        _participants(tmp_path),
+        base="multiprocTCPBase",
+        hosts=1,
+        faults=faults,
+        policy=RestartPolicy(max_recovery_attempts=4),
+    ) as us:
+        us.submit("Y", "order", {})
+        us.submit("X", "order", {})
+        x = us.wait("X", timeout=60)
+        y = us.wait("Y", timeout=60)
+    assert ("failed", "completed") == (x.status, y.status)
+    assert "recovered 5 times without progress" in (x.reason or "")
+    assert 0 == y.recovery_attempts

@@ -37,6 +37,7 @@ from understudy.errors import CorruptRecord, StoreError, UnderstudyError
 from understudy.messages import SagaFinished, StepReply, StepRequest
 from understudy.persistence import SagaStore, open_store
 from understudy.persistence.base import FAILED, Event, NewSaga, SagaRecord, Transition
+from understudy.supervisors.inflight import InFlight, marker_path
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
     Flush,
@@ -94,6 +95,7 @@ class SagaHost(ActorTypeDispatcher):
         self.tick_at: float | None = None
         self.uncommitted: set[str] = set()  # new sagas whose start row is not committed yet
         self.suspended = 0  # sagas left alone: their definition version is not registered
+        self.inflight: InFlight | None = None
 
     # --- setup and recovery -----------------------------------------------------------------
 
@@ -124,16 +126,22 @@ class SagaHost(ActorTypeDispatcher):
     def _recover(self) -> int:
         """Load every unfinished saga of this shard: the startup scan after any crash."""
         assert self.setup is not None and self.store is not None
+        path = marker_path(self.setup.store.location, self.setup.shard)
+        if self.inflight is None and path is not None:
+            self.inflight = InFlight(path)
+        blamed = self.inflight.blamed() if self.inflight is not None else None
         mine = [
             sid
             for sid in self.store.unfinished()
             if shard_of(sid, self.setup.shards) == self.setup.shard
         ]
         for chunk in range(0, len(mine), RECOVERY_CHUNK):
-            self._load(mine[chunk : chunk + RECOVERY_CHUNK])
+            self._load(mine[chunk : chunk + RECOVERY_CHUNK], blamed)
+        if self.inflight is not None:
+            self.inflight.idle()
         return len(mine)
 
-    def _load(self, saga_ids: list[str]) -> None:
+    def _load(self, saga_ids: list[str], blamed: set[str] | None = None) -> None:
         """Claim stored sagas (new incarnations, one transaction) and resume them, or park
         those that cannot run."""
         assert self.store is not None
@@ -151,7 +159,12 @@ class SagaHost(ActorTypeDispatcher):
                 self._suspend(record)
             else:
                 runnable.append(saga_id)
-        claimed = self.store.claim_all(runnable, recovery=True, at=now)
+        # Only the sagas blamed for the crash get a recovery counted (None: all of them).
+        counted = runnable if blamed is None else [s for s in runnable if s in blamed]
+        claimed = self.store.claim_all(counted, recovery=True, at=now)
+        if len(counted) < len(runnable):
+            rest = [s for s in runnable if s not in blamed]  # type: ignore[operator]
+            claimed.update(self.store.claim_all(rest, recovery=False, at=now))
         for saga_id in runnable:
             record = claimed.get(saga_id)
             if record is None:  # ended meanwhile (another incarnation finished it)
@@ -292,8 +305,10 @@ class SagaHost(ActorTypeDispatcher):
         saga = self.sagas.get(msg.saga_id)
         if saga is None or msg.incarnation != saga.incarnation:
             return  # stale: an earlier incarnation's reply, or a saga that already ended
+        self._working_on(saga.saga_id)
         failpoints.hit("host.after_reply", msg.saga_id)
         self._run(saga, lambda: saga.on_reply(msg, time.time()))
+        self._idle()
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
         # A participant whose handler raised twice: Thespian bounces the request back here.
@@ -344,7 +359,9 @@ class SagaHost(ActorTypeDispatcher):
             _due, _seq, timer = heapq.heappop(self.timers)
             saga = self.sagas.get(timer.saga_id)
             if saga is not None and saga.incarnation == timer.incarnation:
+                self._working_on(saga.saga_id)
                 self._run(saga, lambda s=saga, t=timer: s.on_timer(t.token, now))
+        self._idle()
         if self.timers and (self.tick_at is None or self.timers[0][0] < self.tick_at):
             self.tick_at = self.timers[0][0]
             self.wakeupAfter(_seconds(max(0.0, self.tick_at - now)), Tick(self.tick_at))
@@ -466,6 +483,8 @@ class SagaHost(ActorTypeDispatcher):
             return
         writes = [w for staged in batch for w in staged.writes]
         try:
+            if self.inflight is not None:
+                self.inflight.committing()
             failpoints.hit("host.before_commit")
             results = self.store.apply(writes)
         except Exception as exc:
@@ -486,12 +505,15 @@ class SagaHost(ActorTypeDispatcher):
             if staged.new:
                 self.send(self.coordinator, HostStarted(saga.saga_id, existing=False))
             try:
+                if saga is not None:
+                    self._working_on(saga.saga_id)
                 self._carry_out(saga, staged.commands)
             except Exception as exc:
                 # The saga's state is durable, its commands only half done: restart it from
                 # the snapshot, which resends what is outstanding under the same keys.
                 if saga is not None:
                     self._crash(saga.saga_id, exc, new=False)
+        self._idle()
 
     def _carry_out(self, saga: Saga | None, commands: list[Any]) -> None:
         for command in commands:
@@ -557,7 +579,18 @@ class SagaHost(ActorTypeDispatcher):
         if reload:
             self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload(tuple(reload)))
 
+    def _working_on(self, saga_id: str) -> None:
+        if self.inflight is not None:
+            self.inflight.working_on(saga_id)
+
+    def _idle(self) -> None:
+        if self.inflight is not None:
+            self.inflight.idle()
+
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        if self.inflight is not None:
+            self.inflight.idle()
+            self.inflight.close()
         if self.store is not None:
             self.store.close()
 

@@ -380,3 +380,35 @@ def test_a_saga_that_keeps_killing_its_host_parks_alone(tmp_path: Path) -> None:
     assert ("failed", "completed") == (x.status, y.status)
     assert "recovered 5 times without progress" in (x.reason or "")
     assert 0 == y.recovery_attempts
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.multiproc
+def test_children_of_a_killed_coordinator_stop_themselves(tmp_path: Path) -> None:
+    """Saga hosts and participants whose coordinator died stop once its heartbeats have been
+    missing for orphan_timeout, instead of running on unsupervised."""
+    with Understudy.start(
+        tmp_path / "sagas.db",
+        [order_definition()],
+        _participants(tmp_path),
+        base="multiprocTCPBase",
+        orphan_timeout=1.0,
+    ) as us:
+        info = us.hosts()
+        children = [*info.host_pids.values(), *info.participant_pids.values()]
+        assert all(_alive(pid) for pid in children)
+        os.kill(info.coordinator_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        survivors = [pid for pid in children if _alive(pid)]
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
+    assert [] == survivors

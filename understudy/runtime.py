@@ -40,6 +40,7 @@ from understudy.actors.system import (
     is_multiprocess,
     start_actor_system,
 )
+from understudy.actors.watch import Heartbeat
 from understudy.definitions import SagaDefinition
 from understudy.errors import (
     ActorSystemError,
@@ -70,7 +71,6 @@ from understudy.supervisors.protocol import (
     Batch,
     CoordinatorReady,
     CoordinatorSetup,
-    Heartbeat,
     HostsInfo,
     QueryHosts,
     Stop,

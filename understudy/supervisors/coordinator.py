@@ -25,6 +25,7 @@ from understudy.actors.system import (
     WakeupMessage,
     load_class,
 )
+from understudy.actors.watch import Heartbeat
 from understudy.definitions import SagaDefinition
 from understudy.errors import PayloadError, StoreError, UnderstudyError
 from understudy.messages import (
@@ -48,7 +49,6 @@ from understudy.supervisors.protocol import (
     Batch,
     CoordinatorReady,
     CoordinatorSetup,
-    Heartbeat,
     HostReady,
     HostSetup,
     HostsInfo,
@@ -157,6 +157,7 @@ class Coordinator(ActorTypeDispatcher):
                 self.setup.policy,
                 self.setup.faults,
                 self.setup.max_snapshot_bytes,
+                self.setup.orphan_timeout,
             ),
         )
 
@@ -171,7 +172,9 @@ class Coordinator(ActorTypeDispatcher):
             return
         self.children.append(_Child(address, participant=spec))
         faults = self.setup.faults if self.setup is not None else ()
-        self.send(address, ConfigureParticipant(spec.name, spec.options, faults))
+        self.send(
+            address, ConfigureParticipant(spec.name, spec.options, faults, self._orphan_timeout())
+        )
 
     def receiveMsg_HostReady(self, msg: HostReady, sender: Any) -> None:
         host = self.hosts.get(msg.shard)
@@ -361,6 +364,9 @@ class Coordinator(ActorTypeDispatcher):
 
     # --- supervision ------------------------------------------------------------------------
 
+    def _orphan_timeout(self) -> float | None:
+        return self.setup.orphan_timeout if self.setup is not None else None
+
     def _child_named(self, name: str) -> _Child | None:
         for child in self.children:
             if child.participant is not None and child.participant.name == name:
@@ -414,7 +420,10 @@ class Coordinator(ActorTypeDispatcher):
             ):
                 faults = self.setup.faults if self.setup is not None else ()
                 spec = child.participant
-                self.send(child.address, ConfigureParticipant(spec.name, spec.options, faults))
+                self.send(
+                    child.address,
+                    ConfigureParticipant(spec.name, spec.options, faults, self._orphan_timeout()),
+                )
             return
         if not isinstance(msg.payload, OrphanCheck) or self.setup is None or self.stopping:
             return
@@ -425,6 +434,8 @@ class Coordinator(ActorTypeDispatcher):
             self.last_heartbeat = time.monotonic()
         silent = time.monotonic() - self.last_heartbeat
         if silent <= timeout:
+            for child in self.children:
+                self.send(child.address, Heartbeat())
             self.wakeupAfter(timedelta(seconds=timeout / 4), OrphanCheck())
             return
         # Thespian's multi-process admin outlives the process that started it. Without its

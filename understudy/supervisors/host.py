@@ -32,6 +32,7 @@ from typing import Any
 from understudy import codec, failpoints
 from understudy.actors.saga import DO, Finish, Saga, Send, Timer
 from understudy.actors.system import ActorTypeDispatcher, PoisonMessage, WakeupMessage
+from understudy.actors.watch import ParentCheck, ParentWatch
 from understudy.definitions import SagaDefinition
 from understudy.errors import CorruptRecord, StoreError, UnderstudyError
 from understudy.messages import SagaFinished, StepReply, StepRequest
@@ -77,7 +78,7 @@ class _Staged:
         self.new = new
 
 
-class SagaHost(ActorTypeDispatcher):
+class SagaHost(ParentWatch, ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.setup: HostSetup | None = None
@@ -105,6 +106,7 @@ class SagaHost(ActorTypeDispatcher):
         failpoints.arm(msg.faults)
         self.definitions = {d.key: d for d in msg.definitions}
         self.participants = dict(msg.participants)
+        self.watch_parent(msg.orphan_timeout)
         self._open_and_recover()
 
     def _open_and_recover(self) -> None:
@@ -333,6 +335,8 @@ class SagaHost(ActorTypeDispatcher):
         payload = msg.payload
         if isinstance(payload, Tick):
             self._tick(payload)
+        elif isinstance(payload, ParentCheck):
+            self.check_parent()
         elif isinstance(payload, RetrySetup):
             self._open_and_recover()
         elif isinstance(payload, Reload):

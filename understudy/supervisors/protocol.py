@@ -29,6 +29,7 @@ class HostSetup:
     policy: RestartPolicy
     faults: tuple[Fault, ...] = ()
     max_snapshot_bytes: int = 1 << 20
+    orphan_timeout: float | None = None  # exit when the coordinator goes silent this long
 
 
 @attrs.frozen
@@ -111,11 +112,6 @@ class CoordinatorSetup:
     faults: tuple[Fault, ...] = ()
     max_snapshot_bytes: int = 1 << 20
     orphan_timeout: float | None = None  # shut the system down when the owner goes silent
-
-
-@attrs.frozen
-class Heartbeat:
-    """The owning process is alive (sent by the runtime's bridge about once a second)."""
 
 
 @attrs.frozen

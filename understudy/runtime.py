@@ -17,7 +17,7 @@ How synchronous Thespian and asyncio meet (the decision, and why):
   persistence.aio`) so that the event loop never blocks on the file; they never go through the
   actors. Writes never come from the asyncio side: one writer per process per file.
 
-``bench/bridge.py`` measures what this costs against calling the actors directly.
+``bench/core.py`` measures the aiosqlite/sqlite3 commit ratio behind the first choice.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ class ParentWatch:
 
     _parent_timeout: float | None = None
     _parent_heard: float = 0.0
+    _parent_suspect: bool = False
 
     def watch_parent(self, timeout: float | None) -> None:
         already = self._parent_timeout is not None
@@ -52,7 +53,10 @@ class ParentWatch:
         if timeout is None:
             return
         silent = time.monotonic() - self._parent_heard
-        if silent <= timeout:
+        if silent <= timeout or not self._parent_suspect:
+            # Past the timeout, look once more before exiting: if this actor was busy, its
+            # parent's heartbeats are queued behind this check and arrive before the next one.
+            self._parent_suspect = silent > timeout
             self.wakeupAfter(timedelta(seconds=timeout / 4), ParentCheck())  # type: ignore[attr-defined]
             return
         log.error(

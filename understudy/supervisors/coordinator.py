@@ -104,6 +104,7 @@ class Coordinator(ActorTypeDispatcher):
         self.stopping = False
         self.known_participants: set[str] = set()
         self.last_heartbeat = 0.0
+        self.owner_suspect = False
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -433,7 +434,10 @@ class Coordinator(ActorTypeDispatcher):
             # Still starting: the owner's heartbeats begin only once start() returns.
             self.last_heartbeat = time.monotonic()
         silent = time.monotonic() - self.last_heartbeat
-        if silent <= timeout:
+        if silent <= timeout or not self.owner_suspect:
+            # Past the timeout, look once more: heartbeats queued while this actor was busy
+            # are handled before the next check.
+            self.owner_suspect = silent > timeout
             for child in self.children:
                 self.send(child.address, Heartbeat())
             self.wakeupAfter(timedelta(seconds=timeout / 4), OrphanCheck())

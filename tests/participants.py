@@ -85,3 +85,10 @@ class Silent(Participant):
 
     def receiveMsg_StepRequest(self, msg: Any, sender: Any) -> None:
         return None
+
+
+class Ticker(Recorder):
+    """A participant with wakeups of its own (its handler does not call super())."""
+
+    def receiveMsg_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        return None

@@ -12,7 +12,13 @@ import pytest
 from conftest import PARTICIPANTS, order_definition, timeline
 from participants import Recorder
 
-from understudy import RetryPolicy, SagaDefinition, StoreUnavailable, Understudy
+from understudy import (
+    RetryPolicy,
+    SagaDefinition,
+    StoreUnavailable,
+    Understudy,
+    UnknownDefinition,
+)
 from understudy.persistence.base import Event, NewSaga, Transition
 from understudy.persistence.sqlite import SQLiteStore
 
@@ -115,6 +121,8 @@ def test_a_saga_resumes_only_under_its_own_definition_version(start: Start, tmp_
     only_v2 = start([v2])
     assert "completed" == only_v2.run("fresh", "order", {}).status
     assert before == only_v2.record("pinned")  # not claimed, not changed
+    with pytest.raises(UnknownDefinition, match=r"pinned to definition 'order' v1"):
+        only_v2.run("pinned", "order", {})
     only_v2.shutdown()
 
     both = start([v1, v2])

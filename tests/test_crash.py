@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PARTICIPANTS, all_effects, order_definition, timeline
-from participants import Recorder
+from participants import Recorder, Ticker
 
 from understudy import RestartPolicy, Understudy
 from understudy.failpoints import Fault
@@ -116,7 +116,7 @@ def test_exception_at_each_boundary_in_process(point: str, tmp_path: Path) -> No
 WORKER = """
 import sys, time
 sys.path[:0] = {paths!r}
-from participants import Recorder
+from participants import Recorder, Ticker
 from conftest import order_definition
 from understudy import RestartPolicy, Understudy
 tmp = {tmp!r}
@@ -233,14 +233,14 @@ def test_a_restarted_participant_gets_the_outstanding_request_at_once(tmp_path: 
 ORPHAN = """
 import os, sys, time
 sys.path[:0] = {paths!r}
-from participants import Recorder
+from participants import Recorder, Ticker
 from conftest import order_definition
 from understudy import Understudy
 tmp = {tmp!r}
 names = ("orders", "inventory", "payments")
 us = Understudy.start(tmp + "/sagas.db", [order_definition()],
     [(n, Recorder, {{"database": tmp + "/" + n + ".db"}}) for n in names],
-    base="multiprocTCPBase", orphan_timeout=2.0)
+    base="multiprocTCPBase", watch_interval=0.5)
 print("pgid", os.getpgid(us.hosts().coordinator_pid), flush=True)
 time.sleep(120)
 """
@@ -257,7 +257,7 @@ def _group_alive(pgid: int) -> bool:
 @pytest.mark.multiproc
 def test_actor_processes_stop_when_their_owner_is_killed(tmp_path: Path) -> None:
     """Thespian's actor processes outlive the process that started them; understudy's stop
-    themselves once the owner has been silent for orphan_timeout."""
+    themselves once they see the owner process has exited."""
     tests_dir = str(Path(__file__).parent)
     script = ORPHAN.format(paths=[tests_dir, str(Path(tests_dir).parent)], tmp=str(tmp_path))
     owner = subprocess.Popen(
@@ -336,9 +336,8 @@ def test_a_host_restarted_while_the_store_is_locked_recovers_once_it_is_free(
 
 @pytest.mark.multiproc
 def test_starts_are_accepted_while_a_slow_participant_restarts(tmp_path: Path) -> None:
-    """A start slower than orphan_timeout (a participant with a slow setup) does not trip the
-    owner-heartbeat check; while that participant restarts, starts naming it are accepted and
-    finish once it is back."""
+    """A participant with a slow setup (longer than the owner-watch interval) is not taken for
+    an orphan; while it restarts, starts naming it are accepted and finish once it is back."""
     participants = _participants(tmp_path)
     participants[0][2]["setup_delay"] = 3  # type: ignore[index]
     with Understudy.start(
@@ -346,7 +345,7 @@ def test_starts_are_accepted_while_a_slow_participant_restarts(tmp_path: Path) -
         [order_definition()],
         participants,
         base="multiprocTCPBase",
-        orphan_timeout=1.0,
+        watch_interval=0.5,
     ) as us:
         assert "completed" == us.run("a", "order", {}).status
         os.kill(us.hosts().participant_pids["orders"], signal.SIGKILL)
@@ -392,14 +391,16 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.multiproc
 def test_children_of_a_killed_coordinator_stop_themselves(tmp_path: Path) -> None:
-    """Saga hosts and participants whose coordinator died stop once its heartbeats have been
-    missing for orphan_timeout, instead of running on unsupervised."""
+    """Saga hosts and participants whose coordinator process died stop themselves instead of
+    running on unsupervised, including a participant that handles wakeups of its own."""
+    participants = _participants(tmp_path)
+    participants[0] = ("orders", Ticker, participants[0][2])
     with Understudy.start(
         tmp_path / "sagas.db",
         [order_definition()],
-        _participants(tmp_path),
+        participants,
         base="multiprocTCPBase",
-        orphan_timeout=1.0,
+        watch_interval=0.5,
     ) as us:
         info = us.hosts()
         children = [*info.host_pids.values(), *info.participant_pids.values()]

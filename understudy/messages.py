@@ -150,7 +150,7 @@ class ConfigureParticipant:
     name: str
     options: dict[str, Any]
     faults: tuple[Any, ...] = ()  # understudy.failpoints.Fault values armed by crash tests
-    orphan_timeout: float | None = None  # exit when the supervisor goes silent this long
+    watch_interval: float | None = None  # seconds between checks that the supervisor lives
 
 
 @attrs.frozen

@@ -40,7 +40,7 @@ from understudy.actors.system import (
     is_multiprocess,
     start_actor_system,
 )
-from understudy.actors.watch import Heartbeat
+from understudy.actors.watch import process_identity
 from understudy.definitions import SagaDefinition
 from understudy.errors import (
     ActorSystemError,
@@ -92,12 +92,8 @@ def _rejection_error(reply: SagaRejectedMessage) -> UnderstudyError:
 class _Bridge(threading.Thread):
     """The one thread that talks to the actor system (see the module docstring)."""
 
-    def __init__(
-        self, asys: Any, coordinator: Any, in_process: bool, heartbeat: float | None = None
-    ) -> None:
+    def __init__(self, asys: Any, coordinator: Any, in_process: bool) -> None:
         super().__init__(name="understudy-bridge", daemon=True)
-        self.heartbeat = heartbeat
-        self.last_beat = 0.0
         self.asys = asys
         self.coordinator = coordinator
         self.in_process = in_process
@@ -130,12 +126,6 @@ class _Bridge(threading.Thread):
                         self.coordinator, messages[0] if len(messages) == 1 else Batch(messages)
                     )
                 self._listen()
-                if (
-                    self.heartbeat is not None
-                    and time.monotonic() - self.last_beat > self.heartbeat
-                ):
-                    self.last_beat = time.monotonic()
-                    self.asys.tell(self.coordinator, Heartbeat())
         finally:
             self.stopped.set()
             for futures in self.waiting.values():
@@ -222,8 +212,7 @@ class Understudy:
         self.base = base
         self.resumed = resumed
         self._owns_system = owns_system
-        heartbeat = 1.0 if is_multiprocess(base) else None
-        self._bridge = _Bridge(asys, coordinator, not is_multiprocess(base), heartbeat)
+        self._bridge = _Bridge(asys, coordinator, not is_multiprocess(base))
         self._bridge.start()
         self._local = threading.local()
         self._tokens = itertools.count()
@@ -243,7 +232,7 @@ class Understudy:
         admin_port: int | None = None,
         faults: Sequence[Fault] = (),
         max_snapshot_bytes: int = 1 << 20,
-        orphan_timeout: float = 15.0,
+        watch_interval: float = 2.0,
         timeout: float = 60.0,
     ) -> Understudy:
         """Start an actor system (``base``) with a coordinator over the store at ``store``.
@@ -254,9 +243,9 @@ class Understudy:
         Every unfinished saga in the store is resumed before this returns. A saga whose
         snapshot would exceed ``max_snapshot_bytes`` parks as failed instead of growing.
 
-        On multi-process bases Thespian's actor processes outlive the process that started
-        them; they shut themselves down when this process has not been heard from for
-        ``orphan_timeout`` seconds (it was killed), and a new start resumes their sagas.
+        On multi-process bases Thespian's actor processes would outlive the process that
+        started them; every ``watch_interval`` seconds they check that it still runs, and shut
+        themselves down once it has exited (a new start resumes their sagas).
         """
         definitions = tuple(definitions)
         store_config = StoreConfig(os.fspath(store), dict(store_options or {}))
@@ -279,7 +268,8 @@ class Understudy:
                 specs,
                 tuple(faults),
                 max_snapshot_bytes,
-                orphan_timeout if is_multiprocess(base) else None,
+                process_identity(os.getpid()) if is_multiprocess(base) else None,
+                watch_interval if is_multiprocess(base) else None,
             )
             reply = asys.ask(coordinator, setup, timeout)
             if reply is None:

@@ -39,8 +39,8 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from understudy import codec, failpoints
-from understudy.actors.system import ActorTypeDispatcher, WakeupMessage
-from understudy.actors.watch import ParentCheck, ParentWatch
+from understudy.actors.system import ActorTypeDispatcher
+from understudy.actors.watch import OwnerWatch
 from understudy.errors import PayloadError
 from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
 
@@ -108,7 +108,7 @@ NOOP = "noop"
 TOMBSTONE = "tombstone"
 
 
-class Participant(ParentWatch, ActorTypeDispatcher):
+class Participant(OwnerWatch, ActorTypeDispatcher):
     """Base class of participant actors; see the module docstring."""
 
     _actions: ClassVar[dict[str, str]] = {}
@@ -145,7 +145,7 @@ class Participant(ParentWatch, ActorTypeDispatcher):
                 sender, ParticipantReady(msg.name, f"{type(exc).__name__}: {exc}", os.getpid())
             )
             return
-        self.watch_parent(msg.orphan_timeout)
+        self.watch_parent(msg.watch_interval)
         self.send(sender, ParticipantReady(msg.name, None, os.getpid()))
 
     def _configure(self, msg: ConfigureParticipant) -> None:
@@ -315,11 +315,6 @@ class Participant(ParentWatch, ActorTypeDispatcher):
                 time.time(),
             ),
         )
-
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        # A subclass that arms its own wakeups overrides this and calls super() for the rest.
-        if isinstance(msg.payload, ParentCheck):
-            self.check_parent()
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         if self.db is not None:

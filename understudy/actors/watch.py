@@ -1,65 +1,91 @@
-"""Parent watch: an actor process that outlives its parent stops itself.
+"""Owner watch: an actor process whose owner is gone stops itself.
 
-Thespian restarts nobody and its multi-process admin runs detached, so when a supervisor's
-process dies (SIGKILL, OOM), its children keep running unattended, still able to act on sagas
-another runtime now owns. Parents send :class:`Heartbeat` about four times per timeout; a child
-that hears nothing for ``timeout`` seconds asks itself to exit.
+Thespian restarts nobody and its multi-process admin runs detached, so when the process that
+owns some actors dies (SIGKILL, OOM), they would run on unattended, still able to act on sagas a
+new runtime now owns. Each understudy actor process therefore watches its owner's process:
+saga hosts and participants watch the coordinator (Thespian forks them from its process, so it is
+their parent), and the coordinator watches the application process that started understudy.
+
+The check is by process identity (pid and start time, so a reused pid is not mistaken for the
+owner), never by heartbeat: a heartbeat starved by a busy actor looks like a dead owner, and
+stopping healthy actors under load is worse than the orphan problem it solves.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import os
 from datetime import timedelta
 from typing import Any
 
 import attrs
 
-from understudy.actors.system import ActorExitRequest
+from understudy.actors.system import ActorExitRequest, WakeupMessage
 
 log = logging.getLogger("understudy.watch")
 
+ProcessIdentity = tuple[int, str | None]
+
+
+def process_identity(pid: int) -> ProcessIdentity:
+    """``(pid, start time)``; the start time is None where ``/proc`` cannot tell it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return pid, fields[19].decode()  # field 22 of stat(5): starttime
+    except (OSError, IndexError):
+        return pid, None
+
+
+def is_running(identity: ProcessIdentity) -> bool:
+    pid, started = identity
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    return started is None or process_identity(pid)[1] in (started, None)
+
 
 @attrs.frozen
-class Heartbeat:
-    """The sender (the owning process, or a supervising parent) is alive."""
+class OwnerCheck:
+    """An actor's reminder to check that its owner process still runs."""
 
 
-@attrs.frozen
-class ParentCheck:
-    """A child's reminder to check that its parent's heartbeats still arrive."""
+class OwnerWatch:
+    """Mixin for Thespian actors (listed before the Thespian base class). Call :meth:`watch`
+    once configured; :meth:`owner_gone` runs when the owner has exited."""
 
+    _owner: ProcessIdentity | None = None
+    _owner_interval: float = 2.0
 
-class ParentWatch:
-    """Mixin for Thespian actors: call :meth:`watch_parent` once configured, and route
-    ``ParentCheck`` wakeups to :meth:`check_parent`."""
-
-    _parent_timeout: float | None = None
-    _parent_heard: float = 0.0
-    _parent_suspect: bool = False
-
-    def watch_parent(self, timeout: float | None) -> None:
-        already = self._parent_timeout is not None
-        self._parent_timeout = timeout
-        self._parent_heard = time.monotonic()
-        if timeout is not None and not already:
-            self.wakeupAfter(timedelta(seconds=timeout / 4), ParentCheck())  # type: ignore[attr-defined]
-
-    def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Any) -> None:
-        self._parent_heard = time.monotonic()
-
-    def check_parent(self) -> None:
-        timeout = self._parent_timeout
-        if timeout is None:
+    def watch(self, owner: ProcessIdentity | None, interval: float | None) -> None:
+        first = self._owner is None
+        if owner is None or interval is None:
             return
-        silent = time.monotonic() - self._parent_heard
-        if silent <= timeout or not self._parent_suspect:
-            # Past the timeout, look once more before exiting: if this actor was busy, its
-            # parent's heartbeats are queued behind this check and arrive before the next one.
-            self._parent_suspect = silent > timeout
-            self.wakeupAfter(timedelta(seconds=timeout / 4), ParentCheck())  # type: ignore[attr-defined]
-            return
+        self._owner = owner
+        self._owner_interval = interval
+        if first:
+            self.wakeupAfter(timedelta(seconds=interval), OwnerCheck())  # type: ignore[attr-defined]
+
+    def watch_parent(self, interval: float | None) -> None:
+        """Watch the process this one was forked from (the supervising actor's)."""
+        self.watch(process_identity(os.getppid()), interval)
+
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        # Intercepted here, before type dispatch, so a subclass that handles WakeupMessage
+        # itself cannot switch the watch off by forgetting to call super().
+        if isinstance(msg, WakeupMessage) and isinstance(msg.payload, OwnerCheck):
+            if self._owner is not None and not is_running(self._owner):
+                self.owner_gone()
+            else:
+                self.wakeupAfter(timedelta(seconds=self._owner_interval), OwnerCheck())  # type: ignore[attr-defined]
+            return None
+        return super().receiveMessage(msg, sender)  # type: ignore[misc]
+
+    def owner_gone(self) -> None:
         log.error(
-            "%s: no heartbeat from its parent for %.0f s; exiting", type(self).__name__, silent
+            "%s (pid %d): its owner process has exited; stopping", type(self).__name__, os.getpid()
         )
         self.send(self.myAddress, ActorExitRequest())  # type: ignore[attr-defined]

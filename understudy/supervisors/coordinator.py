@@ -25,7 +25,7 @@ from understudy.actors.system import (
     WakeupMessage,
     load_class,
 )
-from understudy.actors.watch import Heartbeat
+from understudy.actors.watch import OwnerWatch
 from understudy.definitions import SagaDefinition
 from understudy.errors import PayloadError, StoreError, UnderstudyError
 from understudy.messages import (
@@ -55,11 +55,11 @@ from understudy.supervisors.protocol import (
     HostStart,
     HostStarted,
     HostStartFailed,
-    OrphanCheck,
     ParticipantTable,
     QueryHosts,
     Reconfigure,
     Stop,
+    Stopped,
 )
 
 log = logging.getLogger("understudy.coordinator")
@@ -77,7 +77,7 @@ class _Child:
         self.pid = 0
 
 
-class Coordinator(ActorTypeDispatcher):
+class Coordinator(OwnerWatch, ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.setup: CoordinatorSetup | None = None
@@ -102,9 +102,9 @@ class Coordinator(ActorTypeDispatcher):
         self.add_requests: dict[str, list[Any]] = {}
         self.window: RestartWindow | None = None
         self.stopping = False
+        self.stop_reply: Any = None
+        self.stop_pending: set[int] = set()
         self.known_participants: set[str] = set()
-        self.last_heartbeat = 0.0
-        self.owner_suspect = False
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -115,9 +115,7 @@ class Coordinator(ActorTypeDispatcher):
         self.setup = msg
         self.setup_reply = sender
         self.window = RestartWindow(msg.policy)
-        if msg.orphan_timeout is not None:
-            self.last_heartbeat = time.monotonic()
-            self.wakeupAfter(timedelta(seconds=msg.orphan_timeout / 4), OrphanCheck())
+        self.watch(msg.owner, msg.watch_interval)
         for definition in msg.definitions:
             self.definitions[definition.key] = definition
             self.latest[definition.name] = max(
@@ -158,7 +156,7 @@ class Coordinator(ActorTypeDispatcher):
                 self.setup.policy,
                 self.setup.faults,
                 self.setup.max_snapshot_bytes,
-                self.setup.orphan_timeout,
+                self.setup.watch_interval,
             ),
         )
 
@@ -174,7 +172,7 @@ class Coordinator(ActorTypeDispatcher):
         self.children.append(_Child(address, participant=spec))
         faults = self.setup.faults if self.setup is not None else ()
         self.send(
-            address, ConfigureParticipant(spec.name, spec.options, faults, self._orphan_timeout())
+            address, ConfigureParticipant(spec.name, spec.options, faults, self._watch_interval())
         )
 
     def receiveMsg_HostReady(self, msg: HostReady, sender: Any) -> None:
@@ -200,7 +198,8 @@ class Coordinator(ActorTypeDispatcher):
             self._broadcast_participants()
         else:
             log.error("participant %s failed to start: %s", msg.name, msg.error)
-            if self.setup_reply is None and self._child_named(msg.name) is not None:
+            restarted = msg.name in self.known_participants
+            if restarted and self.setup_reply is None and self._child_named(msg.name) is not None:
                 # A restart after startup: nobody is waiting to hear the error, so keep trying.
                 self.wakeupAfter(timedelta(seconds=1.0), Reconfigure(msg.name))
         for requester in self.add_requests.pop(msg.name, []):
@@ -224,7 +223,6 @@ class Coordinator(ActorTypeDispatcher):
                 CoordinatorReady(self.resumed, tuple(h.pid for _, h in sorted(self.hosts.items()))),
             )
             self.setup_reply = None
-            self.last_heartbeat = time.monotonic()  # the owner's heartbeats start now
 
     def _broadcast_participants(self) -> None:
         for host in self.hosts.values():
@@ -365,8 +363,8 @@ class Coordinator(ActorTypeDispatcher):
 
     # --- supervision ------------------------------------------------------------------------
 
-    def _orphan_timeout(self) -> float | None:
-        return self.setup.orphan_timeout if self.setup is not None else None
+    def _watch_interval(self) -> float | None:
+        return self.setup.watch_interval if self.setup is not None else None
 
     def _child_named(self, name: str) -> _Child | None:
         for child in self.children:
@@ -406,10 +404,7 @@ class Coordinator(ActorTypeDispatcher):
             self.participant_pids.pop(spec.name, None)
             self._create_participant(spec)
 
-    # --- the owner's heartbeat ----------------------------------------------------------------
-
-    def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Any) -> None:
-        self.last_heartbeat = time.monotonic()
+    # --- the owner process -------------------------------------------------------------------
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if isinstance(msg.payload, Reconfigure):
@@ -423,39 +418,36 @@ class Coordinator(ActorTypeDispatcher):
                 spec = child.participant
                 self.send(
                     child.address,
-                    ConfigureParticipant(spec.name, spec.options, faults, self._orphan_timeout()),
+                    ConfigureParticipant(spec.name, spec.options, faults, self._watch_interval()),
                 )
-            return
-        if not isinstance(msg.payload, OrphanCheck) or self.setup is None or self.stopping:
-            return
-        timeout = self.setup.orphan_timeout
-        assert timeout is not None
-        if self.setup_reply is not None:
-            # Still starting: the owner's heartbeats begin only once start() returns.
-            self.last_heartbeat = time.monotonic()
-        silent = time.monotonic() - self.last_heartbeat
-        if silent <= timeout or not self.owner_suspect:
-            # Past the timeout, look once more: heartbeats queued while this actor was busy
-            # are handled before the next check.
-            self.owner_suspect = silent > timeout
-            for child in self.children:
-                self.send(child.address, Heartbeat())
-            self.wakeupAfter(timedelta(seconds=timeout / 4), OrphanCheck())
-            return
+
+    def owner_gone(self) -> None:
         # Thespian's multi-process admin outlives the process that started it. Without its
         # owner nobody waits for these sagas, and a restarted owner starts a second system on
         # the same store: stop, and let that restart resume every unfinished saga.
         log.error(
-            "no heartbeat from the owning process for %.0f s; shutting the actor system down "
-            "(unfinished sagas resume when understudy starts again on this store)",
-            silent,
+            "the application process that started understudy has exited; shutting the actor "
+            "system down (unfinished sagas resume when understudy starts again on this store)"
         )
         self.stopping = True
         self.actorSystemShutdown()
 
     def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
         self.stopping = True
-        self.send(sender, Pong("stop", os.getpid()))
+        self.stop_reply = sender
+        self.stop_pending = set(self.hosts)
+        for host in self.hosts.values():
+            self.send(host.address, Stop())
+        self._stopped_step()
+
+    def receiveMsg_Stopped(self, msg: Stopped, sender: Any) -> None:
+        self.stop_pending.discard(msg.shard)
+        self._stopped_step()
+
+    def _stopped_step(self) -> None:
+        if not self.stop_pending and self.stop_reply is not None:
+            self.send(self.stop_reply, Pong("stop", os.getpid()))
+            self.stop_reply = None
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
         if self.store is not None:

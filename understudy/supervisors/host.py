@@ -32,13 +32,13 @@ from typing import Any
 from understudy import codec, failpoints
 from understudy.actors.saga import DO, Finish, Saga, Send, Timer
 from understudy.actors.system import ActorTypeDispatcher, PoisonMessage, WakeupMessage
-from understudy.actors.watch import ParentCheck, ParentWatch
+from understudy.actors.watch import OwnerWatch
 from understudy.definitions import SagaDefinition
 from understudy.errors import CorruptRecord, StoreError, UnderstudyError
 from understudy.messages import SagaFinished, StepReply, StepRequest
 from understudy.persistence import SagaStore, open_store
 from understudy.persistence.base import FAILED, Event, NewSaga, SagaRecord, Transition
-from understudy.supervisors.inflight import InFlight, marker_path
+from understudy.supervisors.inflight import InFlight, ShardBusy, marker_path
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
     Flush,
@@ -51,6 +51,8 @@ from understudy.supervisors.protocol import (
     Reload,
     RetrySetup,
     SagaTimer,
+    Stop,
+    Stopped,
     Tick,
 )
 
@@ -78,7 +80,7 @@ class _Staged:
         self.new = new
 
 
-class SagaHost(ParentWatch, ActorTypeDispatcher):
+class SagaHost(OwnerWatch, ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.setup: HostSetup | None = None
@@ -106,7 +108,7 @@ class SagaHost(ParentWatch, ActorTypeDispatcher):
         failpoints.arm(msg.faults)
         self.definitions = {d.key: d for d in msg.definitions}
         self.participants = dict(msg.participants)
-        self.watch_parent(msg.orphan_timeout)
+        self.watch_parent(msg.watch_interval)
         self._open_and_recover()
 
     def _open_and_recover(self) -> None:
@@ -118,6 +120,14 @@ class SagaHost(ParentWatch, ActorTypeDispatcher):
             if self.store is None:
                 self.store = open_store(self.setup.store.location, **self.setup.store.options)
             resumed = self._recover()
+        except ShardBusy as busy:
+            # An earlier runtime's host still runs on this store (its owner just died and it
+            # has not noticed yet): wait for it to stop rather than work the same sagas.
+            log.warning(
+                "saga host %d waits: %s is held by a live host of another runtime", shard, busy
+            )
+            self.wakeupAfter(_seconds(SETUP_RETRY_DELAY), RetrySetup())
+            return
         except UnderstudyError as exc:
             log.error("saga host %d cannot recover yet (%s); retrying", shard, exc)
             self.send(self.coordinator, HostReady(shard, os.getpid(), 0, error=str(exc)))
@@ -130,20 +140,24 @@ class SagaHost(ParentWatch, ActorTypeDispatcher):
         assert self.setup is not None and self.store is not None
         path = marker_path(self.setup.store.location, self.setup.shard)
         if self.inflight is None and path is not None:
-            self.inflight = InFlight(path)
+            self.inflight = InFlight(path)  # raises ShardBusy while another host holds it
         blamed = self.inflight.blamed() if self.inflight is not None else None
+        if self.inflight is not None:
+            self.inflight.recovering()
         mine = [
             sid
             for sid in self.store.unfinished()
             if shard_of(sid, self.setup.shards) == self.setup.shard
         ]
         for chunk in range(0, len(mine), RECOVERY_CHUNK):
-            self._load(mine[chunk : chunk + RECOVERY_CHUNK], blamed)
+            self._load(mine[chunk : chunk + RECOVERY_CHUNK], blamed, scan=True)
         if self.inflight is not None:
             self.inflight.idle()
         return len(mine)
 
-    def _load(self, saga_ids: list[str], blamed: set[str] | None = None) -> None:
+    def _load(
+        self, saga_ids: list[str], blamed: set[str] | None = None, scan: bool = False
+    ) -> None:
         """Claim stored sagas (new incarnations, one transaction) and resume them, or park
         those that cannot run."""
         assert self.store is not None
@@ -161,6 +175,8 @@ class SagaHost(ParentWatch, ActorTypeDispatcher):
                 self._suspend(record)
             else:
                 runnable.append(saga_id)
+        if self.inflight is not None:
+            self.inflight.recovering()  # a crash while loading these is the scan's, not theirs
         # Only the sagas blamed for the crash get a recovery counted (None: all of them).
         counted = runnable if blamed is None else [s for s in runnable if s in blamed]
         claimed = self.store.claim_all(counted, recovery=True, at=now)
@@ -174,7 +190,12 @@ class SagaHost(ParentWatch, ActorTypeDispatcher):
                 if ended is not None and ended.terminal:
                     self.send(self.coordinator, _finished_from_record(ended))
                 continue
+            self._working_on(saga_id)
             self._resume_record(record, now)
+        if scan and self.inflight is not None:
+            self.inflight.recovering()
+        else:
+            self._idle()
 
     def _suspend(self, record: SagaRecord) -> None:
         """I15: a saga pinned to a definition version this runtime lacks is left as it is
@@ -287,6 +308,18 @@ class SagaHost(ParentWatch, ActorTypeDispatcher):
             self.send(self.coordinator, HostStartFailed(saga_id, type(exc).__name__, str(exc)))
             return
         if record is not None:
+            if not record.terminal and (record.definition, record.version) not in self.definitions:
+                self.send(
+                    self.coordinator,
+                    HostStartFailed(
+                        saga_id,
+                        "UnknownDefinition",
+                        f"saga {saga_id!r} is pinned to definition {record.definition!r} "
+                        f"v{record.version}, which this runtime does not have; it stays "
+                        f"{record.status}, untouched, until a runtime with that version starts",
+                    ),
+                )
+                return
             self.send(self.coordinator, HostStarted(saga_id, existing=True))
             if record.terminal:
                 self.send(self.coordinator, _finished_from_record(record))
@@ -335,8 +368,6 @@ class SagaHost(ParentWatch, ActorTypeDispatcher):
         payload = msg.payload
         if isinstance(payload, Tick):
             self._tick(payload)
-        elif isinstance(payload, ParentCheck):
-            self.check_parent()
         elif isinstance(payload, RetrySetup):
             self._open_and_recover()
         elif isinstance(payload, Reload):
@@ -480,8 +511,9 @@ class SagaHost(ParentWatch, ActorTypeDispatcher):
     # --- the flush: commit, then act --------------------------------------------------------
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
-        assert self.store is not None
         self.flush_scheduled = False
+        if self.store is None:
+            return  # stopped: nothing staged was sent, so dropping it loses nothing durable
         batch, self.batch = self.batch, []
         if not batch:
             return
@@ -591,12 +623,22 @@ class SagaHost(ParentWatch, ActorTypeDispatcher):
         if self.inflight is not None:
             self.inflight.idle()
 
+    def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
+        self._release()
+        self.send(sender, Stopped(self.setup.shard if self.setup is not None else -1))
+
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Let go of the shard marker (its lock) and the store: a clean stop blames nobody."""
         if self.inflight is not None:
             self.inflight.idle()
             self.inflight.close()
+            self.inflight = None
         if self.store is not None:
             self.store.close()
+            self.store = None
 
 
 def _finished_from_record(record: SagaRecord) -> SagaFinished:

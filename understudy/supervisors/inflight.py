@@ -10,35 +10,56 @@ the culprit back; no fsync is needed because a power loss restarts every saga an
 What the file says at startup, and who gets a recovery counted:
 - ``saga <id>``: that saga only;
 - ``idle`` or ``commit`` (died between inputs, or while committing a batch): nobody;
-- no file at all (first run here, or it was removed): every saga, as nothing is known.
+- ``recover`` (the previous recovery scan itself died), or no file at all (first run here):
+  every saga of the shard, as nothing narrower is known; this keeps a scan that keeps crashing
+  bounded by the recovery cap.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 IDLE = b"idle"
 COMMIT = b"commit"
+RECOVER = b"recover"
 _PREFIX = b"saga "
+#: One fixed-width record, written by one pwrite: a SIGKILL cannot leave half of it.
+WIDTH = 1024
+
+
+class ShardBusy(Exception):
+    """Another live saga host (of another runtime on the same store) holds this shard."""
 
 
 class InFlight:
+    """The marker file of one shard, locked by the host that owns the shard: a host of a
+    second runtime on the same store waits instead of working the same sagas in parallel."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         existed = os.path.exists(path)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        self.previous: bytes | None = os.pread(self._fd, 65536, 0) if existed else None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ShardBusy(path) from None
+        self.previous: bytes | None = os.pread(self._fd, WIDTH, 0).rstrip() if existed else None
 
     def blamed(self) -> set[str] | None:
         """Sagas to count a recovery against: a set (maybe empty), or None for everyone."""
-        if self.previous is None:
-            return None
+        if self.previous is None or self.previous == RECOVER:
+            return None  # nothing known, or the last recovery scan itself died: count all
         if self.previous.startswith(_PREFIX):
             return {self.previous[len(_PREFIX) :].decode("utf-8", "replace")}
         return set()
 
     def working_on(self, saga_id: str) -> None:
         self._write(_PREFIX + saga_id.encode())
+
+    def recovering(self) -> None:
+        self._write(RECOVER)
 
     def committing(self) -> None:
         self._write(COMMIT)
@@ -47,11 +68,11 @@ class InFlight:
         self._write(IDLE)
 
     def _write(self, data: bytes) -> None:
-        os.pwrite(self._fd, data, 0)
-        os.ftruncate(self._fd, len(data))
+        # Ids longer than the record are cut: such a saga is then blamed on nobody.
+        os.pwrite(self._fd, data[:WIDTH].ljust(WIDTH), 0)
 
     def close(self) -> None:
-        os.close(self._fd)
+        os.close(self._fd)  # releases the lock
 
 
 def marker_path(store_location: str, shard: int) -> str | None:

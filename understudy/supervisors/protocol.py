@@ -29,7 +29,7 @@ class HostSetup:
     policy: RestartPolicy
     faults: tuple[Fault, ...] = ()
     max_snapshot_bytes: int = 1 << 20
-    orphan_timeout: float | None = None  # exit when the coordinator goes silent this long
+    watch_interval: float | None = None  # seconds between checks that the coordinator lives
 
 
 @attrs.frozen
@@ -111,12 +111,8 @@ class CoordinatorSetup:
     participants: tuple[Any, ...] = ()  # AddParticipant values, created before any saga resumes
     faults: tuple[Fault, ...] = ()
     max_snapshot_bytes: int = 1 << 20
-    orphan_timeout: float | None = None  # shut the system down when the owner goes silent
-
-
-@attrs.frozen
-class OrphanCheck:
-    """The coordinator's reminder to check for its owner's heartbeat."""
+    owner: tuple[int, str | None] | None = None  # the application process (pid, start)
+    watch_interval: float | None = None  # seconds between checks that the owner lives
 
 
 @attrs.frozen
@@ -148,4 +144,13 @@ class Batch:
 
 @attrs.frozen
 class Stop:
-    """Sent before the actor system shuts down: children that exit now must not be restarted."""
+    """Sent before the actor system shuts down: children that exit now must not be restarted,
+    and hosts release their store and shard marker (the in-process base never tells actors
+    that the system is going away)."""
+
+
+@attrs.frozen
+class Stopped:
+    """A host has released its store and shard marker."""
+
+    shard: int

@@ -23,6 +23,7 @@ from conftest import PARTICIPANTS, all_effects, order_definition, timeline
 from participants import Recorder, Ticker
 
 from understudy import RestartPolicy, Understudy
+from understudy.actors.watch import is_running
 from understudy.failpoints import Fault
 from understudy.persistence.sqlite import SQLiteStore
 
@@ -382,11 +383,7 @@ def test_a_saga_that_keeps_killing_its_host_parks_alone(tmp_path: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return is_running((pid, None))
 
 
 @pytest.mark.multiproc

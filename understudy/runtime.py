@@ -92,11 +92,10 @@ def _rejection_error(reply: SagaRejectedMessage) -> UnderstudyError:
 class _Bridge(threading.Thread):
     """The one thread that talks to the actor system (see the module docstring)."""
 
-    def __init__(self, asys: Any, coordinator: Any, in_process: bool) -> None:
+    def __init__(self, asys: Any, coordinator: Any) -> None:
         super().__init__(name="understudy-bridge", daemon=True)
         self.asys = asys
         self.coordinator = coordinator
-        self.in_process = in_process
         self.commands: queue.Queue[tuple[Any, Any, concurrent.futures.Future[Any]] | None] = (
             queue.Queue()
         )
@@ -212,7 +211,7 @@ class Understudy:
         self.base = base
         self.resumed = resumed
         self._owns_system = owns_system
-        self._bridge = _Bridge(asys, coordinator, not is_multiprocess(base))
+        self._bridge = _Bridge(asys, coordinator)
         self._bridge.start()
         self._local = threading.local()
         self._tokens = itertools.count()

@@ -97,7 +97,6 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         self.timer_seq = itertools.count()
         self.tick_at: float | None = None
         self.uncommitted: set[str] = set()  # new sagas whose start row is not committed yet
-        self.suspended = 0  # sagas left alone: their definition version is not registered
         self.inflight: InFlight | None = None
 
     # --- setup and recovery -----------------------------------------------------------------
@@ -211,7 +210,6 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
             ", ".join(known) or "none",
             record.status,
         )
-        self.suspended += 1
 
     def _resume_record(self, record: SagaRecord, now: float) -> None:
         assert self.setup is not None

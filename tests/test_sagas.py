@@ -238,3 +238,11 @@ def test_each_start_of_one_saga_gets_its_own_kind_of_answer(start: Start) -> Non
     accepted = us.submit_future("twice", "order", {}, wait=False)
     assert isinstance(waiting.result(30), SagaFinished)
     assert isinstance(accepted.result(30), SagaAccepted)
+
+
+def test_only_the_first_of_concurrent_starts_creates_the_saga(start: Start) -> None:
+    """Starts of one new id in flight together: the first is told it created the saga, the
+    others that it already existed."""
+    us = start()
+    futures = [us.submit_future("same", "order", {}, wait=False) for _ in range(3)]
+    assert [False, True, True] == [f.result(30).existing for f in futures]

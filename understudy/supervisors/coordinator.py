@@ -314,8 +314,11 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
 
     def receiveMsg_HostStarted(self, msg: HostStarted, sender: Any) -> None:
         waiters = self.waiters.get(msg.saga_id, [])
-        for address, _wait, request_id in [w for w in waiters if not w[1]]:
-            self.send(address, SagaAccepted(msg.saga_id, msg.existing, request_id))
+        for index, (address, wait, request_id) in enumerate(waiters):
+            if not wait:
+                # Only the first start created the saga; starts that joined it found it.
+                existing = msg.existing or index > 0
+                self.send(address, SagaAccepted(msg.saga_id, existing, request_id))
         remaining = [w for w in waiters if w[1]]
         if remaining:
             self.waiters[msg.saga_id] = remaining

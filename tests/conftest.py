@@ -57,21 +57,33 @@ def base(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def recorders(tmp_path: Path) -> list[tuple[str, type, dict[str, Any]]]:
+    """A Recorder participant for each name in PARTICIPANTS, each with its ledger under
+    ``tmp_path``."""
+    return [(name, Recorder, {"database": str(tmp_path / f"{name}.db")}) for name in PARTICIPANTS]
+
+
+def start_runtime(
+    tmp_path: Path, definitions: Any = None, participants: Any = None, **options: Any
+) -> Understudy:
+    """An understudy runtime over ``tmp_path / "sagas.db"``, with the order saga and Recorder
+    participants unless told otherwise; the caller shuts it down."""
+    return Understudy.start(
+        tmp_path / "sagas.db",
+        definitions or [order_definition()],
+        recorders(tmp_path) if participants is None else participants,
+        **options,
+    )
+
+
 @pytest.fixture
 def start(tmp_path: Path, base: str) -> Iterator[Callable[..., Understudy]]:
-    """Start an understudy runtime over ``tmp_path / "sagas.db"`` with Recorder participants."""
+    """Start runtimes with :func:`start_runtime` on the parametrised base; shut down after."""
     running: list[Understudy] = []
 
     def _start(definitions: Any = None, participants: Any = None, **options: Any) -> Understudy:
-        if participants is None:
-            participants = [
-                (name, Recorder, {"database": str(tmp_path / f"{name}.db")})
-                for name in PARTICIPANTS
-            ]
         options.setdefault("base", base)
-        runtime = Understudy.start(
-            tmp_path / "sagas.db", definitions or [order_definition()], participants, **options
-        )
+        runtime = start_runtime(tmp_path, definitions, participants, **options)
         running.append(runtime)
         return runtime
 

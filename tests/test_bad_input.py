@@ -9,8 +9,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from conftest import PARTICIPANTS, order_definition, timeline
-from participants import Recorder
+from conftest import order_definition, recorders, timeline
 
 from understudy import (
     RetryPolicy,
@@ -49,10 +48,6 @@ def test_a_corrupt_snapshot_parks_that_saga_and_the_others_finish(
     assert timeline(tmp_path, "bad") == []
 
 
-def _participants(tmp_path: Path) -> list[tuple[str, type, dict[str, str]]]:
-    return [(n, Recorder, {"database": str(tmp_path / f"{n}.db")}) for n in PARTICIPANTS]
-
-
 def test_a_locked_database_is_a_clear_error_at_start(tmp_path: Path) -> None:
     """A store locked by another writer fails the start with StoreUnavailable naming the file."""
     path = tmp_path / "sagas.db"
@@ -64,7 +59,7 @@ def test_a_locked_database_is_a_clear_error_at_start(tmp_path: Path) -> None:
             Understudy.start(
                 path,
                 [order_definition()],
-                _participants(tmp_path),
+                recorders(tmp_path),
                 store_options={"busy_timeout": 0.2},
             )
     finally:
@@ -80,7 +75,7 @@ def test_a_read_only_database_is_a_clear_error_at_start(tmp_path: Path) -> None:
     subprocess.run(["chattr", "+i", str(path)], check=True)
     try:
         with pytest.raises(StoreUnavailable, match=r"sagas\.db.*cannot be written"):
-            Understudy.start(path, [order_definition()], _participants(tmp_path))
+            Understudy.start(path, [order_definition()], recorders(tmp_path))
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=True)
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PARTICIPANTS, all_effects, order_definition, timeline
-from participants import Recorder, Ticker
+from conftest import all_effects, order_definition, recorders, start_runtime, timeline
+from participants import Ticker
 
 from understudy import RestartPolicy, Understudy
 from understudy.actors.watch import is_running
@@ -39,10 +39,6 @@ HOST_POINTS = [
     "host.after_terminal",  # terminal state durable, caller not told
 ]
 PARTICIPANT_POINTS = ["participant.after_apply", "participant.before_apply"]
-
-
-def _participants(tmp_path: Path) -> list[tuple[str, type, dict[str, str]]]:
-    return [(n, Recorder, {"database": str(tmp_path / f"{n}.db")}) for n in PARTICIPANTS]
 
 
 def _run_batch(us: Understudy, prefix: str, count: int = 8) -> dict[str, str]:
@@ -81,10 +77,9 @@ def test_sigkill_at_each_boundary(point: str, tmp_path: Path) -> None:
     """A SIGKILL of the saga host (or participant) process at ``point`` is survived."""
     fired = tmp_path / "fired"
     fault = Fault(point, "kill", nth=2, once_file=str(fired))
-    with Understudy.start(
-        tmp_path / "sagas.db",
+    with start_runtime(
+        tmp_path,
         [order_definition(timeout=1.0)],
-        _participants(tmp_path),
         base="multiprocTCPBase",
         hosts=1,
         faults=[fault],
@@ -103,10 +98,9 @@ def test_exception_at_each_boundary_in_process(point: str, tmp_path: Path) -> No
     snapshot, and the saga still ends as it should."""
     fired = tmp_path / "fired"
     fault = Fault(point, "raise", nth=2, once_file=str(fired))
-    with Understudy.start(
-        tmp_path / "sagas.db",
+    with start_runtime(
+        tmp_path,
         [order_definition(timeout=1.0)],
-        _participants(tmp_path),
         faults=[fault],
     ) as us:
         statuses = _run_batch(us, "x")
@@ -117,14 +111,10 @@ def test_exception_at_each_boundary_in_process(point: str, tmp_path: Path) -> No
 WORKER = """
 import sys, time
 sys.path[:0] = {paths!r}
-from participants import Recorder, Ticker
-from conftest import order_definition
-from understudy import RestartPolicy, Understudy
-tmp = {tmp!r}
-names = ("orders", "inventory", "payments")
-us = Understudy.start(tmp + "/sagas.db", [order_definition(timeout=1.0)],
-    [(n, Recorder, {{"database": tmp + "/" + n + ".db"}}) for n in names],
-    base="multiprocTCPBase", hosts=2)
+from pathlib import Path
+from conftest import order_definition, start_runtime
+us = start_runtime(Path({tmp!r}), [order_definition(timeout=1.0)], base="multiprocTCPBase",
+                   hosts=2)
 # Thespian's multi-process admin detaches into its own session: report its process group so the
 # test can kill every process of the application, as a machine crash would.
 import os
@@ -167,10 +157,9 @@ def test_whole_process_killed_mid_run_then_restarted(tmp_path: Path) -> None:
     unfinished_at_kill = len(store.unfinished())
     store.close()
     assert unfinished_at_kill > 0, "nothing was in flight when the process died"
-    with Understudy.start(
-        tmp_path / "sagas.db",
+    with start_runtime(
+        tmp_path,
         [order_definition(timeout=1.0)],
-        _participants(tmp_path),
         base="multiprocTCPBase",
         hosts=2,
     ) as us:
@@ -188,10 +177,9 @@ def test_whole_process_killed_mid_run_then_restarted(tmp_path: Path) -> None:
 def test_a_saga_that_keeps_crashing_parks_and_the_others_finish(tmp_path: Path) -> None:
     """Past the restart intensity a crashing saga parks as failed; the other sagas complete."""
     fault = Fault("host.after_intent_commit", "raise", nth=1, saga_id="k-3", persistent=True)
-    with Understudy.start(
-        tmp_path / "sagas.db",
+    with start_runtime(
+        tmp_path,
         [order_definition(timeout=1.0)],
-        _participants(tmp_path),
         faults=[fault],
         policy=RestartPolicy(max_restarts=2, within=60.0),
     ) as us:
@@ -214,10 +202,9 @@ def test_a_restarted_participant_gets_the_outstanding_request_at_once(tmp_path: 
     recorded result."""
     fired = tmp_path / "fired"
     fault = Fault("participant.after_apply", "kill", nth=1, saga_id="p-1", once_file=str(fired))
-    with Understudy.start(
-        tmp_path / "sagas.db",
+    with start_runtime(
+        tmp_path,
         [order_definition(timeout=120.0)],
-        _participants(tmp_path),
         base="multiprocTCPBase",
         faults=[fault],
     ) as us:
@@ -234,14 +221,9 @@ def test_a_restarted_participant_gets_the_outstanding_request_at_once(tmp_path: 
 ORPHAN = """
 import os, sys, time
 sys.path[:0] = {paths!r}
-from participants import Recorder, Ticker
-from conftest import order_definition
-from understudy import Understudy
-tmp = {tmp!r}
-names = ("orders", "inventory", "payments")
-us = Understudy.start(tmp + "/sagas.db", [order_definition()],
-    [(n, Recorder, {{"database": tmp + "/" + n + ".db"}}) for n in names],
-    base="multiprocTCPBase", watch_interval=0.5)
+from pathlib import Path
+from conftest import start_runtime
+us = start_runtime(Path({tmp!r}), base="multiprocTCPBase", watch_interval=0.5)
 print("pgid", os.getpgid(us.hosts().coordinator_pid), flush=True)
 time.sleep(120)
 """
@@ -283,9 +265,7 @@ def test_a_duplicate_start_is_acknowledged_only_once_durable(tmp_path: Path) -> 
     """Two starts of one id in flight together: if the start's commit fails, neither caller is
     told the saga was accepted (it does not exist); a later start runs it."""
     fault = Fault("host.before_commit", "raise", nth=1, once_file=str(tmp_path / "fired"))
-    with Understudy.start(
-        tmp_path / "sagas.db", [order_definition()], _participants(tmp_path), faults=[fault]
-    ) as us:
+    with start_runtime(tmp_path, faults=[fault]) as us:
         first = us.submit_future("dup", "order", {}, wait=False)
         second = us.submit_future("dup", "order", {}, wait=False)
         assert ["SagaRejected", "SagaRejected"] == [
@@ -309,10 +289,9 @@ def test_a_host_restarted_while_the_store_is_locked_recovers_once_it_is_free(
         delay=2.0,
         once_file=str(tmp_path / "slow"),
     )
-    with Understudy.start(
-        tmp_path / "sagas.db",
+    with start_runtime(
+        tmp_path,
         [order_definition(timeout=1.0)],
-        _participants(tmp_path),
         base="multiprocTCPBase",
         hosts=1,
         faults=[slow],
@@ -339,10 +318,10 @@ def test_a_host_restarted_while_the_store_is_locked_recovers_once_it_is_free(
 def test_starts_are_accepted_while_a_slow_participant_restarts(tmp_path: Path) -> None:
     """A participant with a slow setup (longer than the owner-watch interval) is not taken for
     an orphan; while it restarts, starts naming it are accepted and finish once it is back."""
-    participants = _participants(tmp_path)
+    participants = recorders(tmp_path)
     participants[0][2]["setup_delay"] = 3  # type: ignore[index]
-    with Understudy.start(
-        tmp_path / "sagas.db",
+    with start_runtime(
+        tmp_path,
         [order_definition()],
         participants,
         base="multiprocTCPBase",
@@ -364,10 +343,9 @@ def test_a_saga_that_keeps_killing_its_host_parks_alone(tmp_path: Path) -> None:
         Fault("participant.before_apply", "delay", saga_id="Y", delay=1.5, persistent=True),
         Fault("host.after_intent_commit", "kill", saga_id="X", persistent=True),
     ]
-    with Understudy.start(
-        tmp_path / "sagas.db",
+    with start_runtime(
+        tmp_path,
         [order_definition(timeout=10.0)],
-        _participants(tmp_path),
         base="multiprocTCPBase",
         hosts=1,
         faults=faults,
@@ -390,10 +368,10 @@ def _alive(pid: int) -> bool:
 def test_children_of_a_killed_coordinator_stop_themselves(tmp_path: Path) -> None:
     """Saga hosts and participants whose coordinator process died stop themselves instead of
     running on unsupervised, including a participant that handles wakeups of its own."""
-    participants = _participants(tmp_path)
+    participants = recorders(tmp_path)
     participants[0] = ("orders", Ticker, participants[0][2])
-    with Understudy.start(
-        tmp_path / "sagas.db",
+    with start_runtime(
+        tmp_path,
         [order_definition()],
         participants,
         base="multiprocTCPBase",

@@ -202,7 +202,6 @@ class Understudy:
         coordinator: Any,
         store: StoreConfig,
         base: str,
-        owns_system: bool,
         resumed: int,
     ) -> None:
         self.asys = asys
@@ -210,7 +209,6 @@ class Understudy:
         self.store_config = store
         self.base = base
         self.resumed = resumed
-        self._owns_system = owns_system
         self._bridge = _Bridge(asys, coordinator)
         self._bridge.start()
         self._local = threading.local()
@@ -278,7 +276,7 @@ class Understudy:
         except BaseException:
             asys.shutdown()
             raise
-        return cls(asys, coordinator, store_config, base, True, reply.resumed)
+        return cls(asys, coordinator, store_config, base, reply.resumed)
 
     # --- starting sagas ------------------------------------------------------------------------
 
@@ -442,8 +440,7 @@ class Understudy:
         if store is not None:
             store.close()
             self._local.store = None
-        if self._owns_system:
-            self.asys.shutdown()
+        self.asys.shutdown()
 
     def __enter__(self) -> Understudy:
         return self

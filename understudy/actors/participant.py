@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -297,8 +298,6 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
         result: bytes | None,
         reason: str | None,
     ) -> None:
-        import time
-
         db.execute(
             "INSERT INTO understudy_ledger (key, saga_id, step, kind, action, digest, outcome, "
             "result, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -1,55 +1,138 @@
-"""Named failpoints at the coordinator's persistence and messaging boundaries.
+"""Named failpoints at every persistence and messaging boundary of understudy.
 
 Production code calls :func:`hit` at each boundary. With nothing armed, a hit is one truthiness
-test of a module-level dict, so failpoints stay compiled in. Tests arm :class:`Fault` values
-(they travel to other processes inside the host's setup message), and a fault can kill the
-process with SIGKILL, exactly like a crash the coordinator must survive.
+test of a module-level dict (``python bench/failpoints.py`` measures it), so failpoints stay
+compiled in. Tests arm :class:`Fault` values; they travel to other processes inside the setup
+messages of saga hosts and participants, and each process counts its own hits.
+
+Three kinds of point, and the actions each accepts:
+
+- every point: ``kill`` (SIGKILL this process), ``kill_system`` (SIGKILL this process's whole
+  process group: on a multi-process base, the actor system with every actor in it),
+  ``raise`` (:class:`InjectedFault`), ``hang`` and ``delay`` (sleep ``delay`` seconds; a hang
+  is a delay longer than the step timeouts);
+- message points (a message about to be sent) also: ``drop`` and ``duplicate``. :func:`hit`
+  returns the action and the caller skips or repeats the send;
+- store points (inside or just after a store transaction) also: ``busy``, ``io_error`` and
+  ``disk_full``, raised as the :class:`sqlite3.OperationalError` SQLite itself reports, so the
+  store's real error translation and rollback run.
 
 A fault with ``once_file`` fires at most once across every process and restart: the file is
-created atomically when it fires, and a fault whose file exists stays quiet. That is what lets a
-test crash a saga host at a boundary and then watch the restarted host recover.
+created atomically when it fires, and a fault whose file exists stays quiet. Without it a fault
+fires at the ``nth`` hit in each process (a restarted process counts from zero again), and at
+every later hit too when ``persistent``. A fault with ``log_file`` appends one line per firing,
+which is how a harness learns what fired in processes it cannot see.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
+from typing import Any, Final
 
 import attrs
 
-#: Every failpoint understudy's code hits, so tests can iterate over them.
-POINTS = (
-    "host.after_intent_commit",  # intent durable, request not sent yet
-    "host.after_send",  # request sent, reply not received yet
-    "host.after_reply",  # reply received, next snapshot not committed yet
-    "host.after_compensation_intent",  # compensation intent durable, not sent yet
-    "host.before_commit",  # a batch is about to be committed
-    "host.after_terminal",  # terminal state durable, caller not told yet
-    "participant.before_apply",
-    "participant.after_apply",  # effect and ledger row committed, reply not sent yet
-)
+CODE: Final = "code"
+MESSAGE: Final = "message"
+STORE: Final = "store"
 
-ACTIONS = ("kill", "raise", "delay")
+#: Every failpoint understudy's code hits, with its kind.
+POINT_KINDS: Final[dict[str, str]] = {
+    "coordinator.before_route": MESSAGE,  # a start accepted, not yet sent to its saga host
+    "coordinator.before_reply": MESSAGE,  # a saga's end known, the caller not told yet
+    "host.before_commit": CODE,  # a batch of intents and snapshots about to be committed
+    "host.after_intent_commit": CODE,  # intent durable, request not sent yet
+    "host.send": MESSAGE,  # a request to a participant (forward or compensation) being sent
+    "host.after_send": CODE,  # request sent, reply not received yet
+    "host.after_reply": CODE,  # reply received, next snapshot not committed yet
+    "host.after_compensation_intent": CODE,  # compensation intent durable, not sent yet
+    "host.after_compensation_send": CODE,  # compensation sent, its reply not received yet
+    "host.after_compensation_reply": CODE,  # compensation confirmed, not committed yet
+    "host.after_terminal": CODE,  # terminal state durable, caller not told
+    "store.in_transaction": STORE,  # inside the snapshot transaction, before its commit
+    "store.after_commit": STORE,  # the snapshot transaction committed, caller not told yet
+    "store.claim": STORE,  # inside a recovery claim (incarnation bump) transaction
+    "participant.before_apply": CODE,  # request received, effect not applied
+    "participant.after_apply": CODE,  # effect and ledger row committed, reply not sent
+    "participant.before_reply": MESSAGE,  # the reply being sent
+}
+POINTS: Final = tuple(POINT_KINDS)
+
+CRASHES: Final = ("kill", "kill_system", "raise", "hang", "delay")
+MESSAGE_ACTIONS: Final = ("drop", "duplicate")
+STORE_ACTIONS: Final = ("busy", "io_error", "disk_full")
+ACTIONS: Final = CRASHES + MESSAGE_ACTIONS + STORE_ACTIONS
+
+#: What SQLite says for each store failure, word for word.
+_STORE_ERRORS: Final = {
+    "busy": "database is locked",
+    "io_error": "disk I/O error",
+    "disk_full": "database or disk is full",
+}
+
+HANG_SECONDS: Final = 3.0
+
+
+def actions_for(point: str) -> tuple[str, ...]:
+    """The actions ``point`` accepts."""
+    kind = POINT_KINDS[point]
+    if kind == MESSAGE:
+        return CRASHES + MESSAGE_ACTIONS
+    if kind == STORE:
+        return CRASHES + STORE_ACTIONS
+    return CRASHES
 
 
 class InjectedFault(Exception):
     """Raised by a failpoint armed with ``action="raise"``."""
 
 
+def _check_action(instance: Fault, attribute: Any, value: str) -> None:
+    if instance.point not in POINT_KINDS:
+        raise ValueError(
+            f"unknown failpoint {instance.point!r}; the failpoints are: {', '.join(POINTS)}"
+        )
+    allowed = actions_for(instance.point)
+    if value not in allowed:
+        raise ValueError(
+            f"failpoint {instance.point!r} ({POINT_KINDS[instance.point]} point) cannot "
+            f"{value!r}; it accepts: {', '.join(allowed)}"
+        )
+
+
 @attrs.frozen
 class Fault:
     """Fire ``action`` at the ``nth`` hit of ``point`` (counting only hits for ``saga_id`` when
-    it is set), and at every later hit too when ``persistent``. ``delay`` seconds apply to the
-    ``delay`` action."""
+    it is set), and at every later hit too when ``persistent``. ``delay`` is the sleep of the
+    ``delay`` and ``hang`` actions (``hang`` defaults to :data:`HANG_SECONDS`)."""
 
-    point: str = attrs.field(validator=attrs.validators.in_(POINTS))
-    action: str = attrs.field(default="kill", validator=attrs.validators.in_(ACTIONS))
+    point: str
+    action: str = attrs.field(default="kill", validator=_check_action)
     nth: int = 1
     saga_id: str | None = None
     once_file: str | None = None
     delay: float = 0.0
     persistent: bool = False
+    log_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fault as plain JSON-ready values (a saved schedule is a list of these)."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fault:
+        fields = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"a fault has no field(s) {', '.join(unknown)}: {data!r}")
+        return cls(**data)
+
+    def describe(self) -> str:
+        scope = f" of saga {self.saga_id}" if self.saga_id else ""
+        every = " and every later hit" if self.persistent else ""
+        return f"{self.action} at hit {self.nth}{every} of {self.point}{scope}"
 
 
 _armed: dict[str, list[Fault]] = {}
@@ -69,31 +152,48 @@ def disarm() -> None:
     _hits.clear()
 
 
-def hit(point: str, saga_id: str | None = None) -> None:
-    """Mark that execution reached ``point``; fire an armed fault whose turn it is."""
+def hit(point: str, saga_id: str | None = None) -> str | None:
+    """Mark that execution reached ``point``; fire an armed fault whose turn it is. Returns
+    ``"drop"`` or ``"duplicate"`` when a message point's fault asks the caller to do so."""
     if not _armed:
-        return
+        return None
+    verdict = None
     for fault in _armed.get(point, ()):
         if fault.saga_id is not None and fault.saga_id != saga_id:
             continue
         count = _hits.get(fault, 0) + 1
         _hits[fault] = count
         if count == fault.nth or (fault.persistent and count > fault.nth):
-            _fire(fault)
+            verdict = _fire(fault, saga_id) or verdict
+    return verdict
 
 
-def _fire(fault: Fault) -> None:
+def _fire(fault: Fault, saga_id: str | None) -> str | None:
+    line = f"{fault.point} {fault.action} pid={os.getpid()} saga={saga_id or '-'} at={time.time()}"
     if fault.once_file is not None:
         try:
             fd = os.open(fault.once_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            return
-        os.write(fd, f"{fault.point} pid={os.getpid()} at={time.time()}\n".encode())
+            return None
+        os.write(fd, (line + "\n").encode())
         os.fsync(fd)
         os.close(fd)
-    if fault.action == "kill":
+    if fault.log_file is not None:
+        # One short O_APPEND write: atomic among processes, and on disk before a SIGKILL.
+        fd = os.open(fault.log_file, os.O_CREAT | os.O_APPEND | os.O_WRONLY)
+        os.write(fd, (line + "\n").encode())
+        os.close(fd)
+    action = fault.action
+    if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    elif fault.action == "raise":
-        raise InjectedFault(f"injected fault at {fault.point}")
-    elif fault.action == "delay":
-        time.sleep(fault.delay)
+    elif action == "kill_system":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    elif action == "raise":
+        raise InjectedFault(f"injected fault: {fault.describe()}")
+    elif action in ("hang", "delay"):
+        time.sleep(fault.delay or (HANG_SECONDS if action == "hang" else 0.0))
+    elif action in _STORE_ERRORS:
+        raise sqlite3.OperationalError(_STORE_ERRORS[action])
+    else:
+        return action  # drop, duplicate: the caller acts on the message
+    return None

@@ -231,6 +231,7 @@ class Understudy:
         max_snapshot_bytes: int = 1 << 20,
         watch_interval: float = 2.0,
         timeout: float = 60.0,
+        host_class: type | None = None,
     ) -> Understudy:
         """Start an actor system (``base``) with a coordinator over the store at ``store``.
 
@@ -243,6 +244,10 @@ class Understudy:
         On multi-process bases Thespian's actor processes would outlive the process that
         started them; every ``watch_interval`` seconds they check that it still runs, and shut
         themselves down once it has exited (a new start resumes their sagas).
+
+        ``faults`` arms :mod:`understudy.failpoints` in every actor (crash tests), and
+        ``host_class`` replaces the saga host with a subclass: both exist to test understudy
+        itself (:mod:`understudy.testing` uses them), not for production.
         """
         definitions = tuple(definitions)
         store_config = StoreConfig(os.fspath(store), dict(store_options or {}))
@@ -267,6 +272,7 @@ class Understudy:
                 max_snapshot_bytes,
                 process_identity(os.getpid()) if is_multiprocess(base) else None,
                 watch_interval if is_multiprocess(base) else None,
+                class_path(host_class) if host_class is not None else None,
             )
             reply = asys.ask(coordinator, setup, timeout)
             if reply is None:
@@ -428,12 +434,13 @@ class Understudy:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """Stop the bridge and the actor system (every actor process on multi-process bases)."""
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the bridge and the actor system (every actor process on multi-process bases).
+        Saga hosts get ``timeout`` seconds to let go of the store cleanly."""
         if self._bridge.is_alive():
             # Shutting down regardless: a child restarted now would only be orphaned.
             with contextlib.suppress(concurrent.futures.TimeoutError, ActorSystemError):
-                self._bridge.submit(Stop(), ("pong", "stop")).result(10)
+                self._bridge.submit(Stop(), ("pong", "stop")).result(timeout)
         self._bridge.stop()
         self._bridge.join(timeout=30)
         store = getattr(self._local, "store", None)

@@ -194,7 +194,12 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
         failpoints.hit("participant.before_apply", msg.saga_id)
         reply = self._handle(self.db, msg)
         failpoints.hit("participant.after_apply", msg.saga_id)
+        verdict = failpoints.hit("participant.before_reply", msg.saga_id)
+        if verdict == "drop":
+            return  # lost on the way: the saga's reply deadline notices
         self.send(sender, reply)
+        if verdict == "duplicate":
+            self.send(sender, reply)
 
     def _handle(self, db: sqlite3.Connection, msg: StepRequest) -> StepReply:
         digest = hashlib.sha256(codec.encode([msg.action, msg.payload])).digest()

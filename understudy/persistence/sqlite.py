@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from understudy import codec
+from understudy import codec, failpoints
 from understudy.errors import CorruptRecord, StoreError, StoreUnavailable
 from understudy.persistence.base import (
     ACTIVE_STATUSES,
@@ -259,6 +259,8 @@ class SQLiteStore(SagaStore):
                 if applied and write.events:
                     self._insert_events(conn, write.saga_id, incarnation, write.events)
                 results.append(applied)
+            failpoints.hit("store.in_transaction")
+        failpoints.hit("store.after_commit")
         return results
 
     @staticmethod
@@ -318,6 +320,7 @@ class SQLiteStore(SagaStore):
                     conn, saga_id, record.incarnation, [Event("claimed", at, detail=detail)]
                 )
                 claimed[saga_id] = record
+            failpoints.hit("store.claim")
         return claimed
 
     def unfinished(self) -> list[str]:

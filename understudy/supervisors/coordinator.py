@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from understudy import codec
+from understudy import codec, failpoints
 from understudy.actors.system import (
     ActorTypeDispatcher,
     ChildActorExited,
@@ -114,6 +114,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             return
         self.setup = msg
         self.setup_reply = sender
+        failpoints.arm(msg.faults)
         self.window = RestartWindow(msg.policy)
         self.watch(msg.owner, msg.watch_interval)
         for definition in msg.definitions:
@@ -141,7 +142,9 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
 
     def _create_host(self, shard: int) -> None:
         assert self.setup is not None
-        address = self.createActor(SagaHost)
+        address = self.createActor(
+            load_class(self.setup.host_class) if self.setup.host_class else SagaHost
+        )
         child = _Child(address, shard=shard)
         self.children.append(child)
         self.hosts[shard] = child
@@ -264,7 +267,12 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         start = HostStart(msg.saga_id, msg.definition, version, msg.payload)
         self.starting[msg.saga_id] = start
         host = self.hosts[shard_of(msg.saga_id, self.setup.hosts)]
+        verdict = failpoints.hit("coordinator.before_route", msg.saga_id)
+        if verdict == "drop":
+            return  # lost on the way; resent if that host restarts, else the caller times out
         self.send(host.address, start)
+        if verdict == "duplicate":
+            self.send(host.address, start)
 
     def _validate(self, msg: StartSaga) -> SagaRejected | None:
         if not isinstance(msg.saga_id, str) or not msg.saga_id:
@@ -333,8 +341,14 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
 
     def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
         self.starting.pop(msg.saga_id, None)
-        for address, _wait, request_id in self.waiters.pop(msg.saga_id, []):
+        waiters = self.waiters.pop(msg.saga_id, [])
+        verdict = failpoints.hit("coordinator.before_reply", msg.saga_id) if waiters else None
+        if verdict == "drop":
+            return  # the caller never hears; the saga's end is in the store regardless
+        for address, _wait, request_id in waiters:
             self.send(address, attrs.evolve(msg, request_id=request_id))
+            if verdict == "duplicate":
+                self.send(address, attrs.evolve(msg, request_id=request_id))
 
     def receiveMsg_QueryStatus(self, msg: QueryStatus, sender: Any) -> None:
         assert self.store is not None

@@ -97,6 +97,9 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         self.timer_seq = itertools.count()
         self.tick_at: float | None = None
         self.uncommitted: set[str] = set()  # new sagas whose start row is not committed yet
+        # New sagas whose commit reported an error: the row may exist all the same (an error
+        # after the commit), so the start is answered once a reload has looked.
+        self.unanswered: dict[str, tuple[str, str]] = {}  # saga id -> (error, reason)
         self.inflight: InFlight | None = None
 
     # --- setup and recovery -----------------------------------------------------------------
@@ -164,6 +167,9 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         runnable: list[str] = []
         for saga_id in saga_ids:
             record = self.store.get(saga_id)
+            failure = self.unanswered.pop(saga_id, None)
+            if failure is not None:
+                self._answer_start(saga_id, record, failure)
             if record is None:
                 continue
             if record.terminal:
@@ -195,6 +201,15 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
             self.inflight.recovering()
         else:
             self._idle()
+
+    def _answer_start(
+        self, saga_id: str, record: SagaRecord | None, failure: tuple[str, str]
+    ) -> None:
+        """Answer a start whose commit failed, now that the store says whether it exists."""
+        if record is None:
+            self.send(self.coordinator, HostStartFailed(saga_id, *failure))
+        else:
+            self.send(self.coordinator, HostStarted(saga_id, existing=False))
 
     def _suspend(self, record: SagaRecord) -> None:
         """I15: a saga pinned to a definition version this runtime lacks is left as it is
@@ -305,6 +320,7 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         except StoreError as exc:
             self.send(self.coordinator, HostStartFailed(saga_id, type(exc).__name__, str(exc)))
             return
+        self.unanswered.pop(saga_id, None)  # this start gets its answer now
         if record is not None:
             if not record.terminal and (record.definition, record.version) not in self.definitions:
                 self.send(
@@ -339,7 +355,9 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         if saga is None or msg.incarnation != saga.incarnation:
             return  # stale: an earlier incarnation's reply, or a saga that already ended
         self._working_on(saga.saga_id)
-        failpoints.hit("host.after_reply", msg.saga_id)
+        failpoints.hit(
+            "host.after_reply" if msg.kind == DO else "host.after_compensation_reply", msg.saga_id
+        )
         self._run(saga, lambda: saga.on_reply(msg, time.time()))
         self._idle()
 
@@ -560,7 +578,10 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
                     request.saga_id,
                 )
                 self._deliver(command.participant, request)
-                failpoints.hit("host.after_send", request.saga_id)
+                failpoints.hit(
+                    "host.after_send" if request.kind == DO else "host.after_compensation_send",
+                    request.saga_id,
+                )
             elif isinstance(command, Timer):
                 assert saga is not None
                 self._set_timer(
@@ -592,7 +613,12 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
             # that never appears leads to retries and then compensation, never to a hang.
             self.held.setdefault(participant, []).append(request)
             return
+        verdict = failpoints.hit("host.send", request.saga_id)
+        if verdict == "drop":
+            return  # lost on the way: the reply deadline notices
         self.send(address, request)
+        if verdict == "duplicate":
+            self.send(address, request)
 
     def _commit_failed(self, batch: list[_Staged], exc: Exception) -> None:
         """Nothing of the batch is durable: forget it, refuse new starts, reload the rest."""
@@ -605,10 +631,10 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
                 continue
             self.sagas.pop(saga.saga_id, None)
             if staged.new:
-                self.send(
-                    self.coordinator, HostStartFailed(saga.saga_id, type(exc).__name__, str(exc))
-                )
-            elif saga.saga_id not in reload:
+                # An error can come after the commit succeeded (the failpoint after commit,
+                # a connection lost while COMMIT returned): reload decides what to answer.
+                self.unanswered[saga.saga_id] = (type(exc).__name__, str(exc))
+            if saga.saga_id not in reload:
                 reload.append(saga.saga_id)
         if reload:
             self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload(tuple(reload)))

@@ -113,6 +113,7 @@ class CoordinatorSetup:
     max_snapshot_bytes: int = 1 << 20
     owner: tuple[int, str | None] | None = None  # the application process (pid, start)
     watch_interval: float | None = None  # seconds between checks that the owner lives
+    host_class: str | None = None  # a SagaHost subclass by import path (mutation tests)
 
 
 @attrs.frozen

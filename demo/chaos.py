@@ -1,0 +1,64 @@
+"""The demo's order saga as a chaos scenario: what ``understudy chaos`` runs by default.
+
+Same steps, participants and ledger checks as ``python -m demo``, with step timeouts of a
+second so that dropped messages and hung actors are noticed quickly. The demo's own ledger
+checks (stock conserved, no double charge, money conserved, every order fully applied or fully
+undone) are the scenario's domain invariants.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import attrs
+
+from demo.check import check_ledgers
+from demo.run import participants as demo_participants
+from demo.saga import ORDER
+from demo.workload import Order, make_orders, opening_stock
+from understudy import RetryPolicy
+from understudy.testing import Participants, RunView, SagaStart, Scenario
+
+FAST = RetryPolicy(attempts=4, backoff=0.05, max_backoff=0.5)
+
+#: The demo's ORDER saga with chaos-friendly timeouts and retries.
+CHAOS_ORDER = attrs.evolve(
+    ORDER,
+    steps=[
+        attrs.evolve(step, timeout=1.0, retry=FAST, compensation_retry=FAST) for step in ORDER.steps
+    ],
+)
+
+#: Demo checks that the generic checker already covers (with failed sagas allowed, since a
+#: persistent fault may park a saga as failed-needs-attention on purpose).
+_COVERED = ("every order is terminal", "every saga completed or fully compensated")
+
+
+def _orders(sagas: list[SagaStart]) -> list[Order]:
+    return [Order(**start.payload) for start in sagas]
+
+
+class DemoScenario(Scenario):
+    definitions = (CHAOS_ORDER,)
+
+    def participants(self, directory: Path, sagas: list[SagaStart]) -> Participants:
+        return demo_participants(directory, opening_stock(_orders(sagas)))
+
+    def workload(self, rng: random.Random, count: int) -> list[SagaStart]:
+        orders = make_orders(count, rng.randrange(1 << 30))
+        return [SagaStart(o.order_id, CHAOS_ORDER.name, o.payload()) for o in orders]
+
+    def invariants(self) -> list[object]:  # type: ignore[override]
+        return [demo_ledger_checks]
+
+
+def demo_ledger_checks(view: RunView) -> list[str]:
+    """The demo's ledger checks, read from the run's files."""
+    orders = _orders(list(view.submitted))
+    report = check_ledgers(view.directory, orders, opening_stock(orders))
+    return [f"{c.name}: {c.detail}" for c in report.checks if not c.ok and c.name not in _COVERED]
+
+
+#: The scenario ``understudy chaos`` runs unless told otherwise.
+scenario = DemoScenario()

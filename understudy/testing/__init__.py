@@ -1,0 +1,59 @@
+"""Prove your own sagas survive crashes: fault schedules, a chaos runner and a checker.
+
+Quick start (the pytest plugin gives you these as fixtures; see ``docs/testing.md``)::
+
+    from understudy.testing import ChaosRunner, Scenario, SagaStart
+
+    class MyScenario(Scenario):
+        definitions = (MY_SAGA,)
+        def participants(self, directory, sagas):
+            return [("payments", Payments, {"database": str(directory / "payments.db")})]
+        def workload(self, rng, count):
+            return [SagaStart(f"s{i}", "my-saga", {"amount": rng.randint(1, 99)})
+                    for i in range(count)]
+
+    runner = ChaosRunner(MyScenario(), tmp_path, base="multiprocTCPBase")
+    for result in runner.exhaustive(sagas=2):
+        result.report.assert_ok(result.schedule.describe())
+
+Faults are armed at the named failpoints of :mod:`understudy.failpoints`. The checker reads only
+the store and the participants' ledgers (:mod:`understudy.testing.checker` lists the invariants).
+"""
+
+from understudy.failpoints import ACTIONS, POINTS, Fault
+from understudy.testing.checker import (
+    InvariantViolation,
+    Report,
+    RunView,
+    SagaStart,
+    Violation,
+    check,
+)
+from understudy.testing.runner import (
+    ChaosRunner,
+    Figures,
+    Participants,
+    RunResult,
+    Scenario,
+)
+from understudy.testing.schedule import FaultSchedule, random_schedule, single_fault
+
+__all__ = [
+    "ACTIONS",
+    "POINTS",
+    "ChaosRunner",
+    "Fault",
+    "FaultSchedule",
+    "Figures",
+    "InvariantViolation",
+    "Participants",
+    "Report",
+    "RunResult",
+    "RunView",
+    "SagaStart",
+    "Scenario",
+    "Violation",
+    "check",
+    "random_schedule",
+    "single_fault",
+]

@@ -1,0 +1,348 @@
+"""The checker: judge a run only from what is on disk.
+
+It reads the saga store and every participant's ledger (the ``understudy_ledger`` table each
+:class:`~understudy.Participant` keeps in its own database) after the run has healed and gone
+quiet. It never asks the coordinator or trusts a reply the run received: those are exactly what a
+crash loses. Each violated invariant is reported with the saga it concerns.
+
+The invariants (rule names in brackets):
+
+- [lost] every saga whose start was acknowledged exists in the store;
+- [quiesce] no saga is left running or compensating after the heal-and-quiesce phase;
+- [terminal-once] each saga's terminal state was written exactly once, and is the status stored;
+- [write-ahead] a participant applied a step, or its compensation, only after the saga recorded
+  its intent: an effect without an intent, or older than the first one, was sent before the
+  saga's decision was durable (participants and the store share one machine clock here);
+- [unknown-saga] no participant holds effects of a saga the store never recorded;
+- [completed] a completed saga applied every step and compensated none;
+- [compensated] a compensated saga compensated every step whose intent it recorded, left no
+  forward effect applied, and compensated in reverse order;
+- [forward-after-undo] no forward effect was applied after its compensation;
+- [needs-attention] a failed saga whose effects are neither all forward nor fully compensated
+  lists what is unresolved;
+- [restart-limit] no saga was recovered more often than the restart policy's persisted cap,
+  and one past the cap is parked as failed;
+- [progress] at least ``min_completed`` sagas completed: a run where nothing worked proves
+  nothing;
+- [domain] every user invariant returned no complaint.
+
+Idempotency keys are the ledger's primary key, so "at most one effect per key" holds in the
+ledger by construction; whether the participant's own tables agree is a domain invariant (the
+demo checks no double charge and that stock and money are conserved).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from understudy import codec
+from understudy.definitions import SagaDefinition
+from understudy.errors import CorruptRecord
+from understudy.persistence.base import (
+    COMPENSATED,
+    COMPLETED,
+    FAILED,
+    TERMINAL_STATUSES,
+    EventRecord,
+    SagaRecord,
+)
+from understudy.persistence.sqlite import SQLiteStore
+from understudy.supervisors.policy import RestartPolicy
+
+SHOWN = 20  # violations printed per rule
+
+
+@attrs.frozen
+class Violation:
+    rule: str
+    saga_id: str | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.rule}] {self.saga_id + ': ' if self.saga_id else ''}{self.detail}"
+
+
+class InvariantViolation(AssertionError):
+    """A run broke an invariant; the message lists every violation with its saga id."""
+
+
+@attrs.frozen
+class LedgerRow:
+    participant: str
+    saga_id: str
+    step: int
+    kind: str
+    outcome: str
+    at: float
+
+
+@attrs.frozen
+class SagaStart:
+    """One saga a workload starts."""
+
+    saga_id: str
+    definition: str
+    payload: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class RunView:
+    """Where a run's data is, and what its driver knows for sure (what it submitted and which
+    starts were acknowledged). Domain invariants receive it too."""
+
+    directory: Path
+    store: Path
+    ledgers: dict[str, Path]  # participant name -> its ledger database
+    definitions: tuple[SagaDefinition, ...]
+    submitted: tuple[SagaStart, ...]  # the workload, whether acknowledged or not
+    acknowledged: frozenset[str]
+    policy: RestartPolicy = attrs.field(factory=RestartPolicy)
+
+    def records(self) -> dict[str, SagaRecord]:
+        with closing(SQLiteStore(self.store, read_only=True)) as store:
+            return {r.saga_id: r for r in store.list_sagas(limit=1 << 62)}
+
+    def connect(self, participant: str) -> sqlite3.Connection:
+        """A plain connection to ``participant``'s database, for domain invariants."""
+        return sqlite3.connect(self.ledgers[participant])
+
+
+Invariant = Callable[[RunView], Iterable[str]]
+
+
+@attrs.define
+class Report:
+    violations: list[Violation] = attrs.field(factory=list)
+    statuses: Counter[str] = attrs.field(factory=Counter)
+    sagas: int = 0
+    effects: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def add(self, rule: str, saga_id: str | None, detail: str) -> None:
+        self.violations.append(Violation(rule, saga_id, detail))
+
+    def summary(self) -> str:
+        statuses = ", ".join(f"{s} {n}" for s, n in sorted(self.statuses.items()))
+        return f"{self.sagas} sagas ({statuses or 'none'}), {self.effects} ledger rows"
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"every invariant held: {self.summary()}"
+        lines = [f"{len(self.violations)} invariant violation(s) in {self.summary()}:"]
+        shown: Counter[str] = Counter()
+        for violation in self.violations:
+            shown[violation.rule] += 1
+            if shown[violation.rule] <= SHOWN:
+                lines.append(f"  {violation}")
+        for rule, count in shown.items():
+            if count > SHOWN:
+                lines.append(f"  ... and {count - SHOWN} more [{rule}]")
+        return "\n".join(lines)
+
+    def assert_ok(self, context: str = "") -> None:
+        if not self.ok:
+            raise InvariantViolation(f"{context}\n{self}" if context else str(self))
+
+
+def read_ledger(participant: str, path: Path) -> list[LedgerRow]:
+    """Every row of a participant's idempotency ledger (empty when it has none yet)."""
+    if not Path(path).exists():
+        return []
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            rows = db.execute(
+                "SELECT saga_id, step, kind, outcome, at FROM understudy_ledger ORDER BY at"
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []  # the participant never configured its ledger
+    return [LedgerRow(participant, *row) for row in rows]
+
+
+def check(view: RunView, invariants: Iterable[Invariant] = (), min_completed: int = 1) -> Report:
+    """Check every invariant of the module docstring against the run's files."""
+    report = Report()
+    definitions = {d.key: d for d in view.definitions}
+    records = view.records()
+    report.sagas = len(records)
+    report.statuses.update(r.status for r in records.values())
+    ledger: dict[str, list[LedgerRow]] = defaultdict(list)
+    for name, path in view.ledgers.items():
+        for row in read_ledger(name, path):
+            ledger[row.saga_id].append(row)
+            report.effects += 1
+
+    for saga_id in sorted(view.acknowledged - set(records)):
+        report.add("lost", saga_id, "its start was acknowledged but the store has no such saga")
+    for saga_id in sorted(set(ledger) - set(records)):
+        rows = ", ".join(
+            f"{r.participant} step {r.step} {r.kind} ({r.outcome})" for r in ledger[saga_id]
+        )
+        report.add(
+            "unknown-saga", saga_id, f"participants hold effects the store never recorded: {rows}"
+        )
+
+    with closing(SQLiteStore(view.store, read_only=True)) as store:
+        for saga_id, record in sorted(records.items()):
+            definition = definitions.get((record.definition, record.version))
+            _check_saga(report, view, record, store.events(saga_id), ledger[saga_id], definition)
+
+    completed = report.statuses[COMPLETED]
+    if completed < min_completed:
+        report.add(
+            "progress",
+            None,
+            f"{completed} saga(s) completed, fewer than {min_completed}: the run proves nothing "
+            "(check the workload and the participants' setup)",
+        )
+    for invariant in invariants:
+        name = getattr(invariant, "__name__", repr(invariant))
+        try:
+            complaints = list(invariant(view))
+        except Exception as exc:
+            complaints = [f"the invariant itself raised {type(exc).__name__}: {exc}"]
+        for complaint in complaints:
+            report.add("domain", None, f"{name}: {complaint}")
+    return report
+
+
+def _check_saga(
+    report: Report,
+    view: RunView,
+    record: SagaRecord,
+    events: list[EventRecord],
+    rows: list[LedgerRow],
+    definition: SagaDefinition | None,
+) -> None:
+    saga_id = record.saga_id
+    add = report.add
+    if not record.terminal:
+        add("quiesce", saga_id, f"still {record.status} after the heal-and-quiesce phase")
+    # A step's compensation event is also called "compensated": terminal events have no step.
+    terminal = [e.kind for e in events if e.kind in TERMINAL_STATUSES and e.step is None]
+    if record.terminal and terminal != [record.status]:
+        add(
+            "terminal-once",
+            saga_id,
+            f"stored as {record.status} but its terminal events are {terminal or 'none'}",
+        )
+    policy = view.policy
+    if record.recovery_attempts > policy.max_recovery_attempts + 1 or (
+        record.recovery_attempts > policy.max_recovery_attempts and record.status != FAILED
+    ):
+        add(
+            "restart-limit",
+            saga_id,
+            f"recovered {record.recovery_attempts} times (cap {policy.max_recovery_attempts}) "
+            f"and is {record.status}",
+        )
+    if definition is None:
+        return  # a version this check was not given: its steps are unknown here
+
+    intents: dict[tuple[int, str], float] = {}
+    for event in events:
+        kind = {"intent": "do", "compensation-intent": "undo"}.get(event.kind)
+        if kind is not None and event.step is not None:
+            intents.setdefault((event.step, kind), event.at)
+    applied: dict[int, float] = {}
+    undone: dict[int, float] = {}
+    for row in rows:
+        if row.outcome == "tombstone":
+            continue  # a compensation that found nothing to undo left it; not an effect
+        first = intents.get((row.step, row.kind))
+        did = "applied" if row.kind == "do" else "compensated"
+        what = f"{row.participant} {did} step {_name(definition, row.step)} ({row.outcome})"
+        if first is None:
+            add(
+                "write-ahead",
+                saga_id,
+                f"{what} but the saga recorded no intent for it",
+            )
+        elif row.at < first:
+            add(
+                "write-ahead",
+                saga_id,
+                f"{what} {first - row.at:.3f} s before the saga recorded its intent",
+            )
+        if row.kind == "do" and row.outcome == "applied":
+            applied[row.step] = row.at
+        elif row.kind == "undo" and row.outcome in ("applied", "noop"):
+            undone[row.step] = row.at
+    for step, at in applied.items():
+        if step in undone and at > undone[step]:
+            add(
+                "forward-after-undo",
+                saga_id,
+                f"step {_name(definition, step)} applied after its compensation",
+            )
+
+    steps = range(len(definition.steps))
+    reversible = {i for i in steps if definition.steps[i].compensation is not None}
+    all_forward = set(applied) == set(steps) and not undone
+    order = sorted(undone, key=lambda i: undone[i])
+    in_reverse = order == sorted(undone, reverse=True)
+    fully_undone = set(applied) <= set(undone) and in_reverse
+    if record.status == COMPLETED and not all_forward:
+        add(
+            "completed",
+            saga_id,
+            f"completed, but applied {_names(definition, applied)} of {len(definition.steps)} "
+            f"steps and compensated {_names(definition, undone)}",
+        )
+    elif record.status == COMPENSATED:
+        intended = {step for step, kind in intents if kind == "do"} & reversible
+        missing = sorted(intended - set(undone))
+        if missing:
+            add(
+                "compensated",
+                saga_id,
+                f"compensated, but steps {_names(definition, missing)} had an intent and were "
+                "never compensated",
+            )
+        left = sorted(set(applied) - set(undone))
+        if left and not missing:
+            add("compensated", saga_id, f"compensated, but {_names(definition, left)} stay applied")
+        if not in_reverse:
+            add(
+                "compensated",
+                saga_id,
+                f"compensations ran in the order {_names(definition, order)}, not in reverse",
+            )
+    elif record.status == FAILED and not (all_forward or fully_undone):
+        outstanding = " ".join(_outstanding(record))
+        unresolved = [i for i in steps if i in applied and i not in undone]
+        unfinished = [i for i in steps if i not in applied]
+        named = lambda idx: all(repr(definition.steps[i].name) in outstanding for i in idx)  # noqa: E731
+        if not outstanding or not (named(unresolved) or named(unfinished)):
+            add(
+                "needs-attention",
+                saga_id,
+                f"failed with {_names(definition, unresolved)} applied and not compensated, but "
+                f"lists as outstanding only: {outstanding or 'nothing'}",
+            )
+
+
+def _outstanding(record: SagaRecord) -> list[str]:
+    try:
+        state: Any = codec.decode(record.snapshot or b"\xc0")
+    except CorruptRecord:
+        return ["everything (the snapshot cannot be read)"]
+    return list(state.get("outstanding") or ()) if isinstance(state, dict) else []
+
+
+def _name(definition: SagaDefinition, step: int) -> str:
+    return repr(definition.steps[step].name) if 0 <= step < len(definition.steps) else f"#{step}"
+
+
+def _names(definition: SagaDefinition, steps: Iterable[int]) -> str:
+    names = [_name(definition, i) for i in steps]
+    return "[" + ", ".join(names) + "]"

@@ -1,0 +1,393 @@
+"""The chaos runner: run a workload under a fault schedule, heal, quiesce, check.
+
+One run, in its own directory (a fresh store and fresh participant ledgers):
+
+1. **faulty phase**: start understudy with the schedule's faults armed, start every saga of the
+   workload, and wait until they are all terminal, or nothing has changed for ``stall`` seconds
+   (a persistent fault, a dead actor system), or ``window`` seconds have passed;
+2. **heal**: shut that runtime down (whatever is left of it), start a clean one on the same
+   files with no faults: it resumes every unfinished saga, exactly as a restarted application
+   does. Starts that were never acknowledged are sent again, as a client that retries would
+   (starts are idempotent by saga id);
+3. **quiesce**: wait until the store holds no unfinished saga, at most ``recovery_bound``
+   seconds, and shut down;
+4. **check**: :func:`understudy.testing.checker.check` reads the store and the ledgers.
+
+Runs are independent and repeatable: a :class:`FaultSchedule` names the faults and the workload.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from understudy import failpoints
+from understudy.definitions import SagaDefinition
+from understudy.errors import UnderstudyError
+from understudy.failpoints import POINTS
+from understudy.messages import SagaAccepted, SagaFinished
+from understudy.persistence.sqlite import SQLiteStore
+from understudy.runtime import Understudy
+from understudy.supervisors.policy import RestartPolicy
+from understudy.testing.checker import Invariant, Report, RunView, SagaStart, check
+from understudy.testing.schedule import FaultSchedule, random_schedule, single_fault
+
+Participants = list[tuple[str, type, dict[str, Any]]]
+
+
+class Scenario:
+    """What to put under fault: your definitions, your participants and a workload.
+
+    Subclass it, set :attr:`definitions`, and implement :meth:`participants` and
+    :meth:`workload`; add domain invariants by overriding :meth:`invariants`. Give steps short
+    timeouts (a second or so): dropped messages and hung actors are noticed by them.
+    """
+
+    definitions: Sequence[SagaDefinition] = ()
+    #: Sagas that must complete in a run for it to count (see the checker's progress rule).
+    min_completed: int = 1
+
+    def participants(self, directory: Path, sagas: list[SagaStart]) -> Participants:
+        """``(name, ParticipantClass, options)`` for each participant, with its database under
+        ``directory``."""
+        raise NotImplementedError
+
+    def workload(self, rng: random.Random, count: int) -> list[SagaStart]:
+        """``count`` sagas to start, drawn from ``rng`` (a run is repeatable from its seed)."""
+        raise NotImplementedError
+
+    def invariants(self) -> Iterable[Invariant]:
+        """Domain invariants: callables that get a :class:`RunView` and return complaints."""
+        return ()
+
+
+@attrs.frozen
+class RunResult:
+    schedule: FaultSchedule
+    directory: Path
+    report: Report
+    fired: tuple[str, ...]  # one line per fault that fired: "point action pid=... saga=..."
+    sagas: int
+    acknowledged: int
+    host_restarts: int
+    resumed: int  # sagas the healing runtime resumed
+    recovery_seconds: float  # heal start until no saga unfinished
+    started_ok: bool  # the faulty runtime started (a fault can stop it starting)
+    saved: Path | None = None  # where the schedule was saved because the run failed
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    def fired_kinds(self) -> Counter[str]:
+        return Counter(line.split()[1] for line in self.fired)
+
+
+class ChaosRunner:
+    """Runs schedules of one :class:`Scenario` on one actor system base.
+
+    ``failures``: where a failing run's schedule is saved (default: next to the run's data).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        directory: str | Path,
+        *,
+        base: str = "simpleSystemBase",
+        hosts: int = 1,
+        policy: RestartPolicy | None = None,
+        window: float = 30.0,
+        stall: float = 2.5,
+        recovery_bound: float = 60.0,
+        failures: str | Path | None = None,
+        host_class: type | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.directory = Path(directory)
+        self.base = base
+        self.hosts = hosts
+        self.policy = policy or RestartPolicy()
+        self.window = window
+        self.stall = stall
+        self.recovery_bound = recovery_bound
+        self.failures = Path(failures) if failures is not None else None
+        self.host_class = host_class
+        self._runs = 0
+
+    # --- one run ----------------------------------------------------------------------------
+
+    def run(self, schedule: FaultSchedule, name: str | None = None) -> RunResult:
+        """Run ``schedule`` (its base and hosts win over the runner's) and check the result."""
+        self._runs += 1
+        directory = self.directory / (name or f"run-{self._runs:05d}")
+        directory.mkdir(parents=True, exist_ok=False)
+        rng = random.Random(schedule.workload_seed)
+        sagas = self.scenario.workload(rng, schedule.sagas)
+        participants = self.scenario.participants(directory, sagas)
+        store = directory / "sagas.db"
+        options: dict[str, Any] = {
+            "base": schedule.base,
+            "hosts": schedule.hosts,
+            "policy": self.policy,
+            "host_class": self.host_class,
+        }
+        acknowledged: set[str] = set()
+        host_restarts = 0
+        started_ok = True
+        try:
+            runtime = Understudy.start(
+                store,
+                self.scenario.definitions,
+                participants,
+                faults=schedule.armed(directory),
+                timeout=self.window,
+                **options,
+            )
+        except UnderstudyError:
+            started_ok, runtime = False, None
+        if runtime is not None:
+            try:
+                futures = {
+                    s.saga_id: runtime.submit_future(s.saga_id, s.definition, s.payload, wait=False)
+                    for s in sagas
+                }
+                self._faulty_phase(store, futures, acknowledged)
+                with contextlib.suppress(UnderstudyError):
+                    host_restarts = runtime.hosts(timeout=1.0).restarts
+            finally:
+                runtime.shutdown(timeout=2.0)
+        failpoints.disarm()  # the in-process base armed them in this very process
+
+        heal_started = time.monotonic()
+        healer = Understudy.start(
+            store, self.scenario.definitions, participants, timeout=120.0, **options
+        )
+        try:
+            resumed = healer.resumed
+            for start in sagas:
+                if start.saga_id not in acknowledged:
+                    healer.submit_future(start.saga_id, start.definition, start.payload, wait=False)
+            recovery = self._quiesce(store, [s.saga_id for s in sagas], heal_started)
+        finally:
+            healer.shutdown()
+
+        view = RunView(
+            directory,
+            store,
+            {name: Path(opts["database"]) for name, _cls, opts in participants},
+            tuple(self.scenario.definitions),
+            tuple(sagas),
+            frozenset(acknowledged),
+            self.policy,
+        )
+        report = check(view, self.scenario.invariants(), self.scenario.min_completed)
+        log = directory / "faults.log"
+        fired = tuple(log.read_text().splitlines()) if log.exists() else ()
+        saved = None
+        if not report.ok:
+            target = self.failures or directory
+            saved = schedule.save(target / f"{directory.name}.schedule.json")
+        return RunResult(
+            schedule,
+            directory,
+            report,
+            fired,
+            len(sagas),
+            len(acknowledged),
+            host_restarts,
+            resumed,
+            recovery,
+            started_ok,
+            saved,
+        )
+
+    def _faulty_phase(
+        self,
+        store_path: Path,
+        futures: dict[str, concurrent.futures.Future[Any]],
+        acknowledged: set[str],
+    ) -> None:
+        started = last_change = time.monotonic()
+        last = -1
+        with contextlib.closing(SQLiteStore(store_path, read_only=True)) as store:
+            while True:
+                for saga_id, future in futures.items():
+                    if future.done() and isinstance(_reply(future), SagaAccepted | SagaFinished):
+                        acknowledged.add(saga_id)
+                done = sum(n for s, n in store.count_by_status().items() if s in _TERMINAL)
+                now = time.monotonic()
+                if done != last:
+                    last, last_change = done, now
+                if all(f.done() for f in futures.values()) and (
+                    done >= len(futures) or not store.unfinished()
+                ):
+                    return  # every start answered, and nothing stored is unfinished
+                if now - last_change > self.stall or now - started > self.window:
+                    return
+                time.sleep(0.05)
+
+    def _quiesce(self, store_path: Path, saga_ids: list[str], since: float) -> float:
+        """Wait until no saga is unfinished (nor missing, for the resent starts)."""
+        wanted = set(saga_ids)
+        with contextlib.closing(SQLiteStore(store_path, read_only=True)) as store:
+            while True:
+                now = time.monotonic()
+                unfinished = store.unfinished()
+                if not unfinished:
+                    counts = store.count_by_status()
+                    if sum(counts.values()) >= len(wanted) or now - since > self.recovery_bound:
+                        return now - since
+                if now - since > self.recovery_bound:
+                    return now - since
+                time.sleep(0.05)
+
+    # --- the two modes ----------------------------------------------------------------------
+
+    def exhaustive(
+        self,
+        *,
+        sagas: int = 2,
+        points: Sequence[str] = POINTS,
+        persistent: bool = False,
+        max_nth: int = 60,
+        workload_seed: int = 0,
+        on_result: Callable[[RunResult], None] | None = None,
+    ) -> list[RunResult]:
+        """Crash once at the n-th hit of every point, for n = 1, 2, ... until a run in which
+        the fault never fired (the run completed untouched). ``persistent``: the crash repeats
+        at every later hit too, until the heal."""
+        results = []
+        for point in points:
+            for nth in range(1, max_nth + 1):
+                schedule = single_fault(
+                    point,
+                    nth,
+                    base=self.base,
+                    sagas=sagas,
+                    hosts=self.hosts,
+                    persistent=persistent,
+                    workload_seed=workload_seed,
+                )
+                label = f"{point}-{nth}{'-persistent' if persistent else ''}"
+                result = self.run(schedule, name=label)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+                if not result.fired:
+                    break
+        return results
+
+    def campaign(
+        self,
+        seed: int,
+        runs: int,
+        *,
+        sagas: int = 20,
+        enable: float = 0.3,
+        fire: float = 0.05,
+        actions: Iterable[str] | None = None,
+        on_result: Callable[[RunResult], None] | None = None,
+    ) -> list[RunResult]:
+        """Seeded random mode: ``runs`` runs, the i-th drawn from ``seed`` and i."""
+        results = []
+        for index in range(runs):
+            schedule = random_schedule(
+                seed * 1_000_003 + index,
+                base=self.base,
+                sagas=sagas,
+                hosts=self.hosts,
+                actions=actions,
+                enable=enable,
+                fire=fire,
+                label=f"campaign seed {seed} run {index}",
+            )
+            result = self.run(schedule, name=f"seed{seed}-run{index:05d}")
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+        return results
+
+
+_TERMINAL = ("completed", "compensated", "failed")
+
+
+def _reply(future: concurrent.futures.Future[Any]) -> Any:
+    return future.exception() or future.result()
+
+
+@attrs.frozen
+class Figures:
+    """What a set of runs adds up to (what ``understudy chaos`` prints)."""
+
+    runs: int
+    sagas: int
+    faults: Counter[str]
+    host_restarts: int
+    resumed: int
+    violations: int
+    failed_runs: int
+    recovery_p50: float
+    recovery_p99: float
+    statuses: Counter[str]
+
+    @classmethod
+    def of(cls, results: Iterable[RunResult]) -> Figures:
+        results = list(results)
+        recoveries = sorted(r.recovery_seconds for r in results)
+        faults: Counter[str] = Counter()
+        statuses: Counter[str] = Counter()
+        for result in results:
+            faults.update(result.fired_kinds())
+            statuses.update(result.report.statuses)
+        return cls(
+            len(results),
+            sum(r.sagas for r in results),
+            faults,
+            sum(r.host_restarts for r in results),
+            sum(r.resumed for r in results),
+            sum(len(r.report.violations) for r in results),
+            sum(not r.ok for r in results),
+            _quantile(recoveries, 0.5),
+            _quantile(recoveries, 0.99),
+            statuses,
+        )
+
+    def lines(self) -> Iterator[str]:
+        yield f"runs: {self.runs} ({self.failed_runs} with violations)"
+        yield (
+            f"sagas run: {self.sagas} ("
+            + ", ".join(f"{s} {n}" for s, n in sorted(self.statuses.items()))
+            + ")"
+        )
+        yield (
+            f"faults injected: {sum(self.faults.values())} ("
+            + ", ".join(f"{k} {n}" for k, n in sorted(self.faults.items()))
+            + ")"
+        )
+        yield (
+            f"saga host restarts: {self.host_restarts}; "
+            f"sagas resumed by a healing restart: {self.resumed}"
+        )
+        yield f"invariant violations: {self.violations}"
+        yield (
+            f"recovery time (heal to quiet): p50 {self.recovery_p50:.2f} s, "
+            f"p99 {self.recovery_p99:.2f} s"
+        )
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, round(q * 100) - 1)]

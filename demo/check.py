@@ -149,8 +149,15 @@ def read_ledgers(directory: Path) -> Ledgers:
     return Ledgers(orders, shelves, held, charges, refunds, accounts)
 
 
-def check_ledgers(directory: Path, orders: list[Order], stock: dict[str, int]) -> Report:
-    """Run every check against the files in ``directory`` for the orders the run submitted."""
+def check_ledgers(
+    directory: Path,
+    orders: list[Order],
+    stock: dict[str, int],
+    holding: tuple[str, ...] = (COMPLETED,),
+) -> Report:
+    """Run every check against the files in ``directory`` for the orders the run submitted.
+    Stock may be held by orders in a ``holding`` status: completed ones, and under injected
+    faults also failed ones (parked with their compensations listed as outstanding)."""
     report = Report()
     with closing(open_store(directory / "sagas.db")) as store:
         records = {r.saga_id: r for r in store.list_sagas(limit=len(orders) + 1000)}
@@ -185,8 +192,9 @@ def check_ledgers(directory: Path, orders: list[Order], stock: dict[str, int]) -
     )
     report.add(
         "stock conserved",
-        _stock_errors(ledgers, status, stock),
-        f"{len(ledgers.shelves)} skus: initial == on shelf + held by completed orders",
+        _stock_errors(ledgers, status, stock, holding),
+        f"{len(ledgers.shelves)} skus: initial == on shelf + held by "
+        + " or ".join(f"{s} orders" for s in holding),
         "skus off",
     )
     report.add(
@@ -227,10 +235,12 @@ def check_ledgers(directory: Path, orders: list[Order], stock: dict[str, int]) -
     return report
 
 
-def _stock_errors(ledgers: Ledgers, status: dict[str, str], stock: dict[str, int]) -> list[str]:
+def _stock_errors(
+    ledgers: Ledgers, status: dict[str, str], stock: dict[str, int], holding: tuple[str, ...]
+) -> list[str]:
     taken: Counter[str] = Counter()
     for order_id, rows in ledgers.held.items():
-        if status.get(order_id) == COMPLETED:
+        if status.get(order_id) in holding:
             for sku, qty in rows:
                 taken[sku] += qty
     errors = []
@@ -238,7 +248,7 @@ def _stock_errors(ledgers: Ledgers, status: dict[str, str], stock: dict[str, int
         if initial != available + taken[sku] or initial != stock.get(sku):
             errors.append(
                 f"{sku}: initial {initial} (configured {stock.get(sku)}) != on shelf "
-                f"{available} + held by completed orders {taken[sku]}"
+                f"{available} + held by {'/'.join(holding)} orders {taken[sku]}"
             )
     return errors
 

@@ -48,8 +48,28 @@ def test_every_record_has_the_same_width(tmp_path: Path) -> None:
     marker.working_on("x" * 50)
     marker.working_on("y")
     marker.close()
-    assert WIDTH == (tmp_path / "m").stat().st_size
+    assert 2 * WIDTH == (tmp_path / "m").stat().st_size  # the state, the commit-death count
     assert {"y"} == InFlight(str(tmp_path / "m")).blamed()
+
+
+def test_hosts_that_keep_dying_while_committing_blame_everyone(tmp_path: Path) -> None:
+    """One death while committing blames nobody; a second in a row, with no commit succeeding
+    in between, blames every saga of the shard so that the recovery cap ends the loop."""
+    path = str(tmp_path / "m")
+    InFlight(path).close()
+    marker = InFlight(path)
+    marker.committing()
+    marker.close()  # died committing
+    marker = InFlight(path)
+    assert set() == marker.blamed()
+    marker.committing()
+    marker.close()  # died committing again
+    marker = InFlight(path)
+    assert marker.blamed() is None
+    marker.committed()  # this one got a commit through
+    marker.committing()
+    marker.close()
+    assert set() == InFlight(path).blamed()
 
 
 def test_a_shard_held_by_a_live_host_is_refused(tmp_path: Path) -> None:

@@ -23,7 +23,10 @@ from understudy.errors import CorruptRecord, UnderstudyError
 from understudy.persistence.base import ALL_STATUSES, EventRecord, SagaRecord, SagaStore
 from understudy.persistence.sqlite import SQLiteStore
 
-DESCRIPTION = "Read an understudy saga store: list sagas, show one saga's timeline."
+DESCRIPTION = (
+    "Read an understudy saga store (list sagas, show one saga's timeline), or run a chaos "
+    "campaign against a saga scenario."
+)
 REASON_WIDTH = 60
 #: Detail keys of a forward intent already shown in its step label.
 #: Intent details printed in their own cell ("participant.action") or already in the label.
@@ -236,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("store", metavar="STORE", help="path of the SQLite saga store")
     show.add_argument("saga_id", metavar="SAGA_ID")
     show.add_argument("--json", action="store_true", help="print the row and events as JSON")
+    chaos = commands.add_parser(
+        "chaos", help="a seeded fault campaign against a saga scenario (the demo by default)"
+    )
+    from understudy.testing import command
+
+    command.add_arguments(chaos)
     return parser
 
 
@@ -248,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"argument --limit: must be greater than 0, got {args.limit}")
     except SystemExit as exc:  # usage errors and --help: return the status instead of exiting
         return exc.code if isinstance(exc.code, int) else 2
+    if args.command == "chaos":
+        from understudy.testing import command
+
+        return command.run(args)
     # Checked here too, so a missing file is a usage error (status 2) naming the path.
     if not os.path.isfile(args.store):
         why = "is not a file" if os.path.exists(args.store) else "does not exist"

@@ -20,8 +20,10 @@ Three kinds of point, and the actions each accepts:
 A fault with ``once_file`` fires at most once across every process and restart: the file is
 created atomically when it fires, and a fault whose file exists stays quiet. Without it a fault
 fires at the ``nth`` hit in each process (a restarted process counts from zero again), and at
-every later hit too when ``persistent``. A fault with ``log_file`` appends one line per firing,
-which is how a harness learns what fired in processes it cannot see.
+every later hit too when ``persistent``. Participants run in processes of their own on
+multi-process bases, so a fault at a participant point can name the ``participant`` it is for.
+A fault with ``log_file`` appends one line per firing, which is how a harness learns what fired
+in processes it cannot see.
 """
 
 from __future__ import annotations
@@ -110,12 +112,18 @@ class Fault:
 
     point: str
     action: str = attrs.field(default="kill", validator=_check_action)
-    nth: int = 1
+    nth: int = attrs.field(default=1)
     saga_id: str | None = None
     once_file: str | None = None
     delay: float = 0.0
     persistent: bool = False
     log_file: str | None = None
+    participant: str | None = None  # participant points: only in the one of this name
+
+    @nth.validator
+    def _check_nth(self, attribute: Any, value: int) -> None:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"nth counts hits from 1; got {value!r} for {self.point!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The fault as plain JSON-ready values (a saved schedule is a list of these)."""
@@ -131,6 +139,8 @@ class Fault:
 
     def describe(self) -> str:
         scope = f" of saga {self.saga_id}" if self.saga_id else ""
+        if self.participant:
+            scope += f" in participant {self.participant}"
         every = " and every later hit" if self.persistent else ""
         return f"{self.action} at hit {self.nth}{every} of {self.point}{scope}"
 
@@ -152,14 +162,17 @@ def disarm() -> None:
     _hits.clear()
 
 
-def hit(point: str, saga_id: str | None = None) -> str | None:
-    """Mark that execution reached ``point``; fire an armed fault whose turn it is. Returns
-    ``"drop"`` or ``"duplicate"`` when a message point's fault asks the caller to do so."""
+def hit(point: str, saga_id: str | None = None, participant: str | None = None) -> str | None:
+    """Mark that execution reached ``point`` (for ``saga_id``, in ``participant``); fire an
+    armed fault whose turn it is. Returns ``"drop"`` or ``"duplicate"`` when a message point's
+    fault asks the caller to do so."""
     if not _armed:
         return None
     verdict = None
     for fault in _armed.get(point, ()):
-        if fault.saga_id is not None and fault.saga_id != saga_id:
+        if (fault.saga_id is not None and fault.saga_id != saga_id) or (
+            fault.participant is not None and fault.participant != participant
+        ):
             continue
         count = _hits.get(fault, 0) + 1
         _hits[fault] = count

@@ -191,10 +191,10 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
                 ),
             )
             return
-        failpoints.hit("participant.before_apply", msg.saga_id)
+        failpoints.hit("participant.before_apply", msg.saga_id, self.name)
         reply = self._handle(self.db, msg)
-        failpoints.hit("participant.after_apply", msg.saga_id)
-        verdict = failpoints.hit("participant.before_reply", msg.saga_id)
+        failpoints.hit("participant.after_apply", msg.saga_id, self.name)
+        verdict = failpoints.hit("participant.before_reply", msg.saga_id, self.name)
         if verdict == "drop":
             return  # lost on the way: the saga's reply deadline notices
         self.send(sender, reply)

@@ -260,7 +260,10 @@ class SQLiteStore(SagaStore):
                     self._insert_events(conn, write.saga_id, incarnation, write.events)
                 results.append(applied)
             failpoints.hit("store.in_transaction")
-        failpoints.hit("store.after_commit")
+        try:
+            failpoints.hit("store.after_commit")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path, "committing saga records") from exc
         return results
 
     @staticmethod

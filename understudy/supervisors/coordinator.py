@@ -58,6 +58,7 @@ from understudy.supervisors.protocol import (
     ParticipantTable,
     QueryHosts,
     Reconfigure,
+    Respawn,
     Stop,
     Stopped,
 )
@@ -105,6 +106,8 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self.stop_reply: Any = None
         self.stop_pending: set[int] = set()
         self.known_participants: set[str] = set()
+        self.participant_windows: dict[str, RestartWindow] = {}
+        self.respawning: dict[str, AddParticipant] = {}  # restarts waiting out their delay
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -416,15 +419,35 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                     self.send(self.hosts[child.shard].address, start)
         elif child.participant is not None:
             spec = child.participant
-            log.warning("participant %s exited; starting a new one", spec.name)
             self.participants.pop(spec.name, None)
             self.participant_pids.pop(spec.name, None)
-            self._create_participant(spec)
+            window = self.participant_windows.setdefault(
+                spec.name, RestartWindow(self.setup.policy)
+            )
+            if window.allow(time.time()):
+                log.warning("participant %s exited; starting a new one", spec.name)
+                self._create_participant(spec)
+            else:
+                delay = self.setup.policy.participant_restart_delay
+                log.warning(
+                    "participant %s exited again (more than %d times in %s s); starting a new "
+                    "one in %s s",
+                    spec.name,
+                    self.setup.policy.max_restarts,
+                    self.setup.policy.within,
+                    delay,
+                )
+                self.respawning[spec.name] = spec
+                self.wakeupAfter(timedelta(seconds=delay), Respawn(spec.name))
 
     # --- the owner process -------------------------------------------------------------------
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if isinstance(msg.payload, Reconfigure):
+        if isinstance(msg.payload, Respawn):
+            spec = self.respawning.pop(msg.payload.name, None)
+            if spec is not None and not self.stopping:
+                self._create_participant(spec)
+        elif isinstance(msg.payload, Reconfigure):
             child = self._child_named(msg.payload.name)
             if (
                 child is not None

@@ -520,8 +520,11 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
     def _guarded_load(self, saga_id: str) -> None:
         try:
             self._load([saga_id])
-        except StoreError as exc:
+        except Exception as exc:
+            # A store error, or a bug in loading: either way the saga must not be left
+            # without an actor until the next restart; try again shortly.
             log.error("could not reload saga %s (%s); retrying", saga_id, exc)
+            self.sagas.pop(saga_id, None)
             self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
 
     # --- the flush: commit, then act --------------------------------------------------------
@@ -539,6 +542,8 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
                 self.inflight.committing()
             failpoints.hit("host.before_commit")
             results = self.store.apply(writes)
+            if self.inflight is not None:
+                self.inflight.committed()
         except Exception as exc:
             self._commit_failed(batch, exc)
             return

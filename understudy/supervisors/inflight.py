@@ -9,7 +9,11 @@ the culprit back; no fsync is needed because a power loss restarts every saga an
 
 What the file says at startup, and who gets a recovery counted:
 - ``saga <id>``: that saga only;
-- ``idle`` or ``commit`` (died between inputs, or while committing a batch): nobody;
+- ``idle`` (died between inputs): nobody;
+- ``commit`` (died while committing a batch): nobody the first time; when hosts keep dying
+  while committing, with no commit succeeding in between (a second record of the file counts
+  them), every saga of the shard, since the batch's sagas are not known by name: a shard whose
+  commits always kill their host would otherwise restart forever without parking anyone;
 - ``recover`` (the previous recovery scan itself died), or no file at all (first run here):
   every saga of the shard, as nothing narrower is known; this keeps a scan that keeps crashing
   bounded by the recovery cap.
@@ -46,11 +50,20 @@ class InFlight:
             os.close(self._fd)
             raise ShardBusy(path) from None
         self.previous: bytes | None = os.pread(self._fd, WIDTH, 0).rstrip() if existed else None
+        deaths = 0
+        if self.previous == COMMIT:
+            counted = os.pread(self._fd, WIDTH, WIDTH).strip()
+            deaths = (int(counted) if counted.isdigit() else 0) + 1
+        #: Hosts that died committing since the last commit that succeeded (this death included).
+        self.commit_deaths = deaths
+        self._write_deaths()
 
     def blamed(self) -> set[str] | None:
         """Sagas to count a recovery against: a set (maybe empty), or None for everyone."""
         if self.previous is None or self.previous == RECOVER:
             return None  # nothing known, or the last recovery scan itself died: count all
+        if self.previous == COMMIT and self.commit_deaths >= 2:
+            return None  # commits keep killing hosts: count all, so the cap ends the loop
         if self.previous.startswith(_PREFIX):
             return {self.previous[len(_PREFIX) :].decode("utf-8", "replace")}
         return set()
@@ -63,6 +76,15 @@ class InFlight:
 
     def committing(self) -> None:
         self._write(COMMIT)
+
+    def committed(self) -> None:
+        """A commit succeeded: the count of hosts that died committing starts again."""
+        if self.commit_deaths:
+            self.commit_deaths = 0
+            self._write_deaths()
+
+    def _write_deaths(self) -> None:
+        os.pwrite(self._fd, str(self.commit_deaths).encode().ljust(WIDTH), WIDTH)
 
     def idle(self) -> None:
         self._write(IDLE)

@@ -21,6 +21,10 @@ class RestartPolicy:
     within: float = 10.0
     max_recovery_attempts: int = 10
     host_restart_delay: float = 0.05
+    #: A participant that exits more than ``max_restarts`` times within ``within`` seconds is
+    #: restarted after this delay instead of at once: a participant that dies on every request
+    #: would otherwise be restarted, re-sent its request and killed again in a tight loop.
+    participant_restart_delay: float = 0.5
 
 
 class RestartWindow:

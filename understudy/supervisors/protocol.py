@@ -91,6 +91,13 @@ class RetrySetup:
 
 
 @attrs.frozen
+class Respawn:
+    """The coordinator restarts participant ``name`` after a restart delay."""
+
+    name: str
+
+
+@attrs.frozen
 class Reconfigure:
     """The coordinator retries configuring participant ``name`` after a failed restart."""
 

@@ -20,8 +20,8 @@ The invariants (rule names in brackets):
 - [forward-after-undo] no forward effect was applied after its compensation;
 - [needs-attention] a failed saga whose effects are neither all forward nor fully compensated
   lists what is unresolved;
-- [restart-limit] no saga was recovered more often than the restart policy's persisted cap,
-  and one past the cap is parked as failed;
+- [restart-limit] a saga recovered more often than the restart policy's persisted cap
+  (without progress) takes no further step and ends parked as failed;
 - [progress] at least ``min_completed`` sagas completed: a run where nothing worked proves
   nothing;
 - [domain] every user invariant returned no complaint.
@@ -206,10 +206,14 @@ def check(view: RunView, invariants: Iterable[Invariant] = (), min_completed: in
         )
     for invariant in invariants:
         name = getattr(invariant, "__name__", repr(invariant))
+        complaints: list[str] = []
         try:
-            complaints = list(invariant(view))
+            result = invariant(view)
+            if isinstance(result, str):  # one complaint, not a list of characters
+                result = [result]
+            complaints.extend(str(c) for c in result or ())
         except Exception as exc:
-            complaints = [f"the invariant itself raised {type(exc).__name__}: {exc}"]
+            complaints.append(f"the invariant itself raised {type(exc).__name__}: {exc}")
         for complaint in complaints:
             report.add("domain", None, f"{name}: {complaint}")
     return report
@@ -235,16 +239,26 @@ def _check_saga(
             saga_id,
             f"stored as {record.status} but its terminal events are {terminal or 'none'}",
         )
-    policy = view.policy
-    if record.recovery_attempts > policy.max_recovery_attempts + 1 or (
-        record.recovery_attempts > policy.max_recovery_attempts and record.status != FAILED
-    ):
+    cap = view.policy.max_recovery_attempts
+    if record.recovery_attempts > cap and record.status != FAILED:
         add(
             "restart-limit",
             saga_id,
-            f"recovered {record.recovery_attempts} times (cap {policy.max_recovery_attempts}) "
-            f"and is {record.status}",
+            f"recovered {record.recovery_attempts} times without progress (cap {cap}) and is "
+            f"{record.status}, not parked",
         )
+    over = False
+    for event in events:
+        if event.kind == "claimed" and event.detail.get("recovery_attempts", 0) > cap:
+            over = True  # past the cap: the saga may only be parked from here on
+        elif over and event.kind in ("intent", "compensation-intent"):
+            add(
+                "restart-limit",
+                saga_id,
+                f"took step {event.step} ({event.kind}) after {cap} recoveries without "
+                "progress instead of parking",
+            )
+            break
     if definition is None:
         return  # a version this check was not given: its steps are unknown here
 
@@ -321,8 +335,16 @@ def _check_saga(
         outstanding = " ".join(_outstanding(record))
         unresolved = [i for i in steps if i in applied and i not in undone]
         unfinished = [i for i in steps if i not in applied]
-        named = lambda idx: all(repr(definition.steps[i].name) in outstanding for i in idx)  # noqa: E731
-        if not outstanding or not (named(unresolved) or named(unfinished)):
+
+        def named(indexes: list[int]) -> bool:
+            return bool(indexes) and all(
+                repr(definition.steps[i].name) in outstanding for i in indexes
+            )
+
+        # Parked going forward (nothing undone): it must list the steps left to finish.
+        # Parked while compensating: it must list every step still applied.
+        forward = not undone and named(unfinished)
+        if not outstanding or not (forward or named(unresolved)):
             add(
                 "needs-attention",
                 saga_id,

@@ -9,6 +9,8 @@ One run, in its own directory (a fresh store and fresh participant ledgers):
    files with no faults: it resumes every unfinished saga, exactly as a restarted application
    does. Starts that were never acknowledged are sent again, as a client that retries would
    (starts are idempotent by saga id);
+   The workload's last ``probes`` sagas are started only now: a healed system must work
+   again on the same files, and a run where the faults parked every saga still shows progress;
 3. **quiesce**: wait until the store holds no unfinished saga, at most ``recovery_bound``
    seconds, and shut down;
 4. **check**: :func:`understudy.testing.checker.check` reads the store and the ledgers.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import random
+import sqlite3
 import statistics
 import time
 from collections import Counter
@@ -91,6 +94,10 @@ class RunResult:
     def fired_kinds(self) -> Counter[str]:
         return Counter(line.split()[1] for line in self.fired)
 
+    def fired_at(self, point: str) -> int:
+        """How many times a fault fired at ``point``."""
+        return sum(line.split()[0] == point for line in self.fired)
+
 
 class ChaosRunner:
     """Runs schedules of one :class:`Scenario` on one actor system base.
@@ -107,10 +114,11 @@ class ChaosRunner:
         hosts: int = 1,
         policy: RestartPolicy | None = None,
         window: float = 30.0,
-        stall: float = 2.5,
+        stall: float = 1.5,
         recovery_bound: float = 60.0,
         failures: str | Path | None = None,
         host_class: type | None = None,
+        probes: int = 2,
     ) -> None:
         self.scenario = scenario
         self.directory = Path(directory)
@@ -122,6 +130,7 @@ class ChaosRunner:
         self.recovery_bound = recovery_bound
         self.failures = Path(failures) if failures is not None else None
         self.host_class = host_class
+        self.probes = probes
         self._runs = 0
 
     # --- one run ----------------------------------------------------------------------------
@@ -132,8 +141,9 @@ class ChaosRunner:
         directory = self.directory / (name or f"run-{self._runs:05d}")
         directory.mkdir(parents=True, exist_ok=False)
         rng = random.Random(schedule.workload_seed)
-        sagas = self.scenario.workload(rng, schedule.sagas)
-        participants = self.scenario.participants(directory, sagas)
+        everything = self.scenario.workload(rng, schedule.sagas + self.probes)
+        sagas, probes = everything[: schedule.sagas], everything[schedule.sagas :]
+        participants = self.scenario.participants(directory, everything)
         store = directory / "sagas.db"
         options: dict[str, Any] = {
             "base": schedule.base,
@@ -143,7 +153,7 @@ class ChaosRunner:
         }
         acknowledged: set[str] = set()
         host_restarts = 0
-        started_ok = True
+        started_ok = alive = True
         try:
             runtime = Understudy.start(
                 store,
@@ -157,15 +167,20 @@ class ChaosRunner:
             started_ok, runtime = False, None
         if runtime is not None:
             try:
+                # Half the callers wait for the end (the reply path), half only for the
+                # acknowledgement (what the checker's lost-saga rule holds the store to).
                 futures = {
-                    s.saga_id: runtime.submit_future(s.saga_id, s.definition, s.payload, wait=False)
-                    for s in sagas
+                    s.saga_id: runtime.submit_future(
+                        s.saga_id, s.definition, s.payload, wait=index % 2 == 1
+                    )
+                    for index, s in enumerate(sagas)
                 }
-                self._faulty_phase(store, futures, acknowledged)
-                with contextlib.suppress(UnderstudyError):
-                    host_restarts = runtime.hosts(timeout=1.0).restarts
+                alive = self._faulty_phase(runtime, store, futures, acknowledged)
+                if alive:
+                    with contextlib.suppress(UnderstudyError):
+                        host_restarts = runtime.hosts(timeout=1.0).restarts
             finally:
-                runtime.shutdown(timeout=2.0)
+                runtime.shutdown(timeout=2.0 if alive else 0.1)
         failpoints.disarm()  # the in-process base armed them in this very process
 
         heal_started = time.monotonic()
@@ -174,10 +189,10 @@ class ChaosRunner:
         )
         try:
             resumed = healer.resumed
-            for start in sagas:
+            for start in sagas + probes:
                 if start.saga_id not in acknowledged:
                     healer.submit_future(start.saga_id, start.definition, start.payload, wait=False)
-            recovery = self._quiesce(store, [s.saga_id for s in sagas], heal_started)
+            recovery = self._quiesce(store, [s.saga_id for s in everything], heal_started)
         finally:
             healer.shutdown()
 
@@ -186,7 +201,7 @@ class ChaosRunner:
             store,
             {name: Path(opts["database"]) for name, _cls, opts in participants},
             tuple(self.scenario.definitions),
-            tuple(sagas),
+            tuple(everything),
             frozenset(acknowledged),
             self.policy,
         )
@@ -202,7 +217,7 @@ class ChaosRunner:
             directory,
             report,
             fired,
-            len(sagas),
+            len(everything),
             len(acknowledged),
             host_restarts,
             resumed,
@@ -213,12 +228,14 @@ class ChaosRunner:
 
     def _faulty_phase(
         self,
+        runtime: Understudy,
         store_path: Path,
         futures: dict[str, concurrent.futures.Future[Any]],
         acknowledged: set[str],
-    ) -> None:
-        started = last_change = time.monotonic()
-        last = -1
+    ) -> bool:
+        """Wait for the faulty runtime to finish or get stuck; False when it is dead."""
+        started = last_change = next_ping = time.monotonic()
+        last: tuple[int, int] = (-1, -1)
         with contextlib.closing(SQLiteStore(store_path, read_only=True)) as store:
             while True:
                 for saga_id, future in futures.items():
@@ -226,14 +243,23 @@ class ChaosRunner:
                         acknowledged.add(saga_id)
                 done = sum(n for s, n in store.count_by_status().items() if s in _TERMINAL)
                 now = time.monotonic()
-                if done != last:
-                    last, last_change = done, now
+                # Any new event (a step, a retry, a recovery) is progress, not only an end.
+                seen = (done, _last_event(store_path))
+                if seen != last:
+                    last, last_change = seen, now
                 if all(f.done() for f in futures.values()) and (
                     done >= len(futures) or not store.unfinished()
                 ):
-                    return  # every start answered, and nothing stored is unfinished
+                    return True  # every start answered, and nothing stored is unfinished
                 if now - last_change > self.stall or now - started > self.window:
-                    return
+                    return True
+                if now - last_change > 0.5 and now >= next_ping:
+                    # Stuck: is anybody there? (a killed actor system never answers)
+                    next_ping = now + 0.5
+                    try:
+                        runtime.hosts(timeout=1.0)
+                    except UnderstudyError:
+                        return False
                 time.sleep(0.05)
 
     def _quiesce(self, store_path: Path, saga_ids: list[str], since: float) -> float:
@@ -261,13 +287,23 @@ class ChaosRunner:
         persistent: bool = False,
         max_nth: int = 60,
         workload_seed: int = 0,
+        action: str | None = None,
         on_result: Callable[[RunResult], None] | None = None,
     ) -> list[RunResult]:
-        """Crash once at the n-th hit of every point, for n = 1, 2, ... until a run in which
-        the fault never fired (the run completed untouched). ``persistent``: the crash repeats
-        at every later hit too, until the heal."""
+        """Crash once at the n-th hit of every point (of each participant, for participant
+        points), for n = 1, 2, ... until a run in which the fault never fired (the run
+        completed untouched). ``persistent``: the crash repeats at every later hit too, until
+        the heal. ``action`` replaces the crash (kill, or raise in-process) with another
+        action the points accept."""
         results = []
-        for point in points:
+        # Each participant counts its own hits in its own process: sweep them one by one.
+        names = sorted({p for d in self.scenario.definitions for p in d.participants})
+        targets = [
+            (point, name)
+            for point in points
+            for name in (names if point.startswith("participant.") else [None])
+        ]
+        for point, participant in targets:
             for nth in range(1, max_nth + 1):
                 schedule = single_fault(
                     point,
@@ -277,13 +313,16 @@ class ChaosRunner:
                     hosts=self.hosts,
                     persistent=persistent,
                     workload_seed=workload_seed,
+                    participant=participant,
+                    action=action,
                 )
-                label = f"{point}-{nth}{'-persistent' if persistent else ''}"
+                where = f"-{participant}" if participant else ""
+                label = f"{point}{where}-{nth}{'-persistent' if persistent else ''}"
                 result = self.run(schedule, name=label)
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
-                if not result.fired:
+                if not result.fired_at(point):
                     break
         return results
 
@@ -319,6 +358,11 @@ class ChaosRunner:
 
 
 _TERMINAL = ("completed", "compensated", "failed")
+
+
+def _last_event(store_path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT coalesce(max(seq), 0) FROM understudy_events").fetchone()[0])
 
 
 def _reply(future: concurrent.futures.Future[Any]) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from understudy.actors.system import is_multiprocess
-from understudy.failpoints import CRASHES, POINTS, Fault, actions_for
+from understudy.failpoints import POINTS, Fault, actions_for
 
 FORMAT = "understudy-fault-schedule/1"
 
@@ -90,10 +90,10 @@ class FaultSchedule:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaultSchedule:
-        if data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ValueError(
-                f"not an understudy fault schedule (format {data.get('format')!r}, "
-                f"expected {FORMAT!r})"
+                f"not an understudy fault schedule (format {found!r}, expected {FORMAT!r})"
             )
         return cls(
             tuple(Fault.from_dict(f) for f in data["faults"]),
@@ -163,6 +163,11 @@ def random_schedule(
     )
 
 
+#: Points reached only while a saga is recovered: the exhaustive mode crashes first at the
+#: point given here (once), so that there is a recovery to crash in.
+PRIMERS = {"store.claim": "host.after_intent_commit"}
+
+
 def single_fault(
     point: str,
     nth: int,
@@ -173,17 +178,21 @@ def single_fault(
     persistent: bool = False,
     action: str | None = None,
     workload_seed: int = 0,
+    participant: str | None = None,
 ) -> FaultSchedule:
-    """The exhaustive mode's schedule: one crash at the ``nth`` hit of ``point``."""
-    action = action or crash_action(base)
-    if action not in CRASHES:
-        raise ValueError(f"the exhaustive mode crashes; {action!r} is not one of {CRASHES}")
+    """The exhaustive mode's schedule: one crash (or ``action``) at the ``nth`` hit of
+    ``point`` (in ``participant``, for participant points), after a first crash at its
+    :data:`PRIMERS` point when it is reached only during recovery."""
+    crash = crash_action(base)
+    action = action or crash
     kind = "persistent" if persistent else "single"
+    fault = Fault(point, action, nth=nth, persistent=persistent, participant=participant)
+    primer = PRIMERS.get(point)
     return FaultSchedule(
-        (Fault(point, action, nth=nth, persistent=persistent),),
+        (Fault(primer, crash), fault) if primer else (fault,),
         workload_seed,
         sagas,
         base,
         hosts,
-        f"{kind} {action} at hit {nth} of {point}",
+        f"{kind} {action} at hit {nth} of {point}" + (f" in {participant}" if participant else ""),
     )

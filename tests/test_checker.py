@@ -1,0 +1,411 @@
+"""The checker, on hand-built files: a real SQLite saga store and real participant ledgers.
+
+Each test writes one small on-disk state, correct or broken in exactly one way, and asserts the
+checker names exactly the rule it breaks and the saga it concerns.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from understudy import codec
+from understudy.actors.participant import _LEDGER_SCHEMA
+from understudy.definitions import SagaDefinition, Step
+from understudy.persistence.base import Event, NewSaga, Transition
+from understudy.persistence.sqlite import SQLiteStore
+from understudy.supervisors.policy import RestartPolicy
+from understudy.testing.checker import (
+    Invariant,
+    InvariantViolation,
+    Report,
+    RunView,
+    SagaStart,
+    check,
+)
+
+ORDER = SagaDefinition(
+    "order",
+    1,
+    [
+        Step("create", "orders", "create", "cancel"),
+        Step("reserve", "inventory", "reserve", "release"),
+        Step("charge", "payments", "charge", "refund"),
+    ],
+)
+T = 1_000.0  # the clock every hand-built timeline starts from
+Effect = tuple[int, str, str, float]  # step, kind ("do"/"undo"), outcome, at
+Timeline = tuple[list[Event], list[Effect]]
+REAL_OUTSTANDING = ["compensate step 'reserve' (release)", "compensate step 'create' (cancel)"]
+
+
+def intent(saga_id: str, step: int, at: float, kind: str = "do") -> Event:
+    spec = ORDER.steps[step]
+    action = spec.action if kind == "do" else spec.compensation
+    detail = {"name": spec.name, "key": f"{saga_id}:{step}:{kind}", "action": action}
+    kind_name = "intent" if kind == "do" else "compensation-intent"
+    return Event(kind_name, at, step, 1, {**detail, "participant": spec.participant})
+
+
+class Story:
+    """A saga's timeline and its ledger effects, one step a second from T: each intent is
+    followed by its effect 0.1 s later and the reply 0.5 s later."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id, self.at = saga_id, T
+        self.events: list[Event] = []
+        self.effects: list[Effect] = []
+
+    def step(self, kind: str, i: int, outcome: str = "applied") -> Story:
+        reply = "rejected" if outcome == "rejected" else "done" if kind == "do" else "compensated"
+        self.events += [intent(self.saga_id, i, self.at, kind), Event(reply, self.at + 0.5, i, 1)]
+        self.effects.append((i, kind, outcome, self.at + 0.1))
+        self.at += 1
+        return self
+
+    def end(self, kind: str, **detail: Any) -> Timeline:
+        self.events.append(Event(kind, self.at, detail=detail))  # no step: the terminal event
+        return self.events, self.effects
+
+
+def completed_story(saga_id: str) -> Timeline:
+    """Intents at T, T+1, T+2; completed at T+3."""
+    return Story(saga_id).step("do", 0).step("do", 1).step("do", 2).end("completed")
+
+
+def compensated_story(saga_id: str, order: Iterable[int] = (2, 1, 0)) -> Timeline:
+    """create and reserve applied, charge rejected (intents at T, T+1, T+2), then compensations
+    in ``order`` at T+3, T+4, T+5 (charge's is a no-op: it never applied)."""
+    story = Story(saga_id).step("do", 0).step("do", 1).step("do", 2, "rejected")
+    for i in order:
+        story.step("undo", i, "noop" if i == 2 else "applied")
+    return story.end("compensated")
+
+
+def failed_story(saga_id: str, outstanding: list[str]) -> Timeline:
+    """Like compensated_story, but reserve's release is rejected: create and reserve stay."""
+    story = Story(saga_id).step("do", 0).step("do", 1).step("do", 2, "rejected")
+    story.step("undo", 2, "noop").step("undo", 1, "rejected")
+    return story.end("failed", outstanding=outstanding)
+
+
+class Run:
+    """A run directory: the saga store, one ledger per participant, what the driver knows."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.store_path = directory / "sagas.db"
+        self.store = SQLiteStore(self.store_path, synchronous="NORMAL")
+        self.ledgers = {s.participant: directory / f"{s.participant}.db" for s in ORDER.steps}
+        self.submitted: list[SagaStart] = []
+        self.acknowledged: set[str] = set()
+
+    def saga(
+        self,
+        saga_id: str,
+        status: str,
+        story: Timeline,
+        *,
+        outstanding: Iterable[str] = (),
+        attempts: int | None = None,
+        before: Iterable[Event] = (),
+        claims: int = 0,
+    ) -> None:
+        """Write the saga: ``before`` with its start, then ``claims`` recoveries through the
+        store's own claim (recorded as "claimed" events), then ``story`` in one transition."""
+        events, effects = story
+        self.submitted.append(SagaStart(saga_id, "order", {"sku": "x"}))
+        self.acknowledged.add(saga_id)
+        start = NewSaga(
+            saga_id, "order", 1, codec.encode({"sku": "x"}), T - 1, (Event("started", T), *before)
+        )
+        assert self.store.apply([start]) == [True]
+        for n in range(claims):
+            assert self.store.claim(saga_id, recovery=True, at=T + 0.9 + n / 100) is not None
+        end = max((e.at for e in events), default=T) + 0.01
+        snapshot: dict[str, Any] = {"phase": status, "outstanding": list(outstanding)}
+        attempts = claims if attempts is None else attempts
+        encoded = codec.encode(snapshot)
+        change = Transition(
+            saga_id, 1 + claims, status, encoded, 1, attempts, end, None, tuple(events)
+        )
+        assert self.store.apply([change]) == [True]
+        for step, kind, outcome, at in effects:
+            self.effect(saga_id, step, kind, outcome, at)
+
+    def effect(self, saga_id: str, step: int, kind: str, outcome: str, at: float) -> None:
+        spec = ORDER.steps[step]
+        action = spec.action if kind == "do" else spec.compensation
+        with closing(sqlite3.connect(self.ledgers[spec.participant])) as db, db:
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute(_LEDGER_SCHEMA)
+            db.execute(
+                "INSERT INTO understudy_ledger (key, saga_id, step, kind, action, digest, outcome, "
+                "result, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
+                (f"{saga_id}:{step}:{kind}", saga_id, step, kind, action, b"", outcome, at),
+            )
+
+    def check(
+        self,
+        invariants: Iterable[Invariant] = (),
+        min_completed: int = 0,
+        policy: RestartPolicy | None = None,
+    ) -> Report:
+        view = RunView(
+            self.directory,
+            self.store_path,
+            self.ledgers,
+            (ORDER,),
+            tuple(self.submitted),
+            frozenset(self.acknowledged),
+            policy or RestartPolicy(),
+        )
+        return check(view, invariants, min_completed)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Any:
+    run = Run(tmp_path)
+    yield run
+    run.store.close()
+
+
+def found(report: Report) -> list[tuple[str, str | None]]:
+    return [(v.rule, v.saga_id) for v in report.violations]
+
+
+def test_correct_completed_and_compensated_sagas_pass(run: Run) -> None:
+    run.saga("s-done", "completed", completed_story("s-done"))
+    run.saga("s-undone", "compensated", compensated_story("s-undone"))
+    # charge's request never reached payments: its compensation left a tombstone and a no-op
+    events, effects = compensated_story("s-tomb")
+    effects[2] = (2, "do", "tombstone", T + 3.1)
+    run.saga("s-tomb", "compensated", (events, effects))
+    report = run.check(min_completed=1)
+    assert [] == found(report), str(report)
+    assert report.ok
+    assert 3 == report.sagas
+    assert {"completed": 1, "compensated": 2} == dict(report.statuses)
+    assert 15 == report.effects
+    assert str(report).startswith("every invariant held: 3 sagas")
+    report.assert_ok()
+
+
+def test_acknowledged_saga_missing_is_lost(run: Run) -> None:
+    run.saga("s-done", "completed", completed_story("s-done"))
+    run.acknowledged.add("s-lost")
+    run.submitted.append(SagaStart("s-unacked", "order"))  # never acknowledged: may be missing
+    assert [("lost", "s-lost")] == found(run.check())
+
+
+@pytest.mark.parametrize("status", ["running", "compensating"])
+def test_unfinished_saga_after_quiesce(run: Run, status: str) -> None:
+    story = Story("s1").step("do", 0)
+    run.saga("s1", status, (story.events, story.effects))
+    report = run.check()
+    assert [("quiesce", "s1")] == found(report)
+    assert f"still {status}" in report.violations[0].detail
+
+
+@pytest.mark.parametrize(
+    "terminal",
+    [
+        [Event("completed", T + 3), Event("completed", T + 4)],
+        [Event("failed", T + 3)],  # stored as completed, written as failed
+        [],
+    ],
+    ids=["twice", "other-status", "none"],
+)
+def test_terminal_state_written_once(run: Run, terminal: list[Event]) -> None:
+    events, effects = completed_story("s1")
+    run.saga("s1", "completed", (events[:-1] + terminal, effects))
+    assert [("terminal-once", "s1")] == found(run.check())
+
+
+def test_effect_without_intent_breaks_write_ahead(run: Run) -> None:
+    events, effects = compensated_story("s1")
+    # charge's compensation reached payments (a no-op) but no compensation intent was recorded
+    events = [e for e in events if not (e.step == 2 and e.at >= T + 3)]
+    run.saga("s1", "compensated", (events, effects))
+    report = run.check()
+    assert [("write-ahead", "s1")] == found(report)
+    assert "recorded no intent" in report.violations[0].detail
+    assert "'charge'" in report.violations[0].detail
+
+
+def test_effect_older_than_first_intent_breaks_write_ahead(run: Run) -> None:
+    events, effects = completed_story("s1")
+    effects[2] = (2, "do", "applied", T + 1.9)  # charge's intent is at T+2
+    run.saga("s1", "completed", (events, effects))
+    report = run.check()
+    assert [("write-ahead", "s1")] == found(report)
+    assert "0.100 s before" in report.violations[0].detail
+
+
+def test_write_ahead_is_measured_from_the_first_intent(run: Run) -> None:
+    events, effects = completed_story("s1")
+    resent = intent("s1", 2, T + 2.8)  # a resent intent after the effect landed
+    effects[2] = (2, "do", "applied", T + 2.4)
+    run.saga("s1", "completed", ([*events[:-1], resent, events[-1]], effects))
+    assert [] == found(run.check())
+
+
+def test_effects_of_a_saga_the_store_lacks(run: Run) -> None:
+    run.saga("s-done", "completed", completed_story("s-done"))
+    run.effect("ghost", 1, "do", "applied", T)
+    report = run.check()
+    assert [("unknown-saga", "ghost")] == found(report)
+    assert "inventory step 1 do (applied)" in report.violations[0].detail
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [[("do", 0), ("do", 1)], [("do", 0), ("do", 1), ("do", 2), ("undo", 1)]],
+    ids=["charge-missing", "reserve-undone"],
+)
+def test_completed_saga_applied_every_step_and_undid_none(run: Run, steps: list[Any]) -> None:
+    story = Story("s1")
+    for kind, i in steps:
+        story.step(kind, i)
+    run.saga("s1", "completed", story.end("completed"))
+    assert [("completed", "s1")] == found(run.check())
+
+
+def test_compensated_saga_left_an_intended_step_uncompensated(run: Run) -> None:
+    events, effects = compensated_story("s1")
+    effects = [e for e in effects if e[:2] != (0, "undo")]  # create was never cancelled
+    run.saga("s1", "compensated", (events, effects))
+    report = run.check()
+    assert [("compensated", "s1")] == found(report)
+    assert "['create'] had an intent and were never compensated" in report.violations[0].detail
+
+
+def test_compensations_out_of_reverse_order(run: Run) -> None:
+    run.saga("s1", "compensated", compensated_story("s1", order=(2, 0, 1)))
+    report = run.check()
+    assert [("compensated", "s1")] == found(report)
+    assert "['charge', 'create', 'reserve'], not in reverse" in report.violations[0].detail
+
+
+def test_forward_applied_after_its_compensation(run: Run) -> None:
+    events, effects = compensated_story("s1")
+    effects[1] = (1, "do", "applied", T + 4.5)  # reserve's release applied at T+4.1
+    run.saga("s1", "compensated", (events, effects))
+    report = run.check()
+    assert [("forward-after-undo", "s1")] == found(report)
+    assert "'reserve'" in report.violations[0].detail
+
+
+@pytest.mark.parametrize(
+    ("outstanding", "flagged"),
+    [
+        ([], True),
+        (["compensate step 'create' (cancel)"], True),  # reserve is left out
+        (REAL_OUTSTANDING, False),
+    ],
+    ids=["empty", "partial", "complete"],
+)
+def test_failed_saga_lists_what_is_unresolved(
+    run: Run, outstanding: list[str], flagged: bool
+) -> None:
+    run.saga("s1", "failed", failed_story("s1", outstanding), outstanding=outstanding)
+    expected = [("needs-attention", "s1")] if flagged else []
+    assert expected == found(run.check())
+
+
+def test_failed_saga_with_no_effects_needs_no_outstanding(run: Run) -> None:
+    run.saga("s1", "failed", ([Event("failed", T + 1)], []))
+    assert [] == found(run.check())
+
+
+def test_failed_saga_outstanding_must_name_the_unresolved_steps(run: Run) -> None:
+    story = Story("s1").step("do", 0).step("do", 1).step("do", 2)
+    story.step("undo", 2).step("undo", 1, "rejected")
+    # create and reserve stay applied, yet the saga lists something unrelated
+    outstanding = ["call the on-call engineer"]
+    run.saga("s1", "failed", story.end("failed"), outstanding=outstanding)
+    assert [("needs-attention", "s1")] == found(run.check())
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts", "flagged"),
+    [("completed", 2, False), ("completed", 3, True), ("failed", 4, False)],
+)
+def test_restart_limit_parks_a_saga_past_the_cap(
+    run: Run, status: str, attempts: int, flagged: bool
+) -> None:
+    story = completed_story("s1") if status == "completed" else ([Event("failed", T + 1)], [])
+    run.saga("s1", status, story, attempts=attempts)
+    report = run.check(policy=RestartPolicy(max_recovery_attempts=2))
+    assert ([("restart-limit", "s1")] if flagged else []) == found(report)
+
+
+@pytest.mark.parametrize("stepped", [False, True])
+def test_restart_limit_no_step_after_a_claim_past_the_cap(run: Run, stepped: bool) -> None:
+    parked = ["finish step 'reserve' (reserve)", "finish step 'charge' (charge)"]
+    before = [intent("s1", 0, T), Event("done", T + 0.5, 0, 1)]  # progress before the claims
+    after = [intent("s1", 1, T + 2)] if stepped else []
+    events = [*after, Event("failed", T + 3, detail={"outstanding": parked})]
+    story = (events, [(0, "do", "applied", T + 0.1)])
+    run.saga("s1", "failed", story, outstanding=parked, before=before, claims=3)
+    report = run.check(policy=RestartPolicy(max_recovery_attempts=2))
+    assert ([("restart-limit", "s1")] if stepped else []) == found(report)
+    if stepped:
+        assert "took step 1 (intent) after 2 recoveries" in report.violations[0].detail
+
+
+@pytest.mark.parametrize(("completed", "minimum"), [(0, 1), (1, 2)])
+def test_progress_needs_enough_completed_sagas(run: Run, completed: int, minimum: int) -> None:
+    run.saga("s-undone", "compensated", compensated_story("s-undone"))
+    for n in range(completed):
+        run.saga(f"s-done-{n}", "completed", completed_story(f"s-done-{n}"))
+    report = run.check(min_completed=minimum)
+    assert [("progress", None)] == found(report)
+    assert f"{completed} saga(s) completed, fewer than {minimum}" in report.violations[0].detail
+
+
+def test_domain_invariants(run: Run) -> None:
+    run.saga("s-done", "completed", completed_story("s-done"))
+
+    def charges_once(view: RunView) -> list[str]:
+        with closing(view.connect("payments")) as db:
+            (n,) = db.execute("SELECT COUNT(*) FROM understudy_ledger").fetchone()
+        return [f"{n} charge(s) seen, expected 0"] if n else []
+
+    def holds(view: RunView) -> list[str]:
+        return []
+
+    def explodes(view: RunView) -> list[str]:
+        raise ValueError("boom")
+
+    report = run.check([charges_once, holds, explodes])
+    assert [("domain", None), ("domain", None)] == found(report)
+    assert "charges_once: 1 charge(s) seen, expected 0" == report.violations[0].detail
+    assert "explodes: the invariant itself raised ValueError: boom" == report.violations[1].detail
+
+
+def test_assert_ok_raises_naming_the_saga(run: Run) -> None:
+    run.saga("s-done", "completed", completed_story("s-done"))
+    run.acknowledged.add("s-lost-42")
+    report = run.check()
+    with pytest.raises(InvariantViolation, match="s-lost-42") as raised:
+        report.assert_ok("after seed 7")
+    assert str(raised.value).startswith("after seed 7\n")
+    assert isinstance(raised.value, AssertionError)
+
+
+def test_report_lists_violations(run: Run) -> None:
+    run.saga("s1", "running", ([], []))
+    run.acknowledged.update(f"lost-{n:02}" for n in range(25))
+    text = str(run.check())
+    lines = text.splitlines()
+    assert lines[0] == "26 invariant violation(s) in 1 sagas (running 1), 0 ledger rows:"
+    assert "  [lost] lost-00: its start was acknowledged but the store has no such saga" in lines
+    assert "  [quiesce] s1: still running after the heal-and-quiesce phase" in lines
+    assert "  ... and 5 more [lost]" in lines
+    assert not any("lost-24" in line for line in lines)  # past the 20 shown per rule

@@ -1,0 +1,137 @@
+"""``understudy chaos``: a long seeded fault campaign, with progress and figures at the end.
+
+By default it runs the demo's order saga (``demo.chaos:scenario``, importable from a checkout of
+understudy); ``--scenario module:attribute`` runs your own :class:`~understudy.testing.Scenario`.
+Every run gets its own directory under ``--dir``; a run that breaks an invariant keeps its data
+and saves its schedule there, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP
+from understudy.testing.runner import ChaosRunner, Figures, RunResult, Scenario
+from understudy.testing.schedule import FaultSchedule
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario",
+        default="demo.chaos:scenario",
+        metavar="MODULE:ATTR",
+        help="the Scenario to run (default: the demo's order saga, demo.chaos:scenario)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="campaign seed (default 1)")
+    parser.add_argument("--runs", type=int, default=50, help="runs (default 50)")
+    parser.add_argument("--sagas", type=int, default=20, help="sagas per run (default 20)")
+    parser.add_argument(
+        "--base",
+        default=MULTIPROC_TCP,
+        choices=(IN_PROCESS, MULTIPROC_TCP),
+        help=f"actor system base (default {MULTIPROC_TCP}: real SIGKILLs)",
+    )
+    parser.add_argument("--hosts", type=int, default=2, help="saga hosts (default 2)")
+    parser.add_argument(
+        "--enable", type=float, default=0.3, help="chance a failpoint is armed in a run (0.3)"
+    )
+    parser.add_argument(
+        "--fire", type=float, default=0.03, help="chance an armed failpoint fires per hit (0.03)"
+    )
+    parser.add_argument("--dir", help="where runs keep their data (default: a temporary directory)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the data of runs that passed, too"
+    )
+    parser.add_argument("--replay", metavar="FILE", help="replay one saved schedule and stop")
+
+
+def load_scenario(spec: str) -> Scenario:
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        raise ValueError(f"--scenario must look like module:attribute, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as ``python -m`` would: scenarios of this project
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = (
+            " (the demo ships in understudy's source tree: run from a checkout)"
+            if module_name.startswith("demo")
+            else ""
+        )
+        raise ValueError(f"cannot import scenario module {module_name!r}: {exc}{hint}") from exc
+    scenario = getattr(module, attribute, None)
+    if isinstance(scenario, type):
+        scenario = scenario()
+    if not isinstance(scenario, Scenario):
+        raise ValueError(f"{spec} is not an understudy.testing.Scenario (got {scenario!r})")
+    return scenario
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    try:
+        scenario = load_scenario(args.scenario)
+        replay = FaultSchedule.load(args.replay) if args.replay else None
+    except ValueError as exc:
+        print(f"understudy: error: {exc}", file=sys.stderr)
+        return 2
+    if args.runs <= 0 or args.sagas <= 0:
+        print("understudy: error: --runs and --sagas must be greater than 0", file=sys.stderr)
+        return 2
+    directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="understudy-chaos-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    runner = ChaosRunner(scenario, directory, base=args.base, hosts=args.hosts)
+    started = time.monotonic()
+    results: list[RunResult] = []
+
+    def progress(result: RunResult) -> None:
+        results.append(result)
+        figures = Figures.of(results)
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.fired_kinds().items()))
+        print(
+            f"[{time.monotonic() - started:7.1f} s] run {len(results)}/{total}: "
+            f"{result.sagas} sagas, faults {kinds or 'none fired'}, recovery "
+            f"{result.recovery_seconds:.2f} s | total {figures.sagas} sagas, "
+            f"{sum(figures.faults.values())} faults, {figures.violations} violations",
+            file=out,
+            flush=True,
+        )
+        if not result.ok:
+            print(f"  VIOLATED {result.schedule.describe()}\n{result.report}", file=out)
+            print(f"  schedule saved to {result.saved}", file=out, flush=True)
+        elif not args.keep:
+            shutil.rmtree(result.directory, ignore_errors=True)
+
+    if replay is not None:
+        total = 1
+        progress(runner.run(replay, name="replay"))
+    else:
+        total = args.runs
+        print(
+            f"understudy chaos: {args.runs} runs of {args.sagas} sagas on {args.base} "
+            f"({args.hosts} saga hosts), seed {args.seed}; data in {directory}",
+            file=out,
+            flush=True,
+        )
+        runner.campaign(
+            args.seed,
+            args.runs,
+            sagas=args.sagas,
+            enable=args.enable,
+            fire=args.fire,
+            on_result=progress,
+        )
+    figures = Figures.of(results)
+    print(f"\nchaos campaign finished in {time.monotonic() - started:.1f} s", file=out)
+    for line in figures.lines():
+        print(f"  {line}", file=out)
+    out.flush()
+    return 0 if figures.violations == 0 else 1

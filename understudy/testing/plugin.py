@@ -1,0 +1,179 @@
+"""The pytest plugin: crash-test your sagas from your own test suite.
+
+Installed with understudy (an entry point in the ``pytest11`` group), so its fixtures and
+options are there as soon as understudy is. A test asks for ``chaos`` and gives it a
+:class:`~understudy.testing.Scenario`; it runs on every base in ``--understudy-base`` (both the
+in-process and the multi-process base unless told otherwise)::
+
+    def test_my_saga_survives_every_crash(chaos):
+        chaos(MyScenario()).exhaustive(sagas=2)
+
+    def test_my_saga_under_random_faults(chaos):
+        chaos(MyScenario()).campaign(sagas=10)
+
+Options:
+
+- ``--understudy-seed N``: the campaign's seed (default 1: the same faults on every run of the
+  suite; change it to explore);
+- ``--understudy-runs N``: runs per campaign (default 10);
+- ``--understudy-replay FILE``: campaigns replay this saved schedule instead of drawing runs;
+- ``--understudy-base NAME``: the actor system base(s) to run on (repeatable).
+
+A failing run saves its schedule (faults and workload) as JSON under pytest's cache directory
+and the failure message says how to replay it.
+
+Fixtures: ``chaos`` (the runner factory), ``understudy_base``, ``understudy_seed``,
+``understudy_runs``, ``understudy_replay`` and ``understudy_store`` (a fresh SQLite store path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP
+from understudy.testing.checker import InvariantViolation
+from understudy.testing.runner import ChaosRunner, RunResult, Scenario
+from understudy.testing.schedule import FaultSchedule
+
+DEFAULT_BASES = (IN_PROCESS, MULTIPROC_TCP)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("understudy", "understudy crash-injection harness")
+    group.addoption("--understudy-seed", type=int, default=1, help="campaign seed (default 1)")
+    group.addoption(
+        "--understudy-runs", type=int, default=10, help="runs per campaign (default 10)"
+    )
+    group.addoption(
+        "--understudy-replay",
+        metavar="FILE",
+        default=None,
+        help="replay this saved fault schedule instead of drawing campaign runs",
+    )
+    group.addoption(
+        "--understudy-base",
+        action="append",
+        default=None,
+        help=f"actor system base to run chaos tests on (repeatable; default: "
+        f"{', '.join(DEFAULT_BASES)})",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "understudy_chaos: a crash-injection test run by understudy's harness"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "understudy_base" in metafunc.fixturenames:
+        bases = metafunc.config.getoption("understudy_base") or list(DEFAULT_BASES)
+        metafunc.parametrize("understudy_base", bases, scope="function")
+
+
+@pytest.fixture
+def understudy_seed(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("understudy_seed"))
+
+
+@pytest.fixture
+def understudy_runs(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("understudy_runs"))
+
+
+@pytest.fixture
+def understudy_replay(request: pytest.FixtureRequest) -> FaultSchedule | None:
+    path = request.config.getoption("understudy_replay")
+    return FaultSchedule.load(path) if path else None
+
+
+@pytest.fixture
+def understudy_store(tmp_path: Path) -> Path:
+    """The path of a fresh SQLite saga store (created by the first ``Understudy.start``)."""
+    return tmp_path / "sagas.db"
+
+
+class Chaos:
+    """A :class:`ChaosRunner` whose modes fail the test on any violated invariant."""
+
+    def __init__(
+        self,
+        runner: ChaosRunner,
+        seed: int,
+        runs: int,
+        replay: FaultSchedule | None,
+        nodeid: str,
+    ) -> None:
+        self.runner = runner
+        self.seed = seed
+        self.runs = runs
+        self.replay = replay
+        self.nodeid = nodeid
+
+    def exhaustive(
+        self, sagas: int = 2, persistent: bool | None = None, **options: Any
+    ) -> list[RunResult]:
+        """Single crashes at every hit of every point, then persistent ones (only one kind
+        when ``persistent`` is given); fail on the first run that breaks an invariant."""
+        results = []
+        for kind in (False, True) if persistent is None else (persistent,):
+            results += self.runner.exhaustive(
+                sagas=sagas, persistent=kind, on_result=self._verdict, **options
+            )
+        return results
+
+    def campaign(self, sagas: int = 10, **options: Any) -> list[RunResult]:
+        """``--understudy-runs`` seeded random runs (or the ``--understudy-replay`` one)."""
+        if self.replay is not None:
+            result = self.runner.run(self.replay, name="replay")
+            self._verdict(result)
+            return [result]
+        return self.runner.campaign(
+            self.seed, self.runs, sagas=sagas, on_result=self._verdict, **options
+        )
+
+    def run(self, schedule: FaultSchedule) -> RunResult:
+        result = self.runner.run(schedule)
+        self._verdict(result)
+        return result
+
+    def _verdict(self, result: RunResult) -> None:
+        if result.ok:
+            return
+        raise InvariantViolation(
+            f"{result.schedule.describe()}\n{result.report}\n"
+            f"run data: {result.directory}\n"
+            f"schedule saved to {result.saved}; replay it with:\n"
+            f"  pytest --understudy-replay {result.saved} "
+            f"--understudy-base {result.schedule.base} '{self.nodeid}'"
+        )
+
+
+@pytest.fixture
+def chaos(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    understudy_base: str,
+    understudy_seed: int,
+    understudy_runs: int,
+    understudy_replay: FaultSchedule | None,
+) -> Callable[..., Chaos]:
+    """``chaos(scenario, **runner_options)``: a harness for ``scenario`` on this test's base."""
+    cache = getattr(request.config, "cache", None)
+    failures = cache.mkdir("understudy-schedules") if cache is not None else tmp_path
+
+    def make(scenario: Scenario, **options: Any) -> Chaos:
+        options.setdefault("base", understudy_base)
+        options.setdefault("failures", failures)
+        if understudy_replay is not None and understudy_replay.base != options["base"]:
+            pytest.skip(f"the replayed schedule runs on {understudy_replay.base}")
+        runner = ChaosRunner(scenario, tmp_path / "chaos", **options)
+        return Chaos(
+            runner, understudy_seed, understudy_runs, understudy_replay, request.node.nodeid
+        )
+
+    return make

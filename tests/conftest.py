@@ -12,6 +12,7 @@ from participants import Recorder
 
 from understudy import RetryPolicy, SagaDefinition, Step, Understudy
 
+pytest_plugins = ["pytester"]
 BASES = ["simpleSystemBase", "multiprocTCPBase"]
 PARTICIPANTS = ("orders", "inventory", "payments")
 

@@ -17,6 +17,7 @@ from mutants import SendsBeforeCommit
 
 from demo.chaos import DemoScenario
 from understudy import RestartPolicy
+from understudy.cli import main
 from understudy.failpoints import POINTS
 from understudy.testing import ChaosRunner, FaultSchedule, RunResult
 
@@ -83,3 +84,30 @@ def test_a_host_that_sends_before_it_commits_is_caught(
     assert not mutant.run(schedule, name="replay").ok
     real = ChaosRunner(DemoScenario(), tmp_path / "real", base=understudy_base)
     assert real.run(schedule).ok
+
+
+def test_the_chaos_command_runs_a_campaign_and_prints_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        [
+            *("chaos", "--runs", "2", "--sagas", "4", "--base", "simpleSystemBase"),
+            *("--seed", "3", "--dir", str(tmp_path)),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert 0 == status, out
+    assert "run 2/2" in out
+    assert "sagas run: 12 (" in out  # 2 runs of 4 sagas and 2 probes each
+    assert "invariant violations: 0" in out
+    assert "recovery time (heal to quiet): p50" in out
+    assert [] == list(tmp_path.glob("seed3-run*")), "passing runs' data is removed"
+
+
+def test_the_chaos_command_refuses_a_scenario_it_cannot_load(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert 2 == main(["chaos", "--scenario", "no_such_module:scenario"])
+    assert "cannot import scenario module 'no_such_module'" in capsys.readouterr().err
+    assert 2 == main(["chaos", "--scenario", "demo.chaos"])
+    assert "module:attribute" in capsys.readouterr().err

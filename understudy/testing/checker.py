@@ -22,6 +22,8 @@ The invariants (rule names in brackets):
   lists what is unresolved;
 - [restart-limit] a saga recovered more often than the restart policy's persisted cap
   (without progress) takes no further step and ends parked as failed;
+- [recovery] (added by the runner) every saga was terminal within the recovery bound after
+  the heal;
 - [progress] at least ``min_completed`` sagas completed: a run where nothing worked proves
   nothing;
 - [domain] every user invariant returned no complaint.

@@ -206,6 +206,13 @@ class ChaosRunner:
             self.policy,
         )
         report = check(view, self.scenario.invariants(), self.scenario.min_completed)
+        if recovery > self.recovery_bound:
+            report.add(
+                "recovery",
+                None,
+                f"sagas were still unfinished {recovery:.1f} s after the heal "
+                f"(bound {self.recovery_bound} s)",
+            )
         log = directory / "faults.log"
         fired = tuple(log.read_text().splitlines()) if log.exists() else ()
         saved = None

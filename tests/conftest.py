@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def start(tmp_path: Path, base: str) -> Iterator[Callable[..., Understudy]]:
 
 def effects(path: Path) -> list[tuple[str, str, str]]:
     """(saga_id, step, kind) of every effect a Recorder applied, in the order applied."""
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         rows = db.execute("SELECT saga_id, step, kind FROM effects ORDER BY seq").fetchall()
     return [tuple(row) for row in rows]
 
@@ -108,7 +109,7 @@ def timeline(tmp_path: Path, saga_id: str) -> list[tuple[str, str]]:
     """(step, kind) of one saga's effects across every participant, in the order applied."""
     rows: list[tuple[float, int, str, str]] = []
     for name in PARTICIPANTS:
-        with sqlite3.connect(tmp_path / f"{name}.db") as db:
+        with closing(sqlite3.connect(tmp_path / f"{name}.db")) as db:
             rows += db.execute(
                 "SELECT at, seq, step, kind FROM effects WHERE saga_id = ?", (saga_id,)
             ).fetchall()

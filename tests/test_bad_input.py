@@ -9,15 +9,17 @@ from pathlib import Path
 
 import attrs
 import pytest
-from conftest import order_definition, recorders, timeline
+from conftest import order_definition, recorders, start_runtime, timeline
 
 from understudy import (
+    ActorSystemError,
     RetryPolicy,
     SagaDefinition,
     StoreUnavailable,
     Understudy,
     UnknownDefinition,
 )
+from understudy.failpoints import Fault
 from understudy.persistence.base import Event, NewSaga, Transition
 from understudy.persistence.sqlite import SQLiteStore
 
@@ -136,3 +138,9 @@ def test_a_snapshot_past_its_cap_parks_the_saga(start: Start, tmp_path: Path) ->
         record = store.get("huge")
     assert record is not None and len(record.snapshot or b"") < 20_000
     assert us.run("small", "order", {}).status == "completed"
+
+
+def test_a_kill_fault_on_the_in_process_base_is_refused(tmp_path: Path) -> None:
+    """Every actor runs in the caller's process there: a kill would kill the caller."""
+    with pytest.raises(ActorSystemError, match="would kill this very process"):
+        start_runtime(tmp_path, faults=[Fault("host.after_send", "kill_system")])

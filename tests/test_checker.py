@@ -332,6 +332,15 @@ def test_failed_saga_outstanding_must_name_the_unresolved_steps(run: Run) -> Non
     assert [("needs-attention", "s1")] == found(run.check())
 
 
+def test_a_saga_parked_while_compensating_must_list_every_applied_step(run: Run) -> None:
+    """Parked before any compensation ran: naming only the never-applied step (as if it had
+    parked going forward) is not enough, every applied step must be listed."""
+    story = Story("s1").step("do", 0).step("do", 1)
+    outstanding = ["compensate step 'charge' (refund)", "compensate step 'reserve' (release)"]
+    run.saga("s1", "failed", story.end("failed"), outstanding=outstanding)
+    assert [("needs-attention", "s1")] == found(run.check())
+
+
 @pytest.mark.parametrize(
     ("status", "attempts", "flagged"),
     [("completed", 2, False), ("completed", 3, True), ("failed", 4, False)],

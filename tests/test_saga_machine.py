@@ -156,3 +156,26 @@ def test_a_pivot_that_may_have_applied_parks_rather_than_compensates(outcome: st
     assert commands is not None
     expected = "failed" if outcome == "error" else "compensating"
     assert expected == saga.status
+
+
+def test_a_crash_with_the_pivot_in_doubt_parks_even_when_recovery_compensates() -> None:
+    """on_recovery="compensate" must not compensate around a pivot that may have applied: a
+    crash while the pivot's request is out parks the saga, listing the step to finish."""
+    definition = SagaDefinition(
+        "order",
+        1,
+        [
+            Step("create", "orders", "create", "cancel"),
+            Step("ship", "shipping", "ship", irreversible=Irreversible("call the courier")),
+        ],
+        on_recovery="compensate",
+    )
+    saga = fresh(definition)
+    (first,) = sends(saga.begin(0.0))
+    sends(saga.on_reply(reply(first), 1.0))  # the pivot's request is out
+    restored = Saga.restore("s", definition, {}, 2, saga.snapshot(), 1, 1)
+    commands = restored.resume(2.0)
+    assert [] == sends(commands)
+    assert "failed" == restored.status
+    assert ["finish step 'ship' (ship)"] == restored.state.outstanding
+    assert "call the courier" in (restored.state.reason or "")

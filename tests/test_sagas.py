@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import attrs
@@ -218,7 +219,7 @@ def test_a_new_runtime_resumes_unfinished_sagas(start: Start, tmp_path: Path) ->
     accepted = us.submit("r-1", "order", {"fail": {"charge": -1}})
     assert not accepted.existing
     us.shutdown()
-    with sqlite3.connect(tmp_path / "sagas.db") as db:
+    with closing(sqlite3.connect(tmp_path / "sagas.db")) as db:
         (status,) = db.execute(
             "SELECT status FROM understudy_sagas WHERE saga_id = 'r-1'"
         ).fetchone()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,6 @@ def test_a_participant_replaced_mid_step_gets_no_request_before_its_intent(
     finally:
         asys.shutdown()
     assert record is not None and "compensated" == record.status
-    with sqlite3.connect(tmp_path / "inventory.db") as db:
+    with closing(sqlite3.connect(tmp_path / "inventory.db")) as db:
         effects = db.execute("SELECT step, kind FROM effects ORDER BY seq").fetchall()
     assert effects in ([], [("reserve", "do"), ("reserve", "undo")])

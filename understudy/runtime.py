@@ -37,7 +37,10 @@ from understudy import codec
 from understudy.actors.system import (
     IN_PROCESS,
     class_path,
+    detached_count,
+    detached_since,
     is_multiprocess,
+    reap,
     start_actor_system,
 )
 from understudy.actors.watch import process_identity
@@ -212,6 +215,9 @@ class Understudy:
         self._bridge = _Bridge(asys, coordinator)
         self._bridge.start()
         self._local = threading.local()
+        self._readers: list[SagaStore] = []
+        self._admin: list[Any] = []
+        self._readers_lock = threading.Lock()
         self._tokens = itertools.count()
         self._client_id = f"{os.getpid()}-{id(self):x}"
 
@@ -250,7 +256,18 @@ class Understudy:
         itself (:mod:`understudy.testing` uses them), not for production.
         """
         definitions = tuple(definitions)
+        participants = list(participants)
         store_config = StoreConfig(os.fspath(store), dict(store_options or {}))
+        if not is_multiprocess(base) and any(f.action in ("kill", "kill_system") for f in faults):
+            raise ActorSystemError(
+                f"a kill fault on the in-process base ({base}) would kill this very process "
+                "(every actor runs in it); use action='raise' there, or a multi-process base"
+            )
+        if is_multiprocess(base):
+            _refuse_open_databases(
+                [store_config.location]
+                + [str(opts["database"]) for _n, _c, opts in participants if "database" in opts]
+            )
         # Fail fast, in the caller's thread, on a store that cannot be opened or written.
         open_store(store_config.location, **store_config.options).close()
         specs = tuple(
@@ -259,6 +276,7 @@ class Understudy:
         )
         if hosts is None:
             hosts = (os.cpu_count() or 2) if is_multiprocess(base) else 1
+        detached = detached_count()
         asys = start_actor_system(base, admin_port=admin_port)
         try:
             coordinator = asys.createActor(Coordinator)
@@ -282,7 +300,9 @@ class Understudy:
         except BaseException:
             asys.shutdown()
             raise
-        return cls(asys, coordinator, store_config, base, reply.resumed)
+        runtime = cls(asys, coordinator, store_config, base, reply.resumed)
+        runtime._admin = detached_since(detached)
+        return runtime
 
     # --- starting sagas ------------------------------------------------------------------------
 
@@ -381,6 +401,8 @@ class Understudy:
         if store is None:
             store = open_store(self.store_config.location, read_only=True)
             self._local.store = store
+            with self._readers_lock:
+                self._readers.append(store)
         return store
 
     def record(self, saga_id: str) -> SagaRecord:
@@ -443,17 +465,48 @@ class Understudy:
                 self._bridge.submit(Stop(), ("pong", "stop")).result(timeout)
         self._bridge.stop()
         self._bridge.join(timeout=30)
-        store = getattr(self._local, "store", None)
-        if store is not None:
-            store.close()
-            self._local.store = None
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for reader in readers:  # every thread's, so that no connection outlives the runtime
+            reader.close()
+        self._local = threading.local()
         self.asys.shutdown()
+        reap(self._admin)  # Thespian detached its admin: collect it, or it stays a zombie
 
     def __enter__(self) -> Understudy:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
+
+
+def _refuse_open_databases(paths: list[str]) -> None:
+    """Refuse to start a multi-process runtime while this process has one of its databases
+    open. Thespian forks every actor process from this one (through its admin), and a SQLite
+    connection must never cross fork(): the children inherit its file descriptors and lock
+    state, their own connections to the same file then lose locks, and commits can be lost.
+    Linux only (it reads /proc/self/fd); elsewhere nothing is checked."""
+    fd_dir = "/proc/self/fd"
+    if not os.path.isdir(fd_dir):
+        return
+    watched = {
+        os.path.realpath(path) + suffix: path
+        for path in paths
+        if "://" not in path
+        for suffix in ("", "-wal", "-shm", "-journal")
+    }
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if target in watched:
+            raise ActorSystemError(
+                f"this process has {target!r} open (a SQLite connection to "
+                f"{watched[target]!r}?) while starting a multi-process actor system. Its actor "
+                "processes are forked from this one, and a SQLite connection must not cross "
+                "fork(): close that connection before Understudy.start and open it again after"
+            )
 
 
 def _result(future: concurrent.futures.Future[Any], timeout: float | None, what: str) -> Any:

@@ -44,6 +44,7 @@ from understudy.actors.system import ActorTypeDispatcher
 from understudy.actors.watch import OwnerWatch
 from understudy.errors import PayloadError
 from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
+from understudy.supervisors.protocol import Stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -320,7 +321,15 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
             ),
         )
 
+    def receiveMsg_Stop(self, msg: Any, sender: Any) -> None:
+        """The runtime is shutting down: close the database now, not at garbage collection."""
+        self._close()
+        self.send(sender, Stopped(-1, self.name or "?"))
+
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self.db is not None:
             self.db.close()
             self.db = None

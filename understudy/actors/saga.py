@@ -176,6 +176,18 @@ class Saga:
             and self.definition.on_recovery == "compensate"
             and not s.pivot_passed
         ):
+            pivot = self.definition.pivot
+            in_doubt = (s.pending or s.waiting or [None, None])[:2]
+            if pivot is not None and in_doubt == [DO, pivot]:
+                # The crash left the pivot in doubt: it may have applied, and it cannot be
+                # compensated, so compensating the steps before it could leave it standing.
+                spec = self.definition.steps[pivot]
+                return self._park(
+                    f"interrupted by a crash while pivot step {spec.name!r} was in doubt; it "
+                    f"cannot be compensated, so this saga does not recover by compensating; "
+                    f"instead: {_instead(spec)}",
+                    now,
+                )
             return self._abort("interrupted by a crash; definition recovers by compensating", now)
         if s.pending is not None:
             kind, step, attempt, _deadline = s.pending

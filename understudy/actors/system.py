@@ -11,6 +11,7 @@ beyond the machine only on a network you trust as much as the machine itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -29,6 +30,46 @@ from thespian.actors import (  # noqa: F401  (re-exported for the rest of unders
 )
 
 from understudy.errors import ActorSystemError, CoordinatorTimeout
+
+try:
+    from thespian.system import multiprocCommon as _multiproc
+except ImportError:  # pragma: no cover - every thespian 4 has it
+    _multiproc = None
+
+#: Processes Thespian started and then detached from multiprocessing (its admin): nobody
+#: would collect their exit status, so every runtime would leave a zombie behind.
+_DETACHED: list[Any] = []
+
+if _multiproc is not None:
+    _detach_child = _multiproc.detach_child
+
+    def _remember_detached(childref: Any) -> None:
+        _detach_child(childref)
+        _DETACHED.append(childref)
+
+    _multiproc.detach_child = _remember_detached
+
+
+def detached_since(count: int) -> list[Any]:
+    """The processes detached after the first ``count`` (an actor system's admin, for the
+    runtime that just started it); they are handed over, not kept here."""
+    taken = _DETACHED[count:]
+    for process in taken:
+        _DETACHED.remove(process)
+    return taken
+
+
+def reap(processes: list[Any], timeout: float = 5.0) -> None:
+    """Wait for ``processes`` (shut down already) and collect their exit status."""
+    for process in processes:
+        # Started by another process (after a fork) is not ours to collect.
+        with contextlib.suppress(AssertionError, ValueError, OSError):
+            process.join(timeout)
+
+
+def detached_count() -> int:
+    return len(_DETACHED)
+
 
 IN_PROCESS = "simpleSystemBase"
 MULTIPROC_TCP = "multiprocTCPBase"

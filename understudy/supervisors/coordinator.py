@@ -42,7 +42,7 @@ from understudy.messages import (
     SagaStatus,
     StartSaga,
 )
-from understudy.persistence import SagaStore, open_store
+from understudy.persistence import open_store
 from understudy.supervisors.host import SagaHost, shard_of
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
@@ -82,7 +82,11 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.setup: CoordinatorSetup | None = None
-        self.store: SagaStore | None = None
+        # No store connection stays open here: on multi-process bases this process forks every
+        # saga host and participant, and a SQLite connection open across fork() breaks the
+        # file locking of the children's own connections (SQLite forbids it; it showed as lost
+        # commits under chaos). The store is opened per query instead.
+        self.store_ok = False
         self.definitions: dict[tuple[str, int], SagaDefinition] = {}
         self.latest: dict[str, int] = {}
         # Thespian addresses are unhashable, and the address createActor returns prints
@@ -104,7 +108,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self.window: RestartWindow | None = None
         self.stopping = False
         self.stop_reply: Any = None
-        self.stop_pending: set[int] = set()
+        self.stop_pending: set[int | str] = set()
         self.known_participants: set[str] = set()
         self.participant_windows: dict[str, RestartWindow] = {}
         self.respawning: dict[str, AddParticipant] = {}  # restarts waiting out their delay
@@ -126,7 +130,8 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 self.latest.get(definition.name, 0), definition.version
             )
         try:
-            self.store = open_store(msg.store.location, **msg.store.options)
+            open_store(msg.store.location, **msg.store.options).close()
+            self.store_ok = True
         except UnderstudyError as exc:
             self.send(sender, CoordinatorReady(0, (), error=str(exc)))
             return
@@ -253,7 +258,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             self.receiveMessage(message, sender)
 
     def receiveMsg_StartSaga(self, msg: StartSaga, sender: Any) -> None:
-        if self.setup is None or self.store is None:
+        if self.setup is None or not self.store_ok:
             self.send(
                 sender,
                 SagaRejected(
@@ -354,9 +359,10 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 self.send(address, attrs.evolve(msg, request_id=request_id))
 
     def receiveMsg_QueryStatus(self, msg: QueryStatus, sender: Any) -> None:
-        assert self.store is not None
+        assert self.setup is not None
         try:
-            record = self.store.get(msg.saga_id)
+            with open_store(self.setup.store.location, **self.setup.store.options) as store:
+                record = store.get(msg.saga_id)
         except StoreError as exc:
             self.send(sender, SagaStatus(msg.saga_id, None, str(exc)))
             return
@@ -475,20 +481,22 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
     def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
         self.stopping = True
         self.stop_reply = sender
-        self.stop_pending = set(self.hosts)
+        self.stop_pending = set[int | str](self.hosts)
         for host in self.hosts.values():
             self.send(host.address, Stop())
+        # Participants close their databases too: on the in-process base nothing else would
+        # before garbage collection, and a later runtime must not inherit open connections.
+        for child in self.children:
+            if child.participant is not None and child.participant.name in self.participants:
+                self.stop_pending.add(child.participant.name)
+                self.send(child.address, Stop())
         self._stopped_step()
 
     def receiveMsg_Stopped(self, msg: Stopped, sender: Any) -> None:
-        self.stop_pending.discard(msg.shard)
+        self.stop_pending.discard(msg.participant if msg.participant is not None else msg.shard)
         self._stopped_step()
 
     def _stopped_step(self) -> None:
         if not self.stop_pending and self.stop_reply is not None:
             self.send(self.stop_reply, Pong("stop", os.getpid()))
             self.stop_reply = None
-
-    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
-        if self.store is not None:
-            self.store.close()

@@ -355,10 +355,16 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         if saga is None or msg.incarnation != saga.incarnation:
             return  # stale: an earlier incarnation's reply, or a saga that already ended
         self._working_on(saga.saga_id)
-        failpoints.hit(
-            "host.after_reply" if msg.kind == DO else "host.after_compensation_reply", msg.saga_id
-        )
-        self._run(saga, lambda: saga.on_reply(msg, time.time()))
+
+        def apply_reply() -> Any:
+            # Inside the guard: a raise here restarts the saga, as a crash would.
+            if msg.kind == DO:
+                failpoints.hit("host.after_reply", msg.saga_id)
+            else:
+                failpoints.hit("host.after_compensation_reply", msg.saga_id)
+            return saga.on_reply(msg, time.time())
+
+        self._run(saga, apply_reply)
         self._idle()
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
@@ -518,14 +524,36 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
             )
 
     def _guarded_load(self, saga_id: str) -> None:
+        """Load one saga outside the startup scan. No recovery is counted against it: its host
+        did not die (a failed commit, a restart within the intensity, a start for a saga not in
+        memory), and a store that stays busy must not park every saga that waits for it."""
+        if self.store is None:
+            return  # stopped: the next runtime's startup scan loads it
         try:
-            self._load([saga_id])
-        except Exception as exc:
-            # A store error, or a bug in loading: either way the saga must not be left
-            # without an actor until the next restart; try again shortly.
+            self._load([saga_id], blamed=set())
+        except StoreError as exc:
+            # The store is busy or failing: wait for it as long as it takes.
             log.error("could not reload saga %s (%s); retrying", saga_id, exc)
             self.sagas.pop(saga_id, None)
             self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
+        except Exception as exc:
+            # A bug in loading: retry within the restart intensity, then leave the saga as it
+            # is stored for the next start of understudy instead of looping here.
+            self.sagas.pop(saga_id, None)
+            assert self.setup is not None
+            window = self.windows.setdefault(saga_id, RestartWindow(self.setup.policy))
+            if window.allow(time.time()):
+                log.error("could not reload saga %s (%s); retrying", saga_id, exc)
+                self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
+            else:
+                log.error(
+                    "could not reload saga %s (%s) %d times within %s s; it stays as stored "
+                    "until understudy starts again",
+                    saga_id,
+                    exc,
+                    self.setup.policy.max_restarts,
+                    self.setup.policy.within,
+                )
 
     # --- the flush: commit, then act --------------------------------------------------------
 

@@ -159,6 +159,7 @@ class Stop:
 
 @attrs.frozen
 class Stopped:
-    """A host has released its store and shard marker."""
+    """A host has released its store and shard marker (or a participant its database)."""
 
     shard: int
+    participant: str | None = None

@@ -343,9 +343,14 @@ def _check_saga(
                 repr(definition.steps[i].name) in outstanding for i in indexes
             )
 
-        # Parked going forward (nothing undone): it must list the steps left to finish.
-        # Parked while compensating: it must list every step still applied.
-        forward = not undone and named(unfinished)
+        # Parked going forward (nothing undone, only steps to finish listed): it must list
+        # the steps left to finish. Otherwise it must list every step still applied.
+        entries = _outstanding(record)
+        forward = (
+            not undone
+            and all(entry.startswith("finish") for entry in entries)
+            and named(unfinished)
+        )
         if not outstanding or not (forward or named(unresolved)):
             add(
                 "needs-attention",

@@ -22,12 +22,14 @@ Options:
 A failing run saves its schedule (faults and workload) as JSON under pytest's cache directory
 and the failure message says how to replay it.
 
-Fixtures: ``chaos`` (the runner factory), ``understudy_base``, ``understudy_seed``,
-``understudy_runs``, ``understudy_replay`` and ``understudy_store`` (a fresh SQLite store path).
+Fixtures: ``chaos`` (the runner factory), ``understudy_seed``, ``understudy_runs``,
+``understudy_replay`` and ``understudy_store`` (a fresh SQLite store path); a test that names
+``understudy_base`` is parametrized over the bases.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,10 @@ class Chaos:
         self, sagas: int = 2, persistent: bool | None = None, **options: Any
     ) -> list[RunResult]:
         """Single crashes at every hit of every point, then persistent ones (only one kind
-        when ``persistent`` is given); fail on the first run that breaks an invariant."""
+        when ``persistent`` is given); fail on the first run that breaks an invariant. With
+        ``--understudy-replay``, only the replayed run."""
+        if self.replay is not None:
+            return [self._replay()]
         results = []
         for kind in (False, True) if persistent is None else (persistent,):
             results += self.runner.exhaustive(
@@ -129,15 +134,22 @@ class Chaos:
     def campaign(self, sagas: int = 10, **options: Any) -> list[RunResult]:
         """``--understudy-runs`` seeded random runs (or the ``--understudy-replay`` one)."""
         if self.replay is not None:
-            result = self.runner.run(self.replay, name="replay")
-            self._verdict(result)
-            return [result]
+            return [self._replay()]
         return self.runner.campaign(
             self.seed, self.runs, sagas=sagas, on_result=self._verdict, **options
         )
 
     def run(self, schedule: FaultSchedule) -> RunResult:
+        """Run one schedule (or, with ``--understudy-replay``, the replayed one)."""
+        if self.replay is not None:
+            return self._replay()
         result = self.runner.run(schedule)
+        self._verdict(result)
+        return result
+
+    def _replay(self) -> RunResult:
+        assert self.replay is not None
+        result = self.runner.run(self.replay, name="replay")
         self._verdict(result)
         return result
 
@@ -165,13 +177,18 @@ def chaos(
     """``chaos(scenario, **runner_options)``: a harness for ``scenario`` on this test's base."""
     cache = getattr(request.config, "cache", None)
     failures = cache.mkdir("understudy-schedules") if cache is not None else tmp_path
+    # One folder per test (and base): failures of different tests never overwrite each other.
+    failures = failures / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)
+
+    made: list[Scenario] = []
 
     def make(scenario: Scenario, **options: Any) -> Chaos:
         options.setdefault("base", understudy_base)
         options.setdefault("failures", failures)
         if understudy_replay is not None and understudy_replay.base != options["base"]:
             pytest.skip(f"the replayed schedule runs on {understudy_replay.base}")
-        runner = ChaosRunner(scenario, tmp_path / "chaos", **options)
+        made.append(scenario)
+        runner = ChaosRunner(scenario, tmp_path / f"chaos-{len(made)}", **options)
         return Chaos(
             runner, understudy_seed, understudy_runs, understudy_replay, request.node.nodeid
         )

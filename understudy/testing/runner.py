@@ -36,7 +36,7 @@ import attrs
 from understudy import failpoints
 from understudy.definitions import SagaDefinition
 from understudy.errors import UnderstudyError
-from understudy.failpoints import POINTS
+from understudy.failpoints import HANG_SECONDS, POINTS
 from understudy.messages import SagaAccepted, SagaFinished
 from understudy.persistence.sqlite import SQLiteStore
 from understudy.runtime import Understudy
@@ -154,47 +154,59 @@ class ChaosRunner:
         acknowledged: set[str] = set()
         host_restarts = 0
         started_ok = alive = True
+        # A ping must outwait the longest hang or delay the schedule can inflict, or a slow
+        # system would be taken for a dead one and cut short.
+        longest = max(
+            (
+                f.delay or (HANG_SECONDS if f.action == "hang" else 0.0)
+                for f in schedule.faults
+                if f.action in ("hang", "delay")
+            ),
+            default=0.0,
+        )
+        patience = max(self.stall, longest + 1.0)
+        runtime: Understudy | None = None
         try:
-            runtime = Understudy.start(
-                store,
-                self.scenario.definitions,
-                participants,
-                faults=schedule.armed(directory),
-                timeout=self.window,
-                **options,
-            )
-        except UnderstudyError:
-            started_ok, runtime = False, None
-        if runtime is not None:
             try:
-                # Half the callers wait for the end (the reply path), half only for the
-                # acknowledgement (what the checker's lost-saga rule holds the store to).
-                futures = {
-                    s.saga_id: runtime.submit_future(
-                        s.saga_id, s.definition, s.payload, wait=index % 2 == 1
-                    )
-                    for index, s in enumerate(sagas)
-                }
-                alive = self._faulty_phase(runtime, store, futures, acknowledged)
-                if alive:
-                    with contextlib.suppress(UnderstudyError):
-                        host_restarts = runtime.hosts(timeout=1.0).restarts
-            finally:
-                runtime.shutdown(timeout=2.0 if alive else 0.1)
-        failpoints.disarm()  # the in-process base armed them in this very process
+                runtime = Understudy.start(
+                    store,
+                    self.scenario.definitions,
+                    participants,
+                    faults=schedule.armed(directory),
+                    timeout=self.window,
+                    **options,
+                )
+            except UnderstudyError:
+                started_ok = False
+            if runtime is not None:
+                try:
+                    # Half the callers wait for the end (the reply path), half only for the
+                    # acknowledgement (what the checker's lost-saga rule holds the store to).
+                    futures = {
+                        s.saga_id: runtime.submit_future(
+                            s.saga_id, s.definition, s.payload, wait=index % 2 == 1
+                        )
+                        for index, s in enumerate(sagas)
+                    }
+                    alive = self._faulty_phase(runtime, store, futures, acknowledged, patience)
+                    if alive:
+                        with contextlib.suppress(UnderstudyError):
+                            host_restarts = runtime.hosts(timeout=patience).restarts
+                finally:
+                    runtime.shutdown(timeout=patience if alive else 0.5)
+                # Answers that arrived while the phase ended still count.
+                acknowledged.update(
+                    saga_id
+                    for saga_id, future in futures.items()
+                    if future.done() and isinstance(_reply(future), SagaAccepted | SagaFinished)
+                )
+        finally:
+            failpoints.disarm()  # the in-process base armed them in this very process
 
         heal_started = time.monotonic()
-        healer = Understudy.start(
-            store, self.scenario.definitions, participants, timeout=120.0, **options
+        healed, resumed, recovery = self._heal(
+            store, participants, options, sagas + probes, acknowledged, heal_started
         )
-        try:
-            resumed = healer.resumed
-            for start in sagas + probes:
-                if start.saga_id not in acknowledged:
-                    healer.submit_future(start.saga_id, start.definition, start.payload, wait=False)
-            recovery = self._quiesce(store, [s.saga_id for s in everything], heal_started)
-        finally:
-            healer.shutdown()
 
         view = RunView(
             directory,
@@ -206,7 +218,9 @@ class ChaosRunner:
             self.policy,
         )
         report = check(view, self.scenario.invariants(), self.scenario.min_completed)
-        if recovery > self.recovery_bound:
+        if healed is not None:
+            report.add("recovery", None, f"the healing runtime did not start: {healed}")
+        elif recovery > self.recovery_bound:
             report.add(
                 "recovery",
                 None,
@@ -218,7 +232,7 @@ class ChaosRunner:
         saved = None
         if not report.ok:
             target = self.failures or directory
-            saved = schedule.save(target / f"{directory.name}.schedule.json")
+            saved = schedule.save(target / f"{directory.name}.{schedule.base}.schedule.json")
         return RunResult(
             schedule,
             directory,
@@ -233,12 +247,39 @@ class ChaosRunner:
             saved,
         )
 
+    def _heal(
+        self,
+        store: Path,
+        participants: Participants,
+        options: dict[str, Any],
+        starts: list[SagaStart],
+        acknowledged: set[str],
+        since: float,
+    ) -> tuple[str | None, int, float]:
+        """Start a clean runtime on the run's files, resend what was never acknowledged,
+        start the probes, and wait for quiet: (why it could not start, resumed, seconds)."""
+        try:
+            healer = Understudy.start(
+                store, self.scenario.definitions, participants, timeout=120.0, **options
+            )
+        except UnderstudyError as exc:
+            return f"{type(exc).__name__}: {exc}", 0, time.monotonic() - since
+        try:
+            for start in starts:
+                if start.saga_id not in acknowledged:
+                    healer.submit_future(start.saga_id, start.definition, start.payload, wait=False)
+            recovery = self._quiesce(store, [s.saga_id for s in starts], since)
+        finally:
+            healer.shutdown()
+        return None, healer.resumed, recovery
+
     def _faulty_phase(
         self,
         runtime: Understudy,
         store_path: Path,
         futures: dict[str, concurrent.futures.Future[Any]],
         acknowledged: set[str],
+        patience: float,
     ) -> bool:
         """Wait for the faulty runtime to finish or get stuck; False when it is dead."""
         started = last_change = next_ping = time.monotonic()
@@ -264,7 +305,7 @@ class ChaosRunner:
                     # Stuck: is anybody there? (a killed actor system never answers)
                     next_ping = now + 0.5
                     try:
-                        runtime.hosts(timeout=1.0)
+                        runtime.hosts(timeout=patience)
                     except UnderstudyError:
                         return False
                 time.sleep(0.05)
@@ -368,8 +409,14 @@ _TERMINAL = ("completed", "compensated", "failed")
 
 
 def _last_event(store_path: Path) -> int:
+    """The newest event that is progress: a saga claimed and resumed over and over (a commit
+    that keeps failing) is not."""
     with contextlib.closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db:
-        return int(db.execute("SELECT coalesce(max(seq), 0) FROM understudy_events").fetchone()[0])
+        row = db.execute(
+            "SELECT coalesce(max(seq), 0) FROM understudy_events "
+            "WHERE kind NOT IN ('claimed', 'resumed')"
+        ).fetchone()
+        return int(row[0])
 
 
 def _reply(future: concurrent.futures.Future[Any]) -> Any:

@@ -19,7 +19,7 @@ from demo.chaos import DemoScenario
 from understudy import RestartPolicy
 from understudy.cli import main
 from understudy.failpoints import POINTS
-from understudy.testing import ChaosRunner, FaultSchedule, RunResult
+from understudy.testing import ChaosRunner, FaultSchedule, RunResult, check
 
 
 def _fired_everywhere(results: list[RunResult]) -> None:
@@ -111,3 +111,12 @@ def test_the_chaos_command_refuses_a_scenario_it_cannot_load(
     assert "cannot import scenario module 'no_such_module'" in capsys.readouterr().err
     assert 2 == main(["chaos", "--scenario", "demo.chaos"])
     assert "module:attribute" in capsys.readouterr().err
+
+
+def test_the_plugin_fixtures_draw_a_schedule_for_the_base_and_run_it(
+    chaos: Any, fault_schedule: FaultSchedule, saga_checker: Any, understudy_base: str
+) -> None:
+    assert understudy_base == fault_schedule.base
+    assert saga_checker is check
+    result = chaos(DemoScenario()).run(fault_schedule)
+    assert result.report.statuses["completed"] >= 1

@@ -22,9 +22,10 @@ Options:
 A failing run saves its schedule (faults and workload) as JSON under pytest's cache directory
 and the failure message says how to replay it.
 
-Fixtures: ``chaos`` (the runner factory), ``understudy_seed``, ``understudy_runs``,
-``understudy_replay`` and ``understudy_store`` (a fresh SQLite store path); a test that names
-``understudy_base`` is parametrized over the bases.
+Fixtures: ``chaos`` (the runner factory: real actor systems, a fresh store and ledgers per run,
+the checker), ``fault_schedule`` (drawn from the seed, or the replayed one), ``saga_checker``,
+``understudy_seed``, ``understudy_runs``, ``understudy_replay`` and ``understudy_store`` (a
+fresh SQLite store path); a test that names ``understudy_base`` is parametrized over the bases.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from typing import Any
 import pytest
 
 from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP
-from understudy.testing.checker import InvariantViolation
+from understudy.testing.checker import InvariantViolation, Report, check
 from understudy.testing.runner import ChaosRunner, RunResult, Scenario
-from understudy.testing.schedule import FaultSchedule
+from understudy.testing.schedule import FaultSchedule, random_schedule
 
 DEFAULT_BASES = (IN_PROCESS, MULTIPROC_TCP)
 
@@ -97,6 +98,23 @@ def understudy_replay(request: pytest.FixtureRequest) -> FaultSchedule | None:
 def understudy_store(tmp_path: Path) -> Path:
     """The path of a fresh SQLite saga store (created by the first ``Understudy.start``)."""
     return tmp_path / "sagas.db"
+
+
+@pytest.fixture
+def fault_schedule(
+    understudy_base: str, understudy_seed: int, understudy_replay: FaultSchedule | None
+) -> FaultSchedule:
+    """The ``--understudy-replay`` schedule, or one drawn from ``--understudy-seed`` for this
+    test's base (10 sagas): pass it to ``chaos(scenario).run(...)``."""
+    if understudy_replay is not None:
+        return understudy_replay
+    return random_schedule(understudy_seed, base=understudy_base, sagas=10)
+
+
+@pytest.fixture
+def saga_checker() -> Callable[..., Report]:
+    """:func:`understudy.testing.check`: judge a run's files (a :class:`RunView`) yourself."""
+    return check
 
 
 class Chaos:

@@ -102,8 +102,9 @@ def participants(directory: Path, stock: dict[str, int]) -> list[tuple[str, type
     ]
 
 
-def run_demo(config: Config, out: TextIO = sys.stdout) -> int:
+def run_demo(config: Config, out: TextIO | None = None) -> int:
     """Run the whole demo; the exit status is 1 when any ledger check fails."""
+    out = out if out is not None else sys.stdout
     started = time.monotonic()
     orders = make_orders(config.orders, config.seed)
     stock = opening_stock(orders)

@@ -76,7 +76,8 @@ def load_scenario(spec: str) -> Scenario:
     return scenario
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout  # looked up now: it may have been replaced
     try:
         scenario = load_scenario(args.scenario)
         replay = FaultSchedule.load(args.replay) if args.replay else None

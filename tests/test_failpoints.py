@@ -151,7 +151,8 @@ def test_every_allowed_action_is_accepted_and_the_default_is_kill() -> None:
 
 
 def test_a_fault_round_trips_through_a_dict_and_refuses_unknown_fields() -> None:
-    fault = Fault(STORE_POINT, "busy", nth=3, saga_id="s", delay=0.5, persistent=True)
+    # (a saga scope needs a point hit for one saga: a store point is hit for a whole batch)
+    fault = Fault("host.send", "drop", nth=3, saga_id="s", delay=0.5, persistent=True)
     assert Fault.from_dict(fault.to_dict()) == fault
     assert json.loads(json.dumps(fault.to_dict())) == fault.to_dict()
     with pytest.raises(ValueError, match=r"no field.*colour"):
@@ -838,3 +839,13 @@ def test_kill_system_kills_every_actor_process_and_a_restart_resumes(tmp_path: P
         assert again.wait("m", timeout=20).status == "completed"
     assert timeline(tmp_path, "m") == FORWARD
     _no_duplicate_effects(tmp_path)
+
+
+def test_a_scope_the_point_never_reports_is_refused() -> None:
+    """A saga scope at a batch point, or a participant scope at a host point, would never
+    fire: it is refused when the fault is built, naming the point."""
+    with pytest.raises(ValueError, match=r"'store\.in_transaction' is hit for a whole batch"):
+        Fault("store.in_transaction", "io_error", saga_id="s1")
+    with pytest.raises(ValueError, match="scopes participant points only"):
+        Fault("host.after_send", participant="orders")
+    assert "orders" == Fault("participant.after_apply", participant="orders").participant

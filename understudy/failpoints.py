@@ -67,6 +67,12 @@ MESSAGE_ACTIONS: Final = ("drop", "duplicate")
 STORE_ACTIONS: Final = ("busy", "io_error", "disk_full")
 ACTIONS: Final = CRASHES + MESSAGE_ACTIONS + STORE_ACTIONS
 
+#: Points hit outside any one saga's handling (a batch, a store transaction): a fault there
+#: cannot be scoped to a saga.
+BATCH_POINTS: Final = frozenset(
+    {"host.before_commit", "store.in_transaction", "store.after_commit", "store.claim"}
+)
+
 #: What SQLite says for each store failure, word for word.
 _STORE_ERRORS: Final = {
     "busy": "database is locked",
@@ -124,6 +130,19 @@ class Fault:
     def _check_nth(self, attribute: Any, value: int) -> None:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"nth counts hits from 1; got {value!r} for {self.point!r}")
+
+    def __attrs_post_init__(self) -> None:
+        # A scope the point never reports would make the fault silently never fire.
+        if self.saga_id is not None and self.point in BATCH_POINTS:
+            raise ValueError(
+                f"failpoint {self.point!r} is hit for a whole batch, not one saga: drop "
+                f"saga_id={self.saga_id!r} (or use a point of the saga's own handling)"
+            )
+        if self.participant is not None and not self.point.startswith("participant."):
+            raise ValueError(
+                f"participant={self.participant!r} scopes participant points only, not "
+                f"{self.point!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The fault as plain JSON-ready values (a saved schedule is a list of these)."""

@@ -120,3 +120,31 @@ def test_the_plugin_fixtures_draw_a_schedule_for_the_base_and_run_it(
     assert saga_checker is check
     result = chaos(DemoScenario()).run(fault_schedule)
     assert result.report.statuses["completed"] >= 1
+
+
+def test_a_saved_schedule_replays_with_the_policy_and_probes_it_ran_with(
+    tmp_path: Path,
+) -> None:
+    """A replay repeats how the run was driven, not the replaying runner's settings."""
+    policy = RestartPolicy(max_recovery_attempts=3)
+    mutant = ChaosRunner(
+        DemoScenario(),
+        tmp_path / "saved",
+        host_class=SendsBeforeCommit,
+        policy=policy,
+        probes=1,
+        scenario_path="demo.chaos:scenario",
+    )
+    failed = next(
+        r
+        for r in mutant.exhaustive(sagas=2, points=["store.in_transaction"], action="io_error")
+        if not r.ok
+    )
+    assert failed.saved is not None
+    schedule = FaultSchedule.load(failed.saved)
+    assert 3 == schedule.runner["policy"]["max_recovery_attempts"]
+    assert 1 == schedule.runner["probes"]
+    assert "demo.chaos:scenario" == schedule.runner["scenario"]
+    again = ChaosRunner(DemoScenario(), tmp_path / "again", host_class=SendsBeforeCommit)
+    replayed = again.run(schedule, name="replay")
+    assert 3 == replayed.sagas  # 2 sagas and the 1 probe it was saved with, not the default 2

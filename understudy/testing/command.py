@@ -22,11 +22,13 @@ from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP
 from understudy.testing.runner import ChaosRunner, Figures, RunResult, Scenario
 from understudy.testing.schedule import FaultSchedule
 
+DEFAULT_SCENARIO = "demo.chaos:scenario"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario",
-        default="demo.chaos:scenario",
+        default=DEFAULT_SCENARIO,
         metavar="MODULE:ATTR",
         help="the Scenario to run (default: the demo's order saga, demo.chaos:scenario)",
     )
@@ -79,8 +81,11 @@ def load_scenario(spec: str) -> Scenario:
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout  # looked up now: it may have been replaced
     try:
-        scenario = load_scenario(args.scenario)
         replay = FaultSchedule.load(args.replay) if args.replay else None
+        spec = args.scenario
+        if replay is not None and spec == DEFAULT_SCENARIO:
+            spec = replay.runner.get("scenario", spec)  # the scenario the run was saved from
+        scenario = load_scenario(spec)
     except ValueError as exc:
         print(f"understudy: error: {exc}", file=sys.stderr)
         return 2
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="understudy-chaos-"))
     directory.mkdir(parents=True, exist_ok=True)
-    runner = ChaosRunner(scenario, directory, base=args.base, hosts=args.hosts)
+    runner = ChaosRunner(scenario, directory, base=args.base, hosts=args.hosts, scenario_path=spec)
     started = time.monotonic()
     results: list[RunResult] = []
 

@@ -119,6 +119,7 @@ class ChaosRunner:
         failures: str | Path | None = None,
         host_class: type | None = None,
         probes: int = 2,
+        scenario_path: str | None = None,
     ) -> None:
         self.scenario = scenario
         self.directory = Path(directory)
@@ -131,6 +132,7 @@ class ChaosRunner:
         self.failures = Path(failures) if failures is not None else None
         self.host_class = host_class
         self.probes = probes
+        self.scenario_path = scenario_path  # "module:attr", saved with failing schedules
         self._runs = 0
 
     # --- one run ----------------------------------------------------------------------------
@@ -140,15 +142,20 @@ class ChaosRunner:
         self._runs += 1
         directory = self.directory / (name or f"run-{self._runs:05d}")
         directory.mkdir(parents=True, exist_ok=False)
+        # A saved schedule carries how its run was driven: a replay repeats that, not ours.
+        policy = self.policy
+        if "policy" in schedule.runner:
+            policy = RestartPolicy(**schedule.runner["policy"])
+        probe_count = int(schedule.runner.get("probes", self.probes))
         rng = random.Random(schedule.workload_seed)
-        everything = self.scenario.workload(rng, schedule.sagas + self.probes)
+        everything = self.scenario.workload(rng, schedule.sagas + probe_count)
         sagas, probes = everything[: schedule.sagas], everything[schedule.sagas :]
         participants = self.scenario.participants(directory, everything)
         store = directory / "sagas.db"
         options: dict[str, Any] = {
             "base": schedule.base,
             "hosts": schedule.hosts,
-            "policy": self.policy,
+            "policy": policy,
             "host_class": self.host_class,
         }
         acknowledged: set[str] = set()
@@ -215,7 +222,7 @@ class ChaosRunner:
             tuple(self.scenario.definitions),
             tuple(everything),
             frozenset(acknowledged),
-            self.policy,
+            policy,
         )
         report = check(view, self.scenario.invariants(), self.scenario.min_completed)
         if healed is not None:
@@ -232,7 +239,12 @@ class ChaosRunner:
         saved = None
         if not report.ok:
             target = self.failures or directory
-            saved = schedule.save(target / f"{directory.name}.{schedule.base}.schedule.json")
+            driven = {"policy": attrs.asdict(policy), "probes": probe_count}
+            if self.scenario_path:
+                driven["scenario"] = self.scenario_path
+            saved = attrs.evolve(schedule, runner=driven).save(
+                target / f"{directory.name}.{schedule.base}.schedule.json"
+            )
         return RunResult(
             schedule,
             directory,

@@ -45,6 +45,9 @@ class FaultSchedule:
     base: str = "simpleSystemBase"
     hosts: int = 1
     label: str = ""
+    #: How the run was driven, recorded when a failing run is saved so that a replay repeats
+    #: it: the restart policy's fields, the probes, and the scenario's import path if known.
+    runner: dict[str, Any] = attrs.field(factory=dict, hash=False)
 
     def for_base(self) -> tuple[Fault, ...]:
         """The faults as they can fire on :attr:`base` (kills become raises in-process)."""
@@ -82,6 +85,7 @@ class FaultSchedule:
             "hosts": self.hosts,
             "workload_seed": self.workload_seed,
             "sagas": self.sagas,
+            "runner": self.runner,
             "faults": [
                 {k: v for k, v in f.to_dict().items() if k not in ("once_file", "log_file")}
                 for f in self.faults
@@ -102,6 +106,7 @@ class FaultSchedule:
             str(data["base"]),
             int(data.get("hosts", 1)),
             str(data.get("label", "")),
+            dict(data.get("runner") or {}),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:

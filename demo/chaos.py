@@ -19,7 +19,7 @@ from demo.run import participants as demo_participants
 from demo.saga import ORDER
 from demo.workload import Order, make_orders, opening_stock
 from understudy import COMPLETED, FAILED, RetryPolicy
-from understudy.testing import Participants, RunView, SagaStart, Scenario
+from understudy.testing import Invariant, Participants, RunView, SagaStart, Scenario
 
 FAST = RetryPolicy(attempts=4, backoff=0.05, max_backoff=0.5)
 
@@ -58,7 +58,7 @@ class DemoScenario(Scenario):
         ]
         return [SagaStart(o.order_id, CHAOS_ORDER.name, o.payload()) for o in orders]
 
-    def invariants(self) -> list[object]:  # type: ignore[override]
+    def invariants(self) -> list[Invariant]:
         return [demo_ledger_checks]
 
 

@@ -22,6 +22,7 @@ the store and the participants' ledgers (:mod:`understudy.testing.checker` lists
 
 from understudy.failpoints import ACTIONS, POINTS, Fault
 from understudy.testing.checker import (
+    Invariant,
     InvariantViolation,
     Report,
     RunView,
@@ -45,6 +46,7 @@ __all__ = [
     "Fault",
     "FaultSchedule",
     "Figures",
+    "Invariant",
     "InvariantViolation",
     "Participants",
     "Report",

@@ -334,7 +334,8 @@ def _check_saga(
                 f"compensations ran in the order {_names(definition, order)}, not in reverse",
             )
     elif record.status == FAILED and not (all_forward or fully_undone):
-        outstanding = " ".join(_outstanding(record))
+        entries = _outstanding(record)
+        outstanding = " ".join(entries)
         unresolved = [i for i in steps if i in applied and i not in undone]
         unfinished = [i for i in steps if i not in applied]
 
@@ -345,7 +346,6 @@ def _check_saga(
 
         # Parked going forward (nothing undone, only steps to finish listed): it must list
         # the steps left to finish. Otherwise it must list every step still applied.
-        entries = _outstanding(record)
         forward = (
             not undone
             and all(entry.startswith("finish") for entry in entries)

@@ -30,6 +30,7 @@ fresh SQLite store path); a test that names ``understudy_base`` is parametrized 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -198,15 +199,14 @@ def chaos(
     # One folder per test (and base): failures of different tests never overwrite each other.
     failures = failures / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)
 
-    made: list[Scenario] = []
+    runners = itertools.count(1)  # one directory per chaos() call in this test
 
     def make(scenario: Scenario, **options: Any) -> Chaos:
         options.setdefault("base", understudy_base)
         options.setdefault("failures", failures)
         if understudy_replay is not None and understudy_replay.base != options["base"]:
             pytest.skip(f"the replayed schedule runs on {understudy_replay.base}")
-        made.append(scenario)
-        runner = ChaosRunner(scenario, tmp_path / f"chaos-{len(made)}", **options)
+        runner = ChaosRunner(scenario, tmp_path / f"chaos-{next(runners)}", **options)
         return Chaos(
             runner, understudy_seed, understudy_runs, understudy_replay, request.node.nodeid
         )

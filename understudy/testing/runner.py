@@ -38,6 +38,7 @@ from understudy.definitions import SagaDefinition
 from understudy.errors import UnderstudyError
 from understudy.failpoints import HANG_SECONDS, POINTS
 from understudy.messages import SagaAccepted, SagaFinished
+from understudy.persistence.base import TERMINAL_STATUSES
 from understudy.persistence.sqlite import SQLiteStore
 from understudy.runtime import Understudy
 from understudy.supervisors.policy import RestartPolicy
@@ -296,15 +297,18 @@ class ChaosRunner:
         """Wait for the faulty runtime to finish or get stuck; False when it is dead."""
         started = last_change = next_ping = time.monotonic()
         last: tuple[int, int] = (-1, -1)
-        with contextlib.closing(SQLiteStore(store_path, read_only=True)) as store:
+        with (
+            contextlib.closing(SQLiteStore(store_path, read_only=True)) as store,
+            contextlib.closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db,
+        ):
             while True:
                 for saga_id, future in futures.items():
                     if future.done() and isinstance(_reply(future), SagaAccepted | SagaFinished):
                         acknowledged.add(saga_id)
-                done = sum(n for s, n in store.count_by_status().items() if s in _TERMINAL)
+                done = sum(n for s, n in store.count_by_status().items() if s in TERMINAL_STATUSES)
                 now = time.monotonic()
                 # Any new event (a step, a retry, a recovery) is progress, not only an end.
-                seen = (done, _last_event(store_path))
+                seen = (done, _last_event(db))
                 if seen != last:
                     last, last_change = seen, now
                 if all(f.done() for f in futures.values()) and (
@@ -328,12 +332,10 @@ class ChaosRunner:
         with contextlib.closing(SQLiteStore(store_path, read_only=True)) as store:
             while True:
                 now = time.monotonic()
-                unfinished = store.unfinished()
-                if not unfinished:
-                    counts = store.count_by_status()
-                    if sum(counts.values()) >= len(wanted) or now - since > self.recovery_bound:
-                        return now - since
-                if now - since > self.recovery_bound:
+                quiet = not store.unfinished() and (
+                    sum(store.count_by_status().values()) >= len(wanted)
+                )
+                if quiet or now - since > self.recovery_bound:
                     return now - since
                 time.sleep(0.05)
 
@@ -417,18 +419,14 @@ class ChaosRunner:
         return results
 
 
-_TERMINAL = ("completed", "compensated", "failed")
-
-
-def _last_event(store_path: Path) -> int:
+def _last_event(db: sqlite3.Connection) -> int:
     """The newest event that is progress: a saga claimed and resumed over and over (a commit
     that keeps failing) is not."""
-    with contextlib.closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db:
-        row = db.execute(
-            "SELECT coalesce(max(seq), 0) FROM understudy_events "
-            "WHERE kind NOT IN ('claimed', 'resumed')"
-        ).fetchone()
-        return int(row[0])
+    row = db.execute(
+        "SELECT coalesce(max(seq), 0) FROM understudy_events "
+        "WHERE kind NOT IN ('claimed', 'resumed')"
+    ).fetchone()
+    return int(row[0])
 
 
 def _reply(future: concurrent.futures.Future[Any]) -> Any:

@@ -58,8 +58,15 @@ def check_encodable(value: Any, what: str) -> None:
 
 def encode(value: Any, what: str = "value") -> bytes:
     """Encode ``value`` with msgpack; an unencodable value raises :class:`PayloadError`."""
+    try:
+        # Strict mode packs only exact dict, list, str, bytes, int, float, bool and None, and
+        # raises for everything else: the common case needs no walk of its own.
+        return msgpack.packb(value, use_bin_type=True, strict_types=True)
+    except (TypeError, ValueError, OverflowError):
+        pass
     # msgpack would pack a tuple dict key as an array, which no decoder can use as a key again:
-    # walking the value first turns that (and every other unencodable value) into PayloadError.
+    # walking the value turns that (and every other unencodable value) into PayloadError, and
+    # lets tuples as values and subclasses of the plain types through to the lenient packer.
     check_encodable(value, what)
     return msgpack.packb(value, use_bin_type=True)
 

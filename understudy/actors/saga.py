@@ -90,6 +90,9 @@ class SagaState:
     recovery_attempts: int = 0
 
 
+_STATE_FIELDS = tuple(field.name for field in attrs.fields(SagaState))
+
+
 class Saga:
     """One saga instance: its definition, payload, incarnation and :class:`SagaState`."""
 
@@ -147,7 +150,13 @@ class Saga:
         return self.state.phase in TERMINAL_STATUSES
 
     def snapshot(self) -> bytes:
-        return codec.encode(attrs.asdict(self.state), f"snapshot of saga {self.saga_id!r}")
+        # A shallow dict: the fields are plain values, lists and dicts already (attrs.asdict
+        # would copy them all recursively, and this runs at every step of every saga).
+        state = self.state
+        return codec.encode(
+            {name: getattr(state, name) for name in _STATE_FIELDS},
+            f"snapshot of saga {self.saga_id!r}",
+        )
 
     def take_events(self) -> tuple[Event, ...]:
         events, self.events = tuple(self.events), []

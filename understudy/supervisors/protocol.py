@@ -68,7 +68,8 @@ class ParticipantTable:
 
 @attrs.frozen
 class Flush:
-    """A host's reminder to itself to commit the batch it has gathered."""
+    """An actor's reminder to itself to commit the batch it has gathered (saga hosts and
+    participants group-commit this way)."""
 
 
 @attrs.frozen

@@ -218,25 +218,29 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
         self._flush()
 
     def _stage(self, db: sqlite3.Connection, msg: StepRequest) -> StepReply:
-        """Apply ``msg`` inside the open batch transaction, under a savepoint of its own so a
-        failing handler undoes only its own writes."""
+        """Apply ``msg`` inside the open batch transaction. A failing handler undoes only its
+        own writes (its savepoint, in :meth:`_decide`); a failing ledger statement abandons the
+        whole batch."""
         digest = hashlib.sha256(codec.encode([msg.action, msg.payload])).digest()
         if not db.in_transaction:
             db.execute("BEGIN IMMEDIATE")
-        db.execute("SAVEPOINT request")
         try:
-            reply = self._decide(db, msg, digest)
+            return self._decide(db, msg, digest)
         except _HandlerFailed as failed:
-            db.execute("ROLLBACK TO request")
-            db.execute("RELEASE request")
             return _reply(msg, "error", reason=failed.reason)
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK TO request")
-                db.execute("RELEASE request")
+        except BaseException as exc:
+            # Thespian hands this message back once more (then bounces it to the saga as an
+            # error); the requests staged before it get an error reply, so they retry.
+            self._abandon(f"participant {self.name!r} could not write its ledger: {exc}")
             raise
-        db.execute("RELEASE request")
-        return reply
+
+    def _abandon(self, reason: str) -> None:
+        """Roll back the open batch and answer every request staged in it with an error."""
+        staged, self.staged = self.staged, []
+        if self.db is not None and self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        for msg, sender, _unsent, _redelivered in staged:
+            self.send(sender, _reply(msg, "error", reason=reason))
 
     def _flush(self) -> None:
         """Commit the staged requests, then reply to each: a reply never runs ahead of the
@@ -249,13 +253,10 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
             if db.in_transaction:
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             # Nothing of the batch is applied: each saga sees a failed attempt and retries
             # under its own policy, with the same key.
-            reason = f"participant {self.name!r} could not commit its ledger: {exc}"
-            for msg, sender, _unsent, _redelivered in staged:
-                self.send(sender, _reply(msg, "error", reason=reason))
+            self.staged = staged
+            self._abandon(f"participant {self.name!r} could not commit its ledger: {exc}")
             return
         for msg, sender, reply, redelivered in staged:
             try:
@@ -346,12 +347,14 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
             encoded = codec.encode(result, f"result of {msg.action!r}")
         except Reject as refusal:
             db.execute("ROLLBACK TO handler")
+            db.execute("RELEASE handler")
             self._record(db, msg.key, msg, digest, REJECTED, None, str(refusal))
             return _reply(msg, "rejected", reason=str(refusal))
-        except PayloadError as exc:
-            raise _HandlerFailed(str(exc)) from exc
         except Exception as exc:
-            raise _HandlerFailed(f"{type(exc).__name__}: {exc}") from exc
+            db.execute("ROLLBACK TO handler")
+            db.execute("RELEASE handler")
+            reason = str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__name__}: {exc}"
+            raise _HandlerFailed(reason) from exc
         db.execute("RELEASE handler")
         self._record(db, msg.key, msg, digest, APPLIED, encoded, None)
         return _reply(msg, "ok", result=result)

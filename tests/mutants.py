@@ -17,6 +17,7 @@ class SendsBeforeCommit(SagaHost):
         for staged in self.batch:
             sends = [c for c in staged.commands if isinstance(c, Send)]
             if sends and staged.saga is not None:
-                self._carry_out(staged.saga, sends)
+                self._carry_out(staged.saga, sends, [])
                 staged.commands = [c for c in staged.commands if not isinstance(c, Send)]
+        self._send_outbox()  # out the door now, before the commit below
         super().receiveMsg_Flush(msg, sender)

@@ -344,6 +344,33 @@ def test_claim_all_claims_every_unfinished_saga_and_skips_the_rest(store: SagaSt
     assert 1 == store.get("s2").incarnation  # type: ignore[union-attr]
 
 
+def test_claim_all_claims_more_sagas_than_one_statement_holds(store: SagaStore) -> None:
+    """The startup scan claims thousands at once: every one is claimed once, with its event."""
+    ids = [f"m{i:04d}" for i in range(1203)]
+    store.apply([new_saga(s) for s in ids])
+    store.apply([transition("m0600", status=COMPLETED)])
+
+    claimed = store.claim_all(ids, recovery=False, at=T0 + 5)
+
+    assert sorted(claimed) == [s for s in ids if s != "m0600"]
+    assert {r.incarnation for r in claimed.values()} == {2}
+    assert kinds(store, "m1202") == ["claimed"]
+    assert kinds(store, "m0600") == []
+
+
+def test_get_many_reads_the_rows_it_finds(store: SagaStore) -> None:
+    ids = [f"g{i:04d}" for i in range(1100)]
+    store.apply([new_saga(s) for s in ids])
+    store.apply([transition("g0007", status=COMPLETED)])
+
+    found = store.get_many([*ids, "nope"])
+
+    assert sorted(found) == ids
+    assert found["g0007"] == store.get("g0007")
+    assert found["g0007"].status == COMPLETED
+    assert store.get_many([]) == {}
+
+
 # --- events --------------------------------------------------------------------------------------
 
 

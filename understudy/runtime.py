@@ -124,9 +124,9 @@ class _Bridge(threading.Thread):
                     messages = tuple(message for message, _key, _future in batch)
                     for _message, key, future in batch:
                         self.waiting.setdefault(key, []).append(future)
-                    self.asys.tell(
-                        self.coordinator, messages[0] if len(messages) == 1 else Batch(messages)
-                    )
+                    # Always a Batch, even of one: it also tells the coordinator that this
+                    # client takes its replies in batches (see _resolve).
+                    self.asys.tell(self.coordinator, Batch(messages))
                 self._listen()
         finally:
             self.stopped.set()
@@ -167,6 +167,10 @@ class _Bridge(threading.Thread):
             self._resolve(reply)
 
     def _resolve(self, reply: Any) -> None:
+        if isinstance(reply, Batch):
+            for message in reply.messages:
+                self._resolve(message)
+            return
         if isinstance(reply, (SagaFinished, SagaAccepted, SagaRejectedMessage)):
             key: Any = ("request", reply.request_id)
         elif isinstance(reply, ParticipantReady):

@@ -49,7 +49,7 @@ from understudy.actors.system import ActorTypeDispatcher
 from understudy.actors.watch import OwnerWatch
 from understudy.errors import PayloadError
 from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
-from understudy.supervisors.protocol import Flush, Stopped
+from understudy.supervisors.protocol import Batch, Flush, Stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -213,6 +213,25 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
             self.flush_scheduled = True
             self.send(self.myAddress, Flush())
 
+    def receiveMsg_Batch(self, msg: Batch, sender: Any) -> None:
+        """Requests a saga host sent together: each handled as if it had come alone,
+        including what Thespian does when a handler raises (once more, then an error)."""
+        for message in msg.messages:
+            for attempt in (1, 2):
+                try:
+                    self.receiveMessage(message, sender)
+                    break
+                except Exception as exc:
+                    if attempt == 2 and isinstance(message, StepRequest):
+                        self.send(
+                            sender,
+                            _reply(
+                                message,
+                                "error",
+                                reason=f"participant could not handle it ({exc!r})",
+                            ),
+                        )
+
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         self.flush_scheduled = False
         self._flush()
@@ -258,6 +277,7 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
             self.staged = staged
             self._abandon(f"participant {self.name!r} could not commit its ledger: {exc}")
             return
+        outbox: list[tuple[Any, list[StepReply]]] = []
         for msg, sender, reply, redelivered in staged:
             try:
                 failpoints.hit("participant.after_apply", msg.saga_id, self.name)
@@ -276,9 +296,16 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
                 continue
             if verdict == "drop":
                 continue  # lost on the way: the saga's reply deadline notices
-            self.send(sender, reply)
+            replies = next((r for address, r in outbox if address == sender), None)
+            if replies is None:  # addresses compare equal but do not hash
+                replies = []
+                outbox.append((sender, replies))
+            replies.append(reply)
             if verdict == "duplicate":
-                self.send(sender, reply)
+                replies.append(reply)
+        # One message per saga host, however many replies it carries.
+        for address, replies in outbox:
+            self.send(address, replies[0] if len(replies) == 1 else Batch(tuple(replies)))
 
     def _decide(self, db: sqlite3.Connection, msg: StepRequest, digest: bytes) -> StepReply:
         row = db.execute(

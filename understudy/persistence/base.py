@@ -127,6 +127,16 @@ class SagaStore(abc.ABC):
     def get(self, saga_id: str) -> SagaRecord | None:
         """The saga's row, or None."""
 
+    def get_many(self, saga_ids: Sequence[str]) -> dict[str, SagaRecord]:
+        """:meth:`get` for many sagas (the startup scan); unknown ids are left out.
+        Backends override it to read them all in one query."""
+        found: dict[str, SagaRecord] = {}
+        for saga_id in saga_ids:
+            record = self.get(saga_id)
+            if record is not None:
+                found[saga_id] = record
+        return found
+
     @abc.abstractmethod
     def claim(self, saga_id: str, *, recovery: bool, at: float) -> SagaRecord | None:
         """Take ownership of an unfinished saga: bump its incarnation, and its recovery count

@@ -88,6 +88,34 @@ def event_record(row: Sequence[Any]) -> EventRecord:
     return EventRecord(seq, saga_id, kind, at, step, attempt, incarnation, decoded)
 
 
+_INSERT_EVENT = (
+    "INSERT INTO understudy_events (saga_id, kind, at, step, attempt, incarnation, detail) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+_CHUNK = 500  # ids per IN (...) list, well under SQLite's limit on bound parameters
+
+
+def _event_rows(saga_id: str, incarnation: int, events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            saga_id,
+            e.kind,
+            e.at,
+            e.step,
+            e.attempt,
+            incarnation,
+            codec.encode(e.detail, "event detail") if e.detail else None,
+        )
+        for e in events
+    ]
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
 def _translate(exc: sqlite3.Error, path: str, doing: str) -> StoreError:
     """Turn a driver error into the backend-neutral error tree, naming the file and the fix."""
     text = str(exc)
@@ -216,6 +244,7 @@ class SQLiteStore(SagaStore):
 
     def apply(self, writes: Sequence[Write]) -> list[bool]:
         results: list[bool] = []
+        events: list[tuple[Any, ...]] = []
         with self._transaction(f"writing {len(writes)} saga record(s)") as conn:
             for write in writes:
                 if isinstance(write, NewSaga):
@@ -257,35 +286,16 @@ class SQLiteStore(SagaStore):
                 else:  # pragma: no cover - guarded by the type checker
                     raise TypeError(f"not a store write: {write!r}")
                 if applied and write.events:
-                    self._insert_events(conn, write.saga_id, incarnation, write.events)
+                    events.extend(_event_rows(write.saga_id, incarnation, write.events))
                 results.append(applied)
+            # One statement for the whole batch's timeline rows, not one per saga.
+            conn.executemany(_INSERT_EVENT, events)
             failpoints.hit("store.in_transaction")
         try:
             failpoints.hit("store.after_commit")
         except sqlite3.Error as exc:
             raise _translate(exc, self.path, "committing saga records") from exc
         return results
-
-    @staticmethod
-    def _insert_events(
-        conn: sqlite3.Connection, saga_id: str, incarnation: int, events: Sequence[Event]
-    ) -> None:
-        conn.executemany(
-            "INSERT INTO understudy_events (saga_id, kind, at, step, attempt, incarnation, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    saga_id,
-                    e.kind,
-                    e.at,
-                    e.step,
-                    e.attempt,
-                    incarnation,
-                    codec.encode(e.detail, "event detail") if e.detail else None,
-                )
-                for e in events
-            ],
-        )
 
     def get(self, saga_id: str) -> SagaRecord | None:
         row = self._read(
@@ -296,33 +306,62 @@ class SQLiteStore(SagaStore):
     def claim(self, saga_id: str, *, recovery: bool, at: float) -> SagaRecord | None:
         return self.claim_all([saga_id], recovery=recovery, at=at).get(saga_id)
 
+    def get_many(self, saga_ids: Sequence[str]) -> dict[str, SagaRecord]:
+        found: dict[str, SagaRecord] = {}
+        for chunk in _chunks(saga_ids):
+            rows = self._read(
+                f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN "
+                f"({', '.join('?' * len(chunk))})",
+                tuple(chunk),
+            )
+            found.update((row[0], SagaRecord(*row)) for row in rows)
+        return found
+
     def claim_all(
         self, saga_ids: Sequence[str], *, recovery: bool, at: float
     ) -> dict[str, SagaRecord]:
         claimed: dict[str, SagaRecord] = {}
         with self._transaction(f"claiming {len(saga_ids)} saga(s)") as conn:
-            for saga_id in saga_ids:
-                cursor = conn.execute(
+            for chunk in _chunks(saga_ids):
+                update = (
                     "UPDATE understudy_sagas SET incarnation = incarnation + 1, "
                     "recovery_attempts = recovery_attempts + ?, updated_at = ? "
-                    f"WHERE saga_id = ? AND status NOT IN {_TERMINAL_SQL}",
-                    (1 if recovery else 0, at, saga_id),
+                    f"WHERE saga_id IN ({', '.join('?' * len(chunk))}) "
+                    f"AND status NOT IN {_TERMINAL_SQL}"
                 )
-                if cursor.rowcount != 1:
-                    continue
-                row = conn.execute(
-                    f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id = ?", (saga_id,)
-                ).fetchone()
-                record = SagaRecord(*row)
-                detail = {
-                    "recovery": recovery,
-                    "recovery_attempts": record.recovery_attempts,
-                    "pid": os.getpid(),
-                }
-                self._insert_events(
-                    conn, saga_id, record.incarnation, [Event("claimed", at, detail=detail)]
+                params = (1 if recovery else 0, at, *chunk)
+                if _HAS_RETURNING:
+                    # One statement per chunk: the startup scan claims thousands of sagas.
+                    rows = conn.execute(f"{update} RETURNING {_SAGA_COLUMNS}", params).fetchall()
+                else:  # SQLite before 3.35: the same update, then read the rows back
+                    conn.execute(update, params)
+                    rows = conn.execute(
+                        f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN "
+                        f"({', '.join('?' * len(chunk))}) AND status NOT IN {_TERMINAL_SQL}",
+                        tuple(chunk),
+                    ).fetchall()
+                claimed.update((row[0], SagaRecord(*row)) for row in rows)
+            pid = os.getpid()
+            events = [
+                row
+                for record in claimed.values()
+                for row in _event_rows(
+                    record.saga_id,
+                    record.incarnation,
+                    [
+                        Event(
+                            "claimed",
+                            at,
+                            detail={
+                                "recovery": recovery,
+                                "recovery_attempts": record.recovery_attempts,
+                                "pid": pid,
+                            },
+                        )
+                    ],
                 )
-                claimed[saga_id] = record
+            ]
+            conn.executemany(_INSERT_EVENT, events)
             failpoints.hit("store.claim")
         return claimed
 

@@ -87,6 +87,8 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         # file locking of the children's own connections (SQLite forbids it; it showed as lost
         # commits under chaos). The store is opened per query instead.
         self.store_ok = False
+        self.routing: list[tuple[Any, list[Any]]] | None = None  # see receiveMsg_Batch
+        self.batch_clients: list[Any] = []
         self.definitions: dict[tuple[str, int], SagaDefinition] = {}
         self.latest: dict[str, int] = {}
         # Thespian addresses are unhashable, and the address createActor returns prints
@@ -254,8 +256,36 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
     # --- sagas ----------------------------------------------------------------------------------
 
     def receiveMsg_Batch(self, msg: Batch, sender: Any) -> None:
-        for message in msg.messages:
-            self.receiveMessage(message, sender)
+        # The starts of a batch go to each saga host as one message, not one per saga, and
+        # the ends a host reports together go back as one message to each client that sends
+        # batches itself (the runtime's bridge; an app actor gets its replies one by one).
+        if not any(client == sender for client in self.batch_clients):
+            self.batch_clients.append(sender)
+        outer, self.routing = self.routing, []
+        try:
+            for message in msg.messages:
+                self.receiveMessage(message, sender)
+        finally:
+            routed, self.routing = self.routing, outer
+            for address, messages in routed:
+                self.send(address, messages[0] if len(messages) == 1 else Batch(tuple(messages)))
+
+    def _answer(self, address: Any, message: Any) -> None:
+        """Reply to a caller: batched with the others of this input when it takes batches."""
+        if any(client == address for client in self.batch_clients):
+            self._route(address, message)
+        else:
+            self.send(address, message)
+
+    def _route(self, address: Any, message: Any) -> None:
+        if self.routing is None:
+            self.send(address, message)
+            return
+        for destination, messages in self.routing:
+            if destination == address:  # addresses compare equal but do not hash
+                messages.append(message)
+                return
+        self.routing.append((address, [message]))
 
     def receiveMsg_StartSaga(self, msg: StartSaga, sender: Any) -> None:
         if self.setup is None or not self.store_ok:
@@ -278,9 +308,9 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         verdict = failpoints.hit("coordinator.before_route", msg.saga_id)
         if verdict == "drop":
             return  # lost on the way; resent if that host restarts, else the caller times out
-        self.send(host.address, start)
+        self._route(host.address, start)
         if verdict == "duplicate":
-            self.send(host.address, start)
+            self._route(host.address, start)
 
     def _validate(self, msg: StartSaga) -> SagaRejected | None:
         if not isinstance(msg.saga_id, str) or not msg.saga_id:
@@ -334,7 +364,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             if not wait:
                 # Only the first start created the saga; starts that joined it found it.
                 existing = msg.existing or index > 0
-                self.send(address, SagaAccepted(msg.saga_id, existing, request_id))
+                self._answer(address, SagaAccepted(msg.saga_id, existing, request_id))
         remaining = [w for w in waiters if w[1]]
         if remaining:
             self.waiters[msg.saga_id] = remaining
@@ -345,7 +375,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
     def receiveMsg_HostStartFailed(self, msg: HostStartFailed, sender: Any) -> None:
         self.starting.pop(msg.saga_id, None)
         for address, _wait, request_id in self.waiters.pop(msg.saga_id, []):
-            self.send(address, SagaRejected(msg.saga_id, msg.error, msg.reason, request_id))
+            self._answer(address, SagaRejected(msg.saga_id, msg.error, msg.reason, request_id))
 
     def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
         self.starting.pop(msg.saga_id, None)
@@ -354,9 +384,9 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         if verdict == "drop":
             return  # the caller never hears; the saga's end is in the store regardless
         for address, _wait, request_id in waiters:
-            self.send(address, attrs.evolve(msg, request_id=request_id))
+            self._answer(address, attrs.evolve(msg, request_id=request_id))
             if verdict == "duplicate":
-                self.send(address, attrs.evolve(msg, request_id=request_id))
+                self._answer(address, attrs.evolve(msg, request_id=request_id))
 
     def receiveMsg_QueryStatus(self, msg: QueryStatus, sender: Any) -> None:
         assert self.setup is not None

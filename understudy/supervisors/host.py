@@ -41,6 +41,7 @@ from understudy.persistence.base import FAILED, Event, NewSaga, SagaRecord, Tran
 from understudy.supervisors.inflight import InFlight, ShardBusy, marker_path
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
+    Batch,
     Flush,
     HostReady,
     HostSetup,
@@ -101,6 +102,10 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         # after the commit), so the start is answered once a reload has looked.
         self.unanswered: dict[str, tuple[str, str]] = {}  # saga id -> (error, reason)
         self.inflight: InFlight | None = None
+        # Messages gathered while handling one input, sent together at its end: one message
+        # per destination instead of one per saga (on a multi-process base each is a socket
+        # write and a wake-up of another process).
+        self.outbox: list[tuple[Any, list[Any]]] = []
 
     # --- setup and recovery -----------------------------------------------------------------
 
@@ -165,8 +170,9 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         assert self.store is not None
         now = time.time()
         runnable: list[str] = []
+        records = self.store.get_many(saga_ids)  # one query, not one per saga
         for saga_id in saga_ids:
-            record = self.store.get(saga_id)
+            record = records.get(saga_id)
             failure = self.unanswered.pop(saga_id, None)
             if failure is not None:
                 self._answer_start(saga_id, record, failure)
@@ -367,11 +373,20 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         self._run(saga, apply_reply)
         self._idle()
 
+    def receiveMsg_Batch(self, msg: Batch, sender: Any) -> None:
+        """Several messages from one sender (starts from the coordinator, replies from a
+        participant): handled in order, as if each had come alone."""
+        for message in msg.messages:
+            self.receiveMessage(message, sender)
+
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
         # A participant whose handler raised twice: Thespian bounces the request back here.
         # It becomes a failed attempt, so the saga decides (retry, compensate or park).
-        request = msg.poisonMessage
-        if isinstance(request, StepRequest):
+        poison = msg.poisonMessage
+        requests = poison.messages if isinstance(poison, Batch) else (poison,)
+        for request in requests:
+            if not isinstance(request, StepRequest):
+                continue
             self.receiveMsg_StepReply(
                 StepReply(
                     request.saga_id,
@@ -446,6 +461,7 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         for name in [n for n in self.held if n in self.participants]:
             for request in self.held.pop(name):
                 self._deliver(name, request)
+        self._send_outbox()
 
     # --- running a saga, guarded ------------------------------------------------------------
 
@@ -578,6 +594,7 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         finally:
             self.uncommitted.difference_update(s.saga.saga_id for s in batch if s.new)
         position = 0
+        sent: list[tuple[Saga, StepRequest]] = []
         for staged in batch:
             applied = results[position : position + len(staged.writes)]
             position += len(staged.writes)
@@ -588,19 +605,32 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
                     del self.sagas[saga.saga_id]
                 continue
             if staged.new:
-                self.send(self.coordinator, HostStarted(saga.saga_id, existing=False))
+                self._post(self.coordinator, HostStarted(saga.saga_id, existing=False))
             try:
                 if saga is not None:
                     self._working_on(saga.saga_id)
-                self._carry_out(saga, staged.commands)
+                self._carry_out(saga, staged.commands, sent)
             except Exception as exc:
                 # The saga's state is durable, its commands only half done: restart it from
                 # the snapshot, which resends what is outstanding under the same keys.
                 if saga is not None:
                     self._crash(saga.saga_id, exc, new=False)
+        self._send_outbox()
+        for saga, request in sent:
+            try:
+                failpoints.hit(
+                    "host.after_send" if request.kind == DO else "host.after_compensation_send",
+                    request.saga_id,
+                )
+            except Exception as exc:
+                if self.sagas.get(saga.saga_id) is saga:
+                    self._crash(saga.saga_id, exc, new=False)
+        self._send_outbox()
         self._idle()
 
-    def _carry_out(self, saga: Saga | None, commands: list[Any]) -> None:
+    def _carry_out(
+        self, saga: Saga | None, commands: list[Any], sent: list[tuple[Saga, StepRequest]]
+    ) -> None:
         for command in commands:
             if isinstance(command, Send):
                 request = command.request
@@ -611,10 +641,8 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
                     request.saga_id,
                 )
                 self._deliver(command.participant, request)
-                failpoints.hit(
-                    "host.after_send" if request.kind == DO else "host.after_compensation_send",
-                    request.saga_id,
-                )
+                if saga is not None:
+                    sent.append((saga, request))
             elif isinstance(command, Timer):
                 assert saga is not None
                 self._set_timer(
@@ -626,7 +654,7 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
                 failpoints.hit("host.after_terminal", saga.saga_id)
                 self.sagas.pop(saga.saga_id, None)
                 self.windows.pop(saga.saga_id, None)
-                self.send(
+                self._post(
                     self.coordinator,
                     SagaFinished(
                         saga.saga_id,
@@ -637,9 +665,10 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
                     ),
                 )
             elif isinstance(command, SagaFinished):
-                self.send(self.coordinator, command)
+                self._post(self.coordinator, command)
 
     def _deliver(self, participant: str, request: StepRequest) -> None:
+        """Queue ``request`` for ``participant``; :meth:`_send_outbox` sends it."""
         address = self.participants.get(participant)
         if address is None:
             # Not registered (yet): hold it; the reply deadline still runs, so a participant
@@ -649,9 +678,21 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         verdict = failpoints.hit("host.send", request.saga_id)
         if verdict == "drop":
             return  # lost on the way: the reply deadline notices
-        self.send(address, request)
+        self._post(address, request)
         if verdict == "duplicate":
-            self.send(address, request)
+            self._post(address, request)
+
+    def _post(self, address: Any, message: Any) -> None:
+        for destination, messages in self.outbox:
+            if destination == address:  # addresses compare equal but do not hash
+                messages.append(message)
+                return
+        self.outbox.append((address, [message]))
+
+    def _send_outbox(self) -> None:
+        outbox, self.outbox = self.outbox, []
+        for address, messages in outbox:
+            self.send(address, messages[0] if len(messages) == 1 else Batch(tuple(messages)))
 
     def _commit_failed(self, batch: list[_Staged], exc: Exception) -> None:
         """Nothing of the batch is durable: forget it, refuse new starts, reload the rest."""

@@ -1,0 +1,239 @@
+"""Run understudy's benchmark suite: ``python -m bench`` (``--quick`` for a smoke run).
+
+Every figure is measured in this one run, side by side, and the goals are checked as ratios
+between figures of the same run: the machines these run on are shared, and absolute times
+drift from one minute to the next. Prints a table, and writes ``results.json`` and
+``figures.png`` to ``--out`` (default ``bench-results/``).
+
+The peers (DBOS, Temporal) and the chart need the ``bench`` extra:
+``pip install -e '.[bench]'``. Without it their rows say so and the rest still runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench import floor, understudy_crash, understudy_saga
+from bench.common import Throughput
+from bench.peers import dbos_saga, temporal_saga
+from bench.report import render_chart, render_table
+
+BASES = ("simpleSystemBase", "multiprocTCPBase")
+CONCURRENCY = (1, 10, 50, 1000)
+PEERS = (dbos_saga, temporal_saga)
+
+
+class Sizes:
+    """How many sagas each figure uses; ``quick`` is the smoke run CI makes (seconds, not
+    minutes: it proves every part of the suite still runs, its figures mean little)."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        # Sagas per closed-loop run, by system and concurrency: enough for a few seconds each,
+        # and never fewer than the concurrency (1,000 in flight needs 1,000 sagas).
+        if quick:
+            self.concurrency: tuple[int, ...] = (1, 10, 50)
+            self.throughput = {
+                "simpleSystemBase": {1: 20, 10: 50, 50: 100},
+                "multiprocTCPBase": {1: 10, 10: 30, 50: 50},
+                "peer": {1: 10, 10: 20, 50: 50},
+                "floor": {1: 50, 10: 100, 50: 200},
+            }
+        else:
+            self.concurrency = CONCURRENCY
+            self.throughput = {
+                "simpleSystemBase": {1: 400, 10: 1500, 50: 3000, 1000: 5000},
+                "multiprocTCPBase": {1: 150, 10: 600, 50: 1500, 1000: 3000},
+                "peer": {1: 60, 10: 200, 50: 400, 1000: 1000},
+                "floor": {1: 2000, 10: 3000, 50: 5000, 1000: 5000},
+            }
+        self.overhead_sagas = 10 if quick else 300
+        self.step_sagas = {
+            "simpleSystemBase": 20 if quick else 1000,
+            "multiprocTCPBase": 10 if quick else 300,
+        }
+        self.in_flight = 300 if quick else 10_000
+        self.unfinished = 300 if quick else 10_000
+        self.peer_unfinished = 10 if quick else 500
+
+    def total(self, kind: str, concurrency: int) -> int:
+        return max(self.throughput[kind][concurrency], concurrency)
+
+
+def _attempt(errors: list[str], what: str, run: Callable[[], Any]) -> Any:
+    """Run one measurement; a failure is reported in the results instead of ending the suite."""
+    started = time.perf_counter()
+    print(f"  {what} ...", end="", flush=True, file=sys.stderr)
+    try:
+        value = run()
+    except Exception as exc:  # one broken figure must not hide the others
+        print(f" FAILED: {exc}", file=sys.stderr)
+        errors.append(f"{what}: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        return None
+    print(f" {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return value
+
+
+def run_suite(sizes: Sizes, root: Path, only: set[str] | None = None) -> dict[str, Any]:
+    errors: list[str] = []
+    results: dict[str, Any] = {
+        "quick": sizes.quick,
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "errors": errors,
+    }
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
+    peers = {p.NAME: p for p in PEERS if p.available() is None}
+    results["unavailable"] = {p.NAME: p.available() for p in PEERS if p.available() is not None}
+
+    def tmp() -> Path:
+        return Path(tempfile.mkdtemp(dir=root))
+
+    if wanted("storage"):
+        print("storage ceiling", file=sys.stderr)
+        results["storage"] = _attempt(errors, "SQLite FULL commits", lambda: floor.ceiling(tmp()))
+        rtt = _attempt(errors, "thread hand-off", floor.thread_round_trip)
+        if results["storage"] is not None and rtt is not None:
+            results["storage"]["thread_round_trip_ms"] = rtt * 1000
+
+    if wanted("throughput"):
+        runs: list[dict[str, Any]] = []
+        results["throughput"] = runs
+        for c in sizes.concurrency:
+            print(f"throughput at concurrency {c}", file=sys.stderr)
+            candidates: list[tuple[str, Callable[[], Throughput]]] = []
+            for base in BASES:
+                n = sizes.total(base, c)
+                candidates.append(
+                    (
+                        understudy_saga.LABELS[base],
+                        partial(understudy_saga.throughput, base, tmp(), c, n),
+                    )
+                )
+            for name, peer in peers.items():
+                n = sizes.total("peer", c)
+                candidates.append((name, partial(peer.throughput, tmp(), c, n)))
+            if c == 1:
+                n = sizes.total("floor", 1)
+                candidates.append(("floor: plain functions", partial(floor.plain, tmp(), n)))
+            n = sizes.total("floor", c)
+            candidates.append(("floor: group commit", partial(floor.group_commit, tmp(), c, n)))
+            for label, measure in candidates:
+                result = _attempt(errors, f"{label} c={c}", measure)
+                if result is not None:
+                    runs.append(result.summary())
+
+    if wanted("overhead"):
+        print("per-step overhead", file=sys.stderr)
+        results["overhead"] = [
+            r
+            for base in BASES
+            if (
+                r := _attempt(
+                    errors,
+                    f"per-step overhead {base}",
+                    lambda b=base: understudy_saga.step_overhead(b, tmp(), sizes.overhead_sagas),
+                )
+            )
+            is not None
+        ]
+
+    if wanted("steps"):
+        print("steps per saga", file=sys.stderr)
+        results["steps"] = [
+            r
+            for base in BASES
+            if (
+                r := _attempt(
+                    errors,
+                    f"steps 3/10/30 {base}",
+                    lambda b=base: understudy_saga.step_scaling(
+                        b, tmp(), sagas=sizes.step_sagas[b]
+                    ),
+                )
+            )
+            is not None
+        ]
+
+    if wanted("memory"):
+        print(f"{sizes.in_flight} sagas in flight", file=sys.stderr)
+        results["memory"] = [
+            r
+            for base in BASES
+            if (
+                r := _attempt(
+                    errors,
+                    f"memory {base}",
+                    lambda b=base: understudy_crash.memory(b, tmp(), sizes.in_flight),
+                )
+            )
+            is not None
+        ]
+
+    if wanted("recovery"):
+        print("recovery after SIGKILL", file=sys.stderr)
+        recoveries = []
+        for base in BASES:
+            r = _attempt(
+                errors,
+                f"recovery {base} ({sizes.unfinished} unfinished)",
+                lambda b=base: understudy_crash.recovery(b, tmp(), sizes.unfinished),
+            )
+            if r is not None:
+                recoveries.append(r.summary())
+        for name, peer in peers.items():
+            r = _attempt(
+                errors,
+                f"recovery {name} ({sizes.peer_unfinished} unfinished)",
+                lambda p=peer: p.recovery(tmp(), sizes.peer_unfinished),
+            )
+            if r is not None:
+                recoveries.append(r.summary())
+        results["recovery"] = recoveries
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (a minute or two)")
+    parser.add_argument(
+        "--out", default="bench-results", help="folder for results.json, figures.png"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=("storage", "throughput", "overhead", "steps", "memory", "recovery"),
+        help="run only these sections (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="understudy-bench-") as root:
+        results = run_suite(Sizes(args.quick), Path(root), set(args.only) if args.only else None)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(render_table(results))
+    chart = render_chart(results, out / "figures.png")
+    print(f"\nwrote {out / 'results.json'}" + (f" and {chart}" if chart else ""))
+    if results["errors"]:
+        print(f"{len(results['errors'])} figure(s) failed: see above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -88,6 +88,11 @@ _ERRORS: dict[str, type[UnderstudyError]] = {
 }
 
 
+#: How long a busy saga host or participant on a multi-process base lets a batch gather before
+#: it commits (see :mod:`understudy.actors.batching`).
+FLUSH_WINDOW = 0.01
+
+
 def _rejection_error(reply: SagaRejectedMessage) -> UnderstudyError:
     return _ERRORS.get(reply.error, SagaRejected)(reply.reason)
 
@@ -295,6 +300,7 @@ class Understudy:
                 process_identity(os.getpid()) if is_multiprocess(base) else None,
                 watch_interval if is_multiprocess(base) else None,
                 class_path(host_class) if host_class is not None else None,
+                FLUSH_WINDOW if is_multiprocess(base) else 0.0,
             )
             reply = asys.ask(coordinator, setup, timeout)
             if reply is None:

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from understudy import codec, failpoints
+from understudy.actors.batching import GroupCommit
 from understudy.actors.system import ActorTypeDispatcher
 from understudy.actors.watch import OwnerWatch
 from understudy.errors import PayloadError
@@ -115,7 +116,7 @@ NOOP = "noop"
 TOMBSTONE = "tombstone"
 
 
-class Participant(OwnerWatch, ActorTypeDispatcher):
+class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
     """Base class of participant actors; see the module docstring."""
 
     _actions: ClassVar[dict[str, str]] = {}
@@ -139,7 +140,6 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
         self.db: sqlite3.Connection | None = None
         # Requests applied in the open transaction, replied to once it commits.
         self.staged: list[tuple[StepRequest, Any, StepReply, bool]] = []
-        self.flush_scheduled = False
 
     def setup(self, db: sqlite3.Connection, options: dict[str, Any]) -> None:
         """Hook: create the participant's own tables in ``db``; ``options`` come from
@@ -160,6 +160,7 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
 
     def _configure(self, msg: ConfigureParticipant) -> None:
         failpoints.arm(msg.faults)
+        self.flush_window = msg.flush_window
         database = msg.options.get("database")
         if not database:
             raise ValueError(
@@ -207,11 +208,18 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
         assert self.db is not None
         reply = self._stage(self.db, msg)
         self.staged.append((msg, sender, reply, redelivered))
-        if not self.flush_scheduled:
-            # Group commit: every request that arrives before this reminder joins the same
-            # transaction, so one FULL commit covers them all (as in the saga host).
-            self.flush_scheduled = True
-            self.send(self.myAddress, Flush())
+        # Group commit: every request that arrives before the flush joins the same
+        # transaction, so one FULL commit covers them all (as in the saga host).
+        self.schedule_flush()
+
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        # A delayed flush is a wakeup: taken here, before type dispatch, so a subclass that
+        # handles WakeupMessage itself cannot swallow it.
+        if self.is_flush(msg):
+            self.flush_started(len(self.staged))
+            self._flush()
+            return None
+        return super().receiveMessage(msg, sender)
 
     def receiveMsg_Batch(self, msg: Batch, sender: Any) -> None:
         """Requests a saga host sent together: each handled as if it had come alone,
@@ -233,7 +241,7 @@ class Participant(OwnerWatch, ActorTypeDispatcher):
                         )
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
-        self.flush_scheduled = False
+        self.flush_started(len(self.staged))
         self._flush()
 
     def _stage(self, db: sqlite3.Connection, msg: StepRequest) -> StepReply:

@@ -170,6 +170,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 self.setup.faults,
                 self.setup.max_snapshot_bytes,
                 self.setup.watch_interval,
+                self.setup.flush_window,
             ),
         )
 
@@ -185,7 +186,10 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self.children.append(_Child(address, participant=spec))
         faults = self.setup.faults if self.setup is not None else ()
         self.send(
-            address, ConfigureParticipant(spec.name, spec.options, faults, self._watch_interval())
+            address,
+            ConfigureParticipant(
+                spec.name, spec.options, faults, self._watch_interval(), self._flush_window()
+            ),
         )
 
     def receiveMsg_HostReady(self, msg: HostReady, sender: Any) -> None:
@@ -419,6 +423,9 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
 
     # --- supervision ------------------------------------------------------------------------
 
+    def _flush_window(self) -> float:
+        return self.setup.flush_window if self.setup is not None else 0.0
+
     def _watch_interval(self) -> float | None:
         return self.setup.watch_interval if self.setup is not None else None
 
@@ -494,7 +501,13 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 spec = child.participant
                 self.send(
                     child.address,
-                    ConfigureParticipant(spec.name, spec.options, faults, self._watch_interval()),
+                    ConfigureParticipant(
+                        spec.name,
+                        spec.options,
+                        faults,
+                        self._watch_interval(),
+                        self._flush_window(),
+                    ),
                 )
 
     def owner_gone(self) -> None:

@@ -30,6 +30,7 @@ import zlib
 from typing import Any
 
 from understudy import codec, failpoints
+from understudy.actors.batching import GroupCommit
 from understudy.actors.saga import DO, Finish, Saga, Send, Timer
 from understudy.actors.system import ActorTypeDispatcher, PoisonMessage, WakeupMessage
 from understudy.actors.watch import OwnerWatch
@@ -81,7 +82,7 @@ class _Staged:
         self.new = new
 
 
-class SagaHost(OwnerWatch, ActorTypeDispatcher):
+class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.setup: HostSetup | None = None
@@ -92,7 +93,6 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         self.participants: dict[str, Any] = {}
         self.held: dict[str, list[StepRequest]] = {}
         self.batch: list[_Staged] = []
-        self.flush_scheduled = False
         self.windows: dict[str, RestartWindow] = {}
         self.timers: list[tuple[float, int, SagaTimer]] = []
         self.timer_seq = itertools.count()
@@ -112,6 +112,7 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
     def receiveMsg_HostSetup(self, msg: HostSetup, sender: Any) -> None:
         self.setup = msg
         self.coordinator = sender
+        self.flush_window = msg.flush_window
         failpoints.arm(msg.faults)
         self.definitions = {d.key: d for d in msg.definitions}
         self.participants = dict(msg.participants)
@@ -403,7 +404,9 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         payload = msg.payload
-        if isinstance(payload, Tick):
+        if isinstance(payload, Flush):
+            self.receiveMsg_Flush(payload, sender)
+        elif isinstance(payload, Tick):
             self._tick(payload)
         elif isinstance(payload, RetrySetup):
             self._open_and_recover()
@@ -506,9 +509,7 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.send(self.myAddress, Flush())
+        self.schedule_flush()
 
     def _crash(self, saga_id: str, exc: BaseException, new: bool) -> None:
         """Supervise one saga: restart it from its snapshot, or park it past the intensity."""
@@ -574,7 +575,7 @@ class SagaHost(OwnerWatch, ActorTypeDispatcher):
     # --- the flush: commit, then act --------------------------------------------------------
 
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
-        self.flush_scheduled = False
+        self.flush_started(len(self.batch))
         if self.store is None:
             return  # stopped: nothing staged was sent, so dropping it loses nothing durable
         batch, self.batch = self.batch, []

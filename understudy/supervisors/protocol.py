@@ -30,6 +30,7 @@ class HostSetup:
     faults: tuple[Fault, ...] = ()
     max_snapshot_bytes: int = 1 << 20
     watch_interval: float | None = None  # seconds between checks that the coordinator lives
+    flush_window: float = 0.0  # see understudy.actors.batching
 
 
 @attrs.frozen
@@ -122,6 +123,7 @@ class CoordinatorSetup:
     owner: tuple[int, str | None] | None = None  # the application process (pid, start)
     watch_interval: float | None = None  # seconds between checks that the owner lives
     host_class: str | None = None  # a SagaHost subclass by import path (mutation tests)
+    flush_window: float = 0.0  # see understudy.actors.batching
 
 
 @attrs.frozen

@@ -1,0 +1,49 @@
+"""When an actor that group-commits (a saga host, a participant) commits what it gathered.
+
+On the in-process base every message already queued is delivered before the actor's reminder
+to itself, so a reminder sent at once gathers everything that arrived together. On the
+multi-process bases a reminder to oneself is delivered before what is still waiting on the
+sockets, and batches stayed at one to three sagas: each commit and each message then served
+one saga, and at 50 sagas in flight the processes spent their CPU moving messages. There, when
+the previous flush carried more than one input (sagas are running side by side), the reminder
+waits one window (``FLUSH_WINDOW`` in :mod:`understudy.runtime`, 10 ms) so that what arrives
+meanwhile joins the batch; after a flush of one input the next flushes at once, so a lone saga
+pays no delay. Measured on two cores at 50 sagas in flight on the TCP base: 102 sagas/s with no
+window, 175 with 5 ms, 300 with 10 ms, 250 with 20 ms.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from understudy.supervisors.protocol import Flush
+
+
+class GroupCommit:
+    """Mixin for Thespian actors that gather work and commit it with one :class:`Flush`."""
+
+    flush_window: float = 0.0  # seconds; 0 on the in-process base
+    flush_scheduled: bool = False
+    _last_size: int = 0
+
+    def schedule_flush(self) -> None:
+        if self.flush_scheduled:
+            return
+        self.flush_scheduled = True
+        window = self.flush_window
+        if window and self._last_size > 1:
+            self.wakeupAfter(timedelta(seconds=window), Flush())  # type: ignore[attr-defined]
+        else:
+            self.send(self.myAddress, Flush())  # type: ignore[attr-defined]
+
+    def flush_started(self, size: int) -> None:
+        """Call first thing in the flush of ``size`` inputs: the next input schedules a new
+        one."""
+        self.flush_scheduled = False
+        self._last_size = size
+
+    @staticmethod
+    def is_flush(msg: Any) -> bool:
+        """A delayed flush arrives as a wakeup carrying :class:`Flush`."""
+        return isinstance(getattr(msg, "payload", None), Flush)

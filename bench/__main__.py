@@ -107,8 +107,10 @@ def run_suite(sizes: Sizes, root: Path, only: set[str] | None = None) -> dict[st
         print("storage ceiling", file=sys.stderr)
         results["storage"] = _attempt(errors, "SQLite FULL commits", lambda: floor.ceiling(tmp()))
         rtt = _attempt(errors, "thread hand-off", floor.thread_round_trip)
-        if results["storage"] is not None and rtt is not None:
-            results["storage"]["thread_round_trip_ms"] = rtt * 1000
+        aio = _attempt(errors, "aiosqlite ÷ sqlite3 commits", lambda: floor.aiosqlite_ratio(tmp()))
+        if results["storage"] is not None:
+            results["storage"]["thread_round_trip_ms"] = None if rtt is None else rtt * 1000
+            results["storage"]["aiosqlite_over_sqlite3"] = aio
 
     if wanted("throughput"):
         runs: list[dict[str, Any]] = []

@@ -405,3 +405,37 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def aiosqlite_ratio(workdir: Path, n: int = 1000) -> float:
+    """Commit rate through aiosqlite ÷ through sqlite3, same loop, same file settings: why the
+    actors write with sqlite3 and only asyncio readers use aiosqlite (understudy.runtime)."""
+    import asyncio
+
+    import aiosqlite
+
+    def plain_rate() -> float:
+        db = fresh_db(workdir / "ratio-sync.db")
+        db.execute("CREATE TABLE t (a INTEGER)")
+        start = time.perf_counter()
+        for i in range(n):
+            db.execute("BEGIN")
+            db.execute("INSERT INTO t VALUES (?)", (i,))
+            db.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        db.close()
+        return n / elapsed
+
+    async def aio_rate() -> float:
+        async with aiosqlite.connect(workdir / "ratio-aio.db", isolation_level=None) as db:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("CREATE TABLE t (a INTEGER)")
+            start = time.perf_counter()
+            for i in range(n):
+                await db.execute("BEGIN")
+                await db.execute("INSERT INTO t VALUES (?)", (i,))
+                await db.execute("COMMIT")
+            return n / (time.perf_counter() - start)
+
+    return asyncio.run(aio_rate()) / plain_rate()

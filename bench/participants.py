@@ -75,10 +75,13 @@ def ok(msg: StepRequest) -> StepReply:
 
 
 class Echo(Participant):
-    """Replies "ok" at once to every request, without a ledger."""
+    """Replies "ok" to every request without a ledger: nothing to commit, but its replies go
+    out the way every participant's do (together, at the participant's flush), so a saga host
+    on a multi-process base gets them in batches as it would from a real participant."""
 
     def receiveMsg_StepRequest(self, msg: StepRequest, sender: Any) -> None:
-        self.send(sender, ok(msg))
+        self.staged.append((msg, sender, ok(msg), False))
+        self.schedule_flush()
 
 
 class Delayed(Participant):

@@ -104,7 +104,11 @@ def render_table(results: dict[str, Any]) -> str:
                     ["median commit", f"{storage['commit_ms']:.3f} ms"],
                     [
                         "thread hand-off round trip",
-                        f"{storage.get('thread_round_trip_ms', float('nan')):.3f} ms",
+                        f"{_num(storage.get('thread_round_trip_ms'), 3)} ms",
+                    ],
+                    [
+                        "aiosqlite ÷ sqlite3 commit rate",
+                        f"{_num(storage.get('aiosqlite_over_sqlite3'), 2)}x",
                     ],
                 ],
             )

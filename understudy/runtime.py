@@ -17,7 +17,8 @@ How synchronous Thespian and asyncio meet (the decision, and why):
   persistence.aio`) so that the event loop never blocks on the file; they never go through the
   actors. Writes never come from the asyncio side: one writer per process per file.
 
-``bench/core.py`` measures the aiosqlite/sqlite3 commit ratio behind the first choice.
+``python -m bench`` measures the aiosqlite/sqlite3 commit ratio behind the first choice (0.41x
+when this was decided).
 """
 
 from __future__ import annotations

@@ -139,52 +139,29 @@ def run_suite(sizes: Sizes, root: Path, only: set[str] | None = None) -> dict[st
                 if result is not None:
                     runs.append(result.summary())
 
+    def per_base(label: str, measure: Callable[[str], Any]) -> list[Any]:
+        found = [_attempt(errors, f"{label} {base}", partial(measure, base)) for base in BASES]
+        return [r for r in found if r is not None]
+
     if wanted("overhead"):
         print("per-step overhead", file=sys.stderr)
-        results["overhead"] = [
-            r
-            for base in BASES
-            if (
-                r := _attempt(
-                    errors,
-                    f"per-step overhead {base}",
-                    lambda b=base: understudy_saga.step_overhead(b, tmp(), sizes.overhead_sagas),
-                )
-            )
-            is not None
-        ]
+        results["overhead"] = per_base(
+            "per-step overhead",
+            lambda b: understudy_saga.step_overhead(b, tmp(), sizes.overhead_sagas),
+        )
 
     if wanted("steps"):
         print("steps per saga", file=sys.stderr)
-        results["steps"] = [
-            r
-            for base in BASES
-            if (
-                r := _attempt(
-                    errors,
-                    f"steps 3/10/30 {base}",
-                    lambda b=base: understudy_saga.step_scaling(
-                        b, tmp(), sagas=sizes.step_sagas[b]
-                    ),
-                )
-            )
-            is not None
-        ]
+        results["steps"] = per_base(
+            "steps 3/10/30",
+            lambda b: understudy_saga.step_scaling(b, tmp(), sagas=sizes.step_sagas[b]),
+        )
 
     if wanted("memory"):
         print(f"{sizes.in_flight} sagas in flight", file=sys.stderr)
-        results["memory"] = [
-            r
-            for base in BASES
-            if (
-                r := _attempt(
-                    errors,
-                    f"memory {base}",
-                    lambda b=base: understudy_crash.memory(b, tmp(), sizes.in_flight),
-                )
-            )
-            is not None
-        ]
+        results["memory"] = per_base(
+            "memory", lambda b: understudy_crash.memory(b, tmp(), sizes.in_flight)
+        )
 
     if wanted("recovery"):
         print("recovery after SIGKILL", file=sys.stderr)

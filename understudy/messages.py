@@ -151,7 +151,6 @@ class ConfigureParticipant:
     options: dict[str, Any]
     faults: tuple[Any, ...] = ()  # understudy.failpoints.Fault values armed by crash tests
     watch_interval: float | None = None  # seconds between checks that the supervisor lives
-    flush_window: float = 0.0  # see understudy.actors.batching
 
 
 @attrs.frozen

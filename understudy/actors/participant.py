@@ -160,7 +160,6 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
 
     def _configure(self, msg: ConfigureParticipant) -> None:
         failpoints.arm(msg.faults)
-        self.flush_window = msg.flush_window
         database = msg.options.get("database")
         if not database:
             raise ValueError(

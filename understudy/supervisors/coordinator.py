@@ -187,9 +187,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         faults = self.setup.faults if self.setup is not None else ()
         self.send(
             address,
-            ConfigureParticipant(
-                spec.name, spec.options, faults, self._watch_interval(), self._flush_window()
-            ),
+            ConfigureParticipant(spec.name, spec.options, faults, self._watch_interval()),
         )
 
     def receiveMsg_HostReady(self, msg: HostReady, sender: Any) -> None:
@@ -423,9 +421,6 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
 
     # --- supervision ------------------------------------------------------------------------
 
-    def _flush_window(self) -> float:
-        return self.setup.flush_window if self.setup is not None else 0.0
-
     def _watch_interval(self) -> float | None:
         return self.setup.watch_interval if self.setup is not None else None
 
@@ -501,13 +496,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 spec = child.participant
                 self.send(
                     child.address,
-                    ConfigureParticipant(
-                        spec.name,
-                        spec.options,
-                        faults,
-                        self._watch_interval(),
-                        self._flush_window(),
-                    ),
+                    ConfigureParticipant(spec.name, spec.options, faults, self._watch_interval()),
                 )
 
     def owner_gone(self) -> None:

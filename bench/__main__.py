@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import floor, understudy_crash, understudy_saga
-from bench.common import Throughput
+from bench.common import BASES, LABELS, Throughput
 from bench.peers import dbos_saga, temporal_saga
 from bench.report import render_chart, render_table
 
-BASES = ("simpleSystemBase", "multiprocTCPBase")
 CONCURRENCY = (1, 10, 50, 1000)
 PEERS = (dbos_saga, temporal_saga)
 
@@ -122,7 +121,7 @@ def run_suite(sizes: Sizes, root: Path, only: set[str] | None = None) -> dict[st
                 n = sizes.total(base, c)
                 candidates.append(
                     (
-                        understudy_saga.LABELS[base],
+                        LABELS[base],
                         partial(understudy_saga.throughput, base, tmp(), c, n),
                     )
                 )

@@ -20,6 +20,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: The understudy bases every figure is measured on, and their labels in tables.
+BASES = ("simpleSystemBase", "multiprocTCPBase")
+LABELS = {"simpleSystemBase": "understudy in-process", "multiprocTCPBase": "understudy TCP"}
+
 STEPS = ("create_order", "reserve_inventory", "charge_payment")
 COMPENSATIONS = ("cancel_order", "release_inventory", "refund_payment")
 

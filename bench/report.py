@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-IN_PROCESS = "understudy in-process"
-TCP = "understudy TCP"
+from bench.common import LABELS
+
+IN_PROCESS = LABELS["simpleSystemBase"]
+TCP = LABELS["multiprocTCPBase"]
 GROUP_FLOOR = "floor: group commit"
 
 

@@ -42,14 +42,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import Recovery, emit, fails, parse, rss_kib
+from bench.common import BASES, LABELS, Recovery, emit, fails, parse, rss_kib
 from bench.participants import Delayed, order_definition, order_participants, payload
 from understudy import SagaAccepted, Understudy
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "bench.understudy_crash"
-BASES = ("simpleSystemBase", "multiprocTCPBase")
-LABELS = {"simpleSystemBase": "understudy in-process", "multiprocTCPBase": "understudy TCP"}
 TOKEN_VAR = "UNDERSTUDY_BENCH_CRASH_TOKEN"
 _TOKENS: set[str] = set()  # of the children this process started (others may run the bench too)
 

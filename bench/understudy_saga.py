@@ -18,7 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Throughput, closed_loop, cpu_of, emit, full_sync, parse, percentile
+from bench.common import (
+    LABELS,
+    Throughput,
+    closed_loop,
+    cpu_of,
+    emit,
+    full_sync,
+    parse,
+    percentile,
+)
 from bench.participants import (
     Echo,
     chain_definition,
@@ -31,7 +40,6 @@ from understudy import Understudy
 from understudy.actors.system import ActorTypeDispatcher, start_actor_system
 
 ROOT = Path(__file__).resolve().parent.parent
-LABELS = {"simpleSystemBase": "understudy in-process", "multiprocTCPBase": "understudy TCP"}
 
 
 def _child(args: list[str], timeout: float = 900.0) -> Any:

@@ -89,8 +89,8 @@ _ERRORS: dict[str, type[UnderstudyError]] = {
 }
 
 
-#: How long a busy saga host or participant on a multi-process base lets a batch gather before
-#: it commits (see :mod:`understudy.actors.batching`).
+#: How long a busy saga host on a multi-process base lets a batch gather before it commits
+#: (see :mod:`understudy.actors.batching`).
 FLUSH_WINDOW = 0.01
 
 

@@ -16,10 +16,11 @@ saga host flush, and a window of their own cost about 10% at 50 in flight."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from understudy.supervisors.protocol import Flush
+from understudy.supervisors.protocol import Batch, Flush
 
 
 class GroupCommit:
@@ -45,7 +46,24 @@ class GroupCommit:
         self.flush_scheduled = False
         self._last_size = size
 
-    @staticmethod
-    def is_flush(msg: Any) -> bool:
-        """A delayed flush arrives as a wakeup carrying :class:`Flush`."""
-        return isinstance(getattr(msg, "payload", None), Flush)
+
+class Outbox:
+    """Messages gathered for several destinations, sent as one message per destination (a
+    :class:`Batch` when there are several): on a multi-process base each message is a socket
+    write and a wake-up of another process."""
+
+    def __init__(self) -> None:
+        self._queued: list[tuple[Any, list[Any]]] = []
+
+    def add(self, address: Any, message: Any) -> None:
+        for destination, messages in self._queued:
+            if destination == address:  # addresses compare equal but do not hash
+                messages.append(message)
+                return
+        self._queued.append((address, [message]))
+
+    def send_all(self, send: Callable[[Any, Any], None]) -> None:
+        """Empty the outbox through ``send(address, message)`` (an actor's ``send``)."""
+        queued, self._queued = self._queued, []
+        for address, messages in queued:
+            send(address, messages[0] if len(messages) == 1 else Batch(tuple(messages)))

@@ -45,7 +45,7 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from understudy import codec, failpoints
-from understudy.actors.batching import GroupCommit
+from understudy.actors.batching import GroupCommit, Outbox
 from understudy.actors.system import ActorTypeDispatcher
 from understudy.actors.watch import OwnerWatch
 from understudy.errors import PayloadError
@@ -211,15 +211,6 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         # transaction, so one FULL commit covers them all (as in the saga host).
         self.schedule_flush()
 
-    def receiveMessage(self, msg: Any, sender: Any) -> Any:
-        # A delayed flush is a wakeup: taken here, before type dispatch, so a subclass that
-        # handles WakeupMessage itself cannot swallow it.
-        if self.is_flush(msg):
-            self.flush_started(len(self.staged))
-            self._flush()
-            return None
-        return super().receiveMessage(msg, sender)
-
     def receiveMsg_Batch(self, msg: Batch, sender: Any) -> None:
         """Requests a saga host sent together: each handled as if it had come alone,
         including what Thespian does when a handler raises (once more, then an error)."""
@@ -284,7 +275,7 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             self.staged = staged
             self._abandon(f"participant {self.name!r} could not commit its ledger: {exc}")
             return
-        outbox: list[tuple[Any, list[StepReply]]] = []
+        outbox = Outbox()  # one message per saga host, however many replies it carries
         for msg, sender, reply, redelivered in staged:
             try:
                 failpoints.hit("participant.after_apply", msg.saga_id, self.name)
@@ -303,16 +294,10 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 continue
             if verdict == "drop":
                 continue  # lost on the way: the saga's reply deadline notices
-            replies = next((r for address, r in outbox if address == sender), None)
-            if replies is None:  # addresses compare equal but do not hash
-                replies = []
-                outbox.append((sender, replies))
-            replies.append(reply)
+            outbox.add(sender, reply)
             if verdict == "duplicate":
-                replies.append(reply)
-        # One message per saga host, however many replies it carries.
-        for address, replies in outbox:
-            self.send(address, replies[0] if len(replies) == 1 else Batch(tuple(replies)))
+                outbox.add(sender, reply)
+        outbox.send_all(self.send)
 
     def _decide(self, db: sqlite3.Connection, msg: StepRequest, digest: bytes) -> StepReply:
         row = db.execute(

@@ -111,9 +111,11 @@ def _event_rows(saga_id: str, incarnation: int, events: Sequence[Event]) -> list
     ]
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[str]) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """``items`` in chunks of at most ``_CHUNK``: each as its "?, ?, ..." list and its values."""
     for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+        chunk = tuple(items[start : start + _CHUNK])
+        yield ", ".join("?" * len(chunk)), chunk
 
 
 def _translate(exc: sqlite3.Error, path: str, doing: str) -> StoreError:
@@ -308,11 +310,9 @@ class SQLiteStore(SagaStore):
 
     def get_many(self, saga_ids: Sequence[str]) -> dict[str, SagaRecord]:
         found: dict[str, SagaRecord] = {}
-        for chunk in _chunks(saga_ids):
+        for marks, chunk in _chunks(saga_ids):
             rows = self._read(
-                f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN "
-                f"({', '.join('?' * len(chunk))})",
-                tuple(chunk),
+                f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN ({marks})", chunk
             )
             found.update((row[0], SagaRecord(*row)) for row in rows)
         return found
@@ -322,12 +322,11 @@ class SQLiteStore(SagaStore):
     ) -> dict[str, SagaRecord]:
         claimed: dict[str, SagaRecord] = {}
         with self._transaction(f"claiming {len(saga_ids)} saga(s)") as conn:
-            for chunk in _chunks(saga_ids):
+            for marks, chunk in _chunks(saga_ids):
                 update = (
                     "UPDATE understudy_sagas SET incarnation = incarnation + 1, "
                     "recovery_attempts = recovery_attempts + ?, updated_at = ? "
-                    f"WHERE saga_id IN ({', '.join('?' * len(chunk))}) "
-                    f"AND status NOT IN {_TERMINAL_SQL}"
+                    f"WHERE saga_id IN ({marks}) AND status NOT IN {_TERMINAL_SQL}"
                 )
                 params = (1 if recovery else 0, at, *chunk)
                 if _HAS_RETURNING:
@@ -337,30 +336,20 @@ class SQLiteStore(SagaStore):
                     conn.execute(update, params)
                     rows = conn.execute(
                         f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN "
-                        f"({', '.join('?' * len(chunk))}) AND status NOT IN {_TERMINAL_SQL}",
-                        tuple(chunk),
+                        f"({marks}) AND status NOT IN {_TERMINAL_SQL}",
+                        chunk,
                     ).fetchall()
                 claimed.update((row[0], SagaRecord(*row)) for row in rows)
             pid = os.getpid()
-            events = [
-                row
-                for record in claimed.values()
-                for row in _event_rows(
-                    record.saga_id,
-                    record.incarnation,
-                    [
-                        Event(
-                            "claimed",
-                            at,
-                            detail={
-                                "recovery": recovery,
-                                "recovery_attempts": record.recovery_attempts,
-                                "pid": pid,
-                            },
-                        )
-                    ],
-                )
-            ]
+            events: list[tuple[Any, ...]] = []
+            for record in claimed.values():
+                detail = {
+                    "recovery": recovery,
+                    "recovery_attempts": record.recovery_attempts,
+                    "pid": pid,
+                }
+                claim = Event("claimed", at, detail=detail)
+                events += _event_rows(record.saga_id, record.incarnation, [claim])
             conn.executemany(_INSERT_EVENT, events)
             failpoints.hit("store.claim")
         return claimed

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from understudy import codec, failpoints
+from understudy.actors.batching import Outbox
 from understudy.actors.system import (
     ActorTypeDispatcher,
     ChildActorExited,
@@ -87,7 +88,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         # file locking of the children's own connections (SQLite forbids it; it showed as lost
         # commits under chaos). The store is opened per query instead.
         self.store_ok = False
-        self.routing: list[tuple[Any, list[Any]]] | None = None  # see receiveMsg_Batch
+        self.routing: Outbox | None = None  # see receiveMsg_Batch
         self.batch_clients: list[Any] = []
         self.definitions: dict[tuple[str, int], SagaDefinition] = {}
         self.latest: dict[str, int] = {}
@@ -186,8 +187,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self.children.append(_Child(address, participant=spec))
         faults = self.setup.faults if self.setup is not None else ()
         self.send(
-            address,
-            ConfigureParticipant(spec.name, spec.options, faults, self._watch_interval()),
+            address, ConfigureParticipant(spec.name, spec.options, faults, self._watch_interval())
         )
 
     def receiveMsg_HostReady(self, msg: HostReady, sender: Any) -> None:
@@ -263,14 +263,13 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         # batches itself (the runtime's bridge; an app actor gets its replies one by one).
         if not any(client == sender for client in self.batch_clients):
             self.batch_clients.append(sender)
-        outer, self.routing = self.routing, []
+        outer, self.routing = self.routing, Outbox()
         try:
             for message in msg.messages:
                 self.receiveMessage(message, sender)
         finally:
             routed, self.routing = self.routing, outer
-            for address, messages in routed:
-                self.send(address, messages[0] if len(messages) == 1 else Batch(tuple(messages)))
+            routed.send_all(self.send)
 
     def _answer(self, address: Any, message: Any) -> None:
         """Reply to a caller: batched with the others of this input when it takes batches."""
@@ -282,12 +281,8 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
     def _route(self, address: Any, message: Any) -> None:
         if self.routing is None:
             self.send(address, message)
-            return
-        for destination, messages in self.routing:
-            if destination == address:  # addresses compare equal but do not hash
-                messages.append(message)
-                return
-        self.routing.append((address, [message]))
+        else:
+            self.routing.add(address, message)
 
     def receiveMsg_StartSaga(self, msg: StartSaga, sender: Any) -> None:
         if self.setup is None or not self.store_ok:

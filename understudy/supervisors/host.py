@@ -30,7 +30,7 @@ import zlib
 from typing import Any
 
 from understudy import codec, failpoints
-from understudy.actors.batching import GroupCommit
+from understudy.actors.batching import GroupCommit, Outbox
 from understudy.actors.saga import DO, Finish, Saga, Send, Timer
 from understudy.actors.system import ActorTypeDispatcher, PoisonMessage, WakeupMessage
 from understudy.actors.watch import OwnerWatch
@@ -102,10 +102,8 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         # after the commit), so the start is answered once a reload has looked.
         self.unanswered: dict[str, tuple[str, str]] = {}  # saga id -> (error, reason)
         self.inflight: InFlight | None = None
-        # Messages gathered while handling one input, sent together at its end: one message
-        # per destination instead of one per saga (on a multi-process base each is a socket
-        # write and a wake-up of another process).
-        self.outbox: list[tuple[Any, list[Any]]] = []
+        # Messages gathered while handling one input, sent together at its end.
+        self.outbox = Outbox()
 
     # --- setup and recovery -----------------------------------------------------------------
 
@@ -500,15 +498,12 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             self._crash(saga.saga_id, exc, new is not None)
             return
         self.batch.append(_Staged(saga, writes, commands, new is not None))
-        self._schedule_flush()
+        self.schedule_flush()
 
     def _stage_raw(self, saga_id: str, write: Transition, finished: SagaFinished) -> None:
         saga = self.sagas.pop(saga_id, None)
         holder = _Staged(saga, [write], [finished], False)  # type: ignore[arg-type]
         self.batch.append(holder)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
         self.schedule_flush()
 
     def _crash(self, saga_id: str, exc: BaseException, new: bool) -> None:
@@ -626,7 +621,6 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             except Exception as exc:
                 if self.sagas.get(saga.saga_id) is saga:
                     self._crash(saga.saga_id, exc, new=False)
-        self._send_outbox()
         self._idle()
 
     def _carry_out(
@@ -684,16 +678,10 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             self._post(address, request)
 
     def _post(self, address: Any, message: Any) -> None:
-        for destination, messages in self.outbox:
-            if destination == address:  # addresses compare equal but do not hash
-                messages.append(message)
-                return
-        self.outbox.append((address, [message]))
+        self.outbox.add(address, message)
 
     def _send_outbox(self) -> None:
-        outbox, self.outbox = self.outbox, []
-        for address, messages in outbox:
-            self.send(address, messages[0] if len(messages) == 1 else Batch(tuple(messages)))
+        self.outbox.send_all(self.send)
 
     def _commit_failed(self, batch: list[_Staged], exc: Exception) -> None:
         """Nothing of the batch is durable: forget it, refuse new starts, reload the rest."""

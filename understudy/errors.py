@@ -13,7 +13,10 @@ an exception of the same meaning, the error subclasses it too, so ``except Timeo
     ├── SagaRejected                      the coordinator refused to start a saga
     ├── StoreError                        the saga store failed; driver errors are translated here
     │   ├── StoreUnavailable              locked, busy, read-only or unwritable database
-    │   └── CorruptRecord                 a stored row that fails to decode
+    │   ├── CorruptRecord                 a stored row that fails to decode or its checksum
+    │   ├── LeaseLost                     a saga host's shard lease was taken over: it stops
+    │   ├── ShardCountMismatch (ValueError)  a start asks for another shard count than the store's
+    │   └── StoreInUse                    another live understudy runtime works on this store
     └── ActorSystemError                  the actor system could not be started or reached
         └── CoordinatorTimeout (TimeoutError)  no reply within the timeout
 
@@ -60,7 +63,21 @@ class StoreUnavailable(StoreError):
 
 
 class CorruptRecord(StoreError):
-    """A stored row (snapshot, payload or event) failed to decode."""
+    """A stored row (snapshot, payload or event) failed to decode or its checksum."""
+
+
+class LeaseLost(StoreError):
+    """A saga host's lease on its shard ended (another holder took the shard, with a newer
+    epoch): nothing it wrote was applied, and it must stop working that shard."""
+
+
+class ShardCountMismatch(StoreError, ValueError):
+    """A runtime asked for a shard count other than the one fixed in the store when it was
+    created; sagas are assigned to shards by that count, so it cannot change."""
+
+
+class StoreInUse(StoreError):
+    """Another live understudy runtime holds the shards of this store."""
 
 
 class ActorSystemError(UnderstudyError):

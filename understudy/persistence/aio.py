@@ -15,7 +15,8 @@ import aiosqlite
 
 from understudy.errors import StoreError
 from understudy.persistence.base import EventRecord, SagaRecord
-from understudy.persistence.sqlite import _EVENTS_SQL, _SAGA_COLUMNS, event_record
+from understudy.persistence.rows import SAGA_COLUMNS, event_record, saga_record
+from understudy.persistence.sqlite import _EVENTS_SQL
 
 
 class AsyncSQLiteReader:
@@ -26,12 +27,12 @@ class AsyncSQLiteReader:
     async def get(self, saga_id: str) -> SagaRecord | None:
         try:
             async with self._conn.execute(
-                f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id = ?", (saga_id,)
+                f"SELECT {SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id = ?", (saga_id,)
             ) as cursor:
                 row = await cursor.fetchone()
         except aiosqlite.Error as exc:
             raise StoreError(f"saga store {self.path!r} failed while reading: {exc}") from exc
-        return SagaRecord(*row) if row else None
+        return saga_record(row) if row else None
 
     async def events(self, saga_id: str) -> list[EventRecord]:
         try:

@@ -9,6 +9,21 @@ A backend implements :class:`SagaStore` (SQLite now; PostgreSQL can follow). The
 - A :class:`Transition` is fenced: it applies only if the row still has the writer's incarnation,
   is not terminal, and its snapshot version is older. A fenced write changes nothing (not even its
   events) and is reported as ``False``; this is what makes a stale saga actor harmless.
+- Ownership: the shard count is fixed in the store when it is created
+  (:meth:`SagaStore.fix_shards`). A saga host holds its shard through a :class:`Lease`
+  (holder, epoch, expiry in the database's own clock), taken with :meth:`SagaStore.acquire`
+  and kept with :meth:`SagaStore.renew`. Every write a host makes (``apply``, ``claim_all``,
+  ``blame``) passes its lease and is applied only while that lease's epoch is still the
+  shard's: after another holder took the shard, the write raises
+  :class:`~understudy.errors.LeaseLost` and nothing of it is applied. So a host that was
+  paused or cut off past its lease can never overwrite its successor's work.
+- Blame for a host death lives in the store, per batch: before a host commits a batch it records
+  the batch's sagas with :meth:`SagaStore.blame`; a successful ``apply`` under the lease clears
+  it; a clean :meth:`SagaStore.release` leaves nobody to blame. The next holder reads what was
+  left in :attr:`Lease.blamed`.
+- Integrity: every saga row and event row carries a checksum written in the same transaction
+  (:mod:`understudy.persistence.integrity`); a row that fails it is returned with ``corrupt`` set
+  (a short reason), never raised for a whole query, so one damaged saga does not stop the others.
 - A terminal status is written once and never changed.
 - Every state change carries its events; the event log is append-only and is what ``understudy
   show`` prints as a saga's timeline.
@@ -58,6 +73,8 @@ class EventRecord:
     attempt: int | None
     incarnation: int
     detail: dict[str, Any]
+    #: Why this row cannot be trusted (fails its checksum or does not decode); None when intact.
+    corrupt: str | None = None
 
 
 @attrs.frozen
@@ -76,10 +93,36 @@ class SagaRecord:
     reason: str | None
     created_at: float
     updated_at: float
+    #: Why this row cannot be trusted (a checksum that fails); None when intact. A corrupt row is
+    #: never acted on: its saga parks with this reason.
+    corrupt: str | None = None
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+#: ``Lease.blamed`` when nothing narrower is known: the previous holder died without saying what
+#: it was doing (or while recovering), so every saga of the shard gets a recovery counted.
+EVERYONE: Final = None
+
+
+@attrs.frozen
+class Lease:
+    """A holder's claim on one shard, valid while ``epoch`` is the shard's current epoch.
+
+    ``expires_at`` is in the database's clock (seconds since the epoch), never a node's.
+    ``blamed`` is what the previous holder left when this lease was acquired: the sagas its death
+    is blamed on (empty: nobody, it stopped cleanly or between batches), or :data:`EVERYONE`.
+    ``about`` says who holds it (host name, process ids), for people and for the start check.
+    """
+
+    shard: int
+    holder: str
+    epoch: int
+    expires_at: float
+    blamed: tuple[str, ...] | None = ()
+    about: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -116,9 +159,11 @@ class SagaStore(abc.ABC):
     """Durable home of sagas and their timelines. One instance per process; not thread-safe."""
 
     @abc.abstractmethod
-    def apply(self, writes: Sequence[Write]) -> list[bool]:
+    def apply(self, writes: Sequence[Write], lease: Lease | None = None) -> list[bool]:
         """Apply ``writes`` in one durable transaction; one bool per write (False: not applied).
 
+        With ``lease``, the batch applies only while the lease's epoch is the shard's current
+        one (else :class:`~understudy.errors.LeaseLost`), and clears the shard's blame.
         On error nothing of the batch is applied and a :class:`~understudy.errors.StoreError`
         is raised.
         """
@@ -137,24 +182,69 @@ class SagaStore(abc.ABC):
                 found[saga_id] = record
         return found
 
-    @abc.abstractmethod
-    def claim(self, saga_id: str, *, recovery: bool, at: float) -> SagaRecord | None:
+    def claim(
+        self, saga_id: str, *, recovery: bool, at: float, lease: Lease | None = None
+    ) -> SagaRecord | None:
         """Take ownership of an unfinished saga: bump its incarnation, and its recovery count
         when ``recovery`` is true, recording a ``claimed`` event. Returns the updated row, or
         None when the saga is unknown or already terminal. Older incarnations are fenced from
-        then on."""
+        then on. With ``lease``, fenced by its epoch as :meth:`apply` is."""
+        return self.claim_all([saga_id], recovery=recovery, at=at, lease=lease).get(saga_id)
 
+    @abc.abstractmethod
     def claim_all(
-        self, saga_ids: Sequence[str], *, recovery: bool, at: float
+        self,
+        saga_ids: Sequence[str],
+        *,
+        recovery: bool,
+        at: float,
+        lease: Lease | None = None,
     ) -> dict[str, SagaRecord]:
-        """:meth:`claim` for many sagas (the startup scan); only claimed sagas are returned.
-        Backends override it to claim them all in one transaction."""
-        claimed: dict[str, SagaRecord] = {}
-        for saga_id in saga_ids:
-            record = self.claim(saga_id, recovery=recovery, at=at)
-            if record is not None:
-                claimed[saga_id] = record
-        return claimed
+        """:meth:`claim` for many sagas, in one transaction; only claimed sagas are returned."""
+
+    # --- ownership --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def fix_shards(self, shards: int) -> int:
+        """Fix the store's shard count to ``shards`` if it has none yet, and return it.
+        A store created with another count raises
+        :class:`~understudy.errors.ShardCountMismatch`, naming both counts."""
+
+    @abc.abstractmethod
+    def leases(self) -> list[Lease]:
+        """Every shard's current lease (``holder`` empty for a shard nobody holds), in shard
+        order, with ``blamed`` as it stands now."""
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The database's clock, the time base of every lease."""
+
+    @abc.abstractmethod
+    def acquire(
+        self, shard: int, holder: str, ttl: float, about: dict[str, Any] | None = None
+    ) -> Lease | None:
+        """Take ``shard`` for ``holder`` for ``ttl`` seconds with a new epoch, when nobody holds
+        it, its lease expired, or ``holder`` already holds it (a restarted host of the same
+        runtime takes over at once). None when another holder's lease is still running. The
+        shard's blame is handed over in :attr:`Lease.blamed` and set to :data:`EVERYONE` until
+        the new holder says otherwise (a holder that dies while recovering blames everyone)."""
+
+    @abc.abstractmethod
+    def renew(self, lease: Lease, ttl: float) -> Lease:
+        """Extend ``lease`` to ``ttl`` seconds from now; :class:`~understudy.errors.LeaseLost`
+        when its epoch is no longer the shard's."""
+
+    @abc.abstractmethod
+    def release(self, lease: Lease) -> None:
+        """Give the shard up cleanly (nobody to blame); a lease already lost is left alone."""
+
+    @abc.abstractmethod
+    def blame(self, lease: Lease, saga_ids: Sequence[str] | None) -> None:
+        """Record whom the holder's death would be blamed on until its next successful
+        :meth:`apply`: ``saga_ids`` (a batch about to be committed), or :data:`EVERYONE`.
+        Durable across the holder's death, not necessarily across the database's (a database
+        crash restarts every saga anyway), so backends may write it without waiting for a
+        flush; :class:`~understudy.errors.LeaseLost` when the lease was lost."""
 
     @abc.abstractmethod
     def unfinished(self) -> list[str]:

@@ -9,24 +9,29 @@ with the process, so never use it where a saga must survive a crash.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
 from understudy import codec
-from understudy.errors import StoreError
+from understudy.errors import LeaseLost, StoreError
 from understudy.persistence.base import (
     ACTIVE_STATUSES,
+    EVERYONE,
     RUNNING,
     TERMINAL_STATUSES,
     Event,
     EventRecord,
+    Lease,
     NewSaga,
     SagaRecord,
     SagaStore,
     Transition,
     Write,
 )
+from understudy.persistence.rows import shard_count_mismatch
 
 
 @attrs.frozen
@@ -53,9 +58,12 @@ class MemoryStore(SagaStore):
         self._sagas: dict[str, SagaRecord] = {}
         self._events: list[_StoredEvent] = []
         self._closed = False
+        self._shards: int | None = None
+        self._leases: dict[int, Lease] = {}
 
-    def apply(self, writes: Sequence[Write]) -> list[bool]:
+    def apply(self, writes: Sequence[Write], lease: Lease | None = None) -> list[bool]:
         self._check_open()
+        self._check_lease(lease)
         # Stage every change first and publish only when the whole batch succeeded, so a write
         # that raises (an unencodable event detail, say) leaves nothing of the batch behind.
         staged: dict[str, SagaRecord] = {}
@@ -112,34 +120,117 @@ class MemoryStore(SagaStore):
             results.append(applied)
         self._sagas.update(staged)
         self._events.extend(new_events)
+        if lease is not None:
+            self._set_blame(lease.shard, ())
         return results
 
     def get(self, saga_id: str) -> SagaRecord | None:
         self._check_open()
         return self._sagas.get(saga_id)
 
-    def claim(self, saga_id: str, *, recovery: bool, at: float) -> SagaRecord | None:
+    def claim_all(
+        self,
+        saga_ids: Sequence[str],
+        *,
+        recovery: bool,
+        at: float,
+        lease: Lease | None = None,
+    ) -> dict[str, SagaRecord]:
         self._check_open()
-        current = self._sagas.get(saga_id)
-        if current is None or current.status in TERMINAL_STATUSES:
+        self._check_lease(lease)
+        claimed: dict[str, SagaRecord] = {}
+        for saga_id in saga_ids:
+            current = self._sagas.get(saga_id)
+            if current is None or current.status in TERMINAL_STATUSES:
+                continue
+            record = attrs.evolve(
+                current,
+                incarnation=current.incarnation + 1,
+                recovery_attempts=current.recovery_attempts + (1 if recovery else 0),
+                updated_at=float(at),
+            )
+            detail = {
+                "recovery": recovery,
+                "recovery_attempts": record.recovery_attempts,
+                "pid": os.getpid(),
+            }
+            event = self._stored(
+                self._next_seq(), saga_id, record.incarnation, Event("claimed", at, detail=detail)
+            )
+            self._sagas[saga_id] = record
+            self._events.append(event)
+            claimed[saga_id] = record
+        return claimed
+
+    # --- ownership --------------------------------------------------------------------------
+
+    def fix_shards(self, shards: int) -> int:
+        self._check_open()
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, got {shards}")
+        if self._shards is None:
+            self._shards = shards
+            blamed = EVERYONE if self._sagas else ()
+            self._leases = {n: Lease(n, "", 0, 0.0, blamed) for n in range(shards)}
+        elif self._shards != shards:
+            raise shard_count_mismatch("memory://", self._shards, shards)
+        return self._shards
+
+    def leases(self) -> list[Lease]:
+        self._check_open()
+        return [self._leases[n] for n in sorted(self._leases)]
+
+    def now(self) -> float:
+        return time.time()
+
+    def acquire(
+        self, shard: int, holder: str, ttl: float, about: dict[str, Any] | None = None
+    ) -> Lease | None:
+        current = self._lease(shard)
+        now = self.now()
+        if current.holder and current.holder != holder and current.expires_at > now:
             return None
-        record = attrs.evolve(
-            current,
-            incarnation=current.incarnation + 1,
-            recovery_attempts=current.recovery_attempts + (1 if recovery else 0),
-            updated_at=float(at),
+        lease = Lease(
+            shard, holder, current.epoch + 1, now + ttl, current.blamed, dict(about or {})
         )
-        detail = {
-            "recovery": recovery,
-            "recovery_attempts": record.recovery_attempts,
-            "pid": os.getpid(),
-        }
-        event = self._stored(
-            self._next_seq(), saga_id, record.incarnation, Event("claimed", at, detail=detail)
+        self._leases[shard] = attrs.evolve(lease, blamed=EVERYONE)
+        return lease
+
+    def renew(self, lease: Lease, ttl: float) -> Lease:
+        self._check_lease(lease)
+        self._leases[lease.shard] = attrs.evolve(
+            self._leases[lease.shard], expires_at=self.now() + ttl
         )
-        self._sagas[saga_id] = record
-        self._events.append(event)
-        return record
+        return attrs.evolve(lease, expires_at=self._leases[lease.shard].expires_at)
+
+    def release(self, lease: Lease) -> None:
+        current = self._lease(lease.shard)
+        if current.epoch == lease.epoch:
+            self._leases[lease.shard] = attrs.evolve(current, holder="", expires_at=0.0, blamed=())
+
+    def blame(self, lease: Lease, saga_ids: Sequence[str] | None) -> None:
+        self._check_lease(lease)
+        self._set_blame(lease.shard, EVERYONE if saga_ids is None else tuple(saga_ids))
+
+    def _lease(self, shard: int) -> Lease:
+        self._check_open()
+        if shard not in self._leases:
+            raise StoreError(f"the in-memory saga store has no shard {shard}; fix the shard count")
+        return self._leases[shard]
+
+    def _check_lease(self, lease: Lease | None) -> None:
+        if lease is None:
+            return
+        current = self._lease(lease.shard)
+        if current.epoch != lease.epoch:
+            raise LeaseLost(
+                f"shard {lease.shard}'s lease at epoch {lease.epoch} is no longer held (epoch "
+                f"{current.epoch}, holder {current.holder or 'nobody'!r}): another saga host took "
+                "the shard over; this one stops and writes nothing more"
+            )
+
+    def _set_blame(self, shard: int, blamed: tuple[str, ...] | None) -> None:
+        self._leases[shard] = attrs.evolve(self._leases[shard], blamed=blamed)
 
     def unfinished(self) -> list[str]:
         self._check_open()

@@ -11,26 +11,48 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from understudy import codec, failpoints
-from understudy.errors import CorruptRecord, StoreError, StoreUnavailable
+import attrs
+
+from understudy import failpoints
+from understudy.errors import CorruptRecord, LeaseLost, StoreError, StoreUnavailable
+from understudy.persistence import integrity
 from understudy.persistence.base import (
     ACTIVE_STATUSES,
+    EVERYONE,
+    RUNNING,
     TERMINAL_STATUSES,
-    Event,
     EventRecord,
+    Lease,
     NewSaga,
     SagaRecord,
     SagaStore,
     Transition,
     Write,
 )
+from understudy.persistence.rows import (
+    EVENT_COLUMNS,
+    EVENT_INSERT_COLUMNS,
+    SAGA_COLUMNS,
+    chunks,
+    claimed_event_rows,
+    event_record,
+    event_rows,
+    pack_about,
+    pack_blame,
+    saga_record,
+    saga_sums,
+    shard_count_mismatch,
+    unpack_about,
+    unpack_blame,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS understudy_meta (
@@ -49,7 +71,9 @@ CREATE TABLE IF NOT EXISTS understudy_sagas (
     recovery_attempts INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    payload_sum INTEGER,
+    snapshot_sum INTEGER
 );
 CREATE INDEX IF NOT EXISTS understudy_sagas_active
     ON understudy_sagas (created_at) WHERE status IN ('running', 'compensating');
@@ -62,60 +86,30 @@ CREATE TABLE IF NOT EXISTS understudy_events (
     step INTEGER,
     attempt INTEGER,
     incarnation INTEGER NOT NULL,
-    detail BLOB
+    detail BLOB,
+    detail_sum INTEGER
 );
 CREATE INDEX IF NOT EXISTS understudy_events_saga ON understudy_events (saga_id, seq);
+CREATE TABLE IF NOT EXISTS understudy_shards (
+    shard INTEGER PRIMARY KEY,
+    holder TEXT NOT NULL DEFAULT '',
+    epoch INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL NOT NULL DEFAULT 0,
+    about BLOB,
+    blame BLOB
+);
 """
 
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
 _ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
-_SAGA_COLUMNS = (
-    "saga_id, definition, version, status, payload, snapshot, snapshot_version, incarnation, "
-    "recovery_attempts, reason, created_at, updated_at"
-)
-
-
-_EVENTS_SQL = (
-    "SELECT seq, saga_id, kind, at, step, attempt, incarnation, detail "
-    "FROM understudy_events WHERE saga_id = ? ORDER BY seq"
-)
-
-
-def event_record(row: Sequence[Any]) -> EventRecord:
-    """An :class:`EventRecord` from a row selected by ``_EVENTS_SQL``."""
-    seq, saga_id, kind, at, step, attempt, incarnation, detail = row
-    decoded = codec.decode(detail, f"event {seq} of saga {saga_id!r}") if detail else {}
-    return EventRecord(seq, saga_id, kind, at, step, attempt, incarnation, decoded)
-
-
+_EVENTS_SQL = f"SELECT {EVENT_COLUMNS} FROM understudy_events WHERE saga_id = ? ORDER BY seq"
 _INSERT_EVENT = (
-    "INSERT INTO understudy_events (saga_id, kind, at, step, attempt, incarnation, detail) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO understudy_events ({EVENT_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
-_CHUNK = 500  # ids per IN (...) list, well under SQLite's limit on bound parameters
-
-
-def _event_rows(saga_id: str, incarnation: int, events: Sequence[Event]) -> list[tuple[Any, ...]]:
-    return [
-        (
-            saga_id,
-            e.kind,
-            e.at,
-            e.step,
-            e.attempt,
-            incarnation,
-            codec.encode(e.detail, "event detail") if e.detail else None,
-        )
-        for e in events
-    ]
-
-
-def _chunks(items: Sequence[str]) -> Iterator[tuple[str, tuple[str, ...]]]:
-    """``items`` in chunks of at most ``_CHUNK``: each as its "?, ?, ..." list and its values."""
-    for start in range(0, len(items), _CHUNK):
-        chunk = tuple(items[start : start + _CHUNK])
-        yield ", ".join("?" * len(chunk)), chunk
+_NOBODY = pack_blame(())
+#: A blame record in the side file: epoch, length, checksum, then the packed blame.
+_BLAME_HEADER = struct.Struct(">qIq")
 
 
 def _translate(exc: sqlite3.Error, path: str, doing: str) -> StoreError:
@@ -145,6 +139,12 @@ class SQLiteStore(SagaStore):
     ``synchronous`` is ``"FULL"`` by default (durable across power loss); ``"NORMAL"`` survives a
     process crash but may lose the last commits on power loss. ``busy_timeout`` is how long a
     write waits for another process's lock before :class:`StoreUnavailable` is raised.
+
+    Leases use this machine's clock: a SQLite file is only ever shared by processes of one
+    machine. A shard's blame between commits lives in a small side file next to the database
+    (``sagas.db.shard0.blame``), written without a commit: recording a batch's sagas before each
+    commit would otherwise cost a second transaction per batch. The file counts only while its
+    epoch is the shard's, so a stale one is harmless.
     """
 
     def __init__(
@@ -156,6 +156,8 @@ class SQLiteStore(SagaStore):
         read_only: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        self._blame_files: dict[int, int] = {}
+        self._blamed: set[int] = set()  # shards whose side file holds a blame to clear
         if read_only:
             self._open_read_only(busy_timeout)
             return
@@ -168,37 +170,69 @@ class SQLiteStore(SagaStore):
         except sqlite3.Error as exc:
             raise _translate(exc, self.path, "opening") from exc
         try:
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StoreUnavailable(
-                    f"saga store {self.path!r} could not switch to WAL mode (got {mode!r}); "
-                    "the file system may not support it (network file systems do not)"
-                )
-            self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            with self._transaction("creating the schema"):
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._conn.execute(statement)
-                self._conn.execute(
-                    "INSERT OR IGNORE INTO understudy_meta (key, value) VALUES "
-                    "('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            found = self._conn.execute(
-                "SELECT value FROM understudy_meta WHERE key = 'schema_version'"
-            ).fetchone()[0]
+            self._set_up(synchronous.upper(), busy_timeout)
         except sqlite3.Error as exc:
             self._conn.close()
             raise _translate(exc, self.path, "opening") from exc
         except StoreError:
             self._conn.close()
             raise
-        if int(found) != SCHEMA_VERSION:
-            self._conn.close()
+
+    def _set_up(self, synchronous: str, busy_timeout: float) -> None:
+        """Switch to WAL, create or upgrade the schema. Two processes creating one fresh file at
+        once contend for locks that SQLite's busy handler does not wait for (it returns BUSY at
+        once where waiting could deadlock), so these steps retry until ``busy_timeout``."""
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if mode.lower() != "wal":
+            raise StoreUnavailable(
+                f"saga store {self.path!r} could not switch to WAL mode (got {mode!r}); "
+                "the file system may not support it (network file systems do not)"
+            )
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
+        while True:
+            try:
+                found = self._create_or_upgrade()
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if found != SCHEMA_VERSION:
             raise StoreError(
                 f"saga store {self.path!r} has schema version {found}, this understudy expects "
                 f"{SCHEMA_VERSION}; upgrade understudy or use a new file"
             )
+
+    def _create_or_upgrade(self) -> int:
+        with self._transaction("creating the schema") as conn:
+            row = None
+            if conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'understudy_meta'"
+            ).fetchone():
+                row = conn.execute(
+                    "SELECT value FROM understudy_meta WHERE key = 'schema_version'"
+                ).fetchone()
+            if row is not None and int(row[0]) == 1:
+                _upgrade_from_1(conn)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO understudy_meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            found = conn.execute(
+                "SELECT value FROM understudy_meta WHERE key = 'schema_version'"
+            ).fetchone()[0]
+        return int(found)
 
     def _open_read_only(self, busy_timeout: float) -> None:
         """Open for queries only (the CLI, status reads): never creates, writes or waits for
@@ -220,9 +254,14 @@ class SQLiteStore(SagaStore):
             raise _translate(exc, self.path, "opening for reading") from exc
         if row is None or int(row[0]) != SCHEMA_VERSION:
             self._conn.close()
+            hint = (
+                "; open it once for writing (start understudy on it) to upgrade it"
+                if row is not None and int(row[0]) < SCHEMA_VERSION
+                else ""
+            )
             raise StoreError(
                 f"saga store {self.path!r} has schema version {row and row[0]}, this understudy "
-                f"expects {SCHEMA_VERSION}"
+                f"expects {SCHEMA_VERSION}{hint}"
             )
 
     @contextmanager
@@ -244,16 +283,39 @@ class SQLiteStore(SagaStore):
                 raise _translate(exc, self.path, doing) from exc
             raise
 
-    def apply(self, writes: Sequence[Write]) -> list[bool]:
+    def _check_lease(self, conn: sqlite3.Connection, lease: Lease | None) -> None:
+        """Inside a write transaction (which SQLite serialises): the lease must still be the
+        shard's, or nothing of the transaction may apply."""
+        if lease is None:
+            return
+        row = conn.execute(
+            "SELECT epoch, holder FROM understudy_shards WHERE shard = ?", (lease.shard,)
+        ).fetchone()
+        if row is None or row[0] != lease.epoch:
+            raise _lost(lease, row)
+
+    def apply(self, writes: Sequence[Write], lease: Lease | None = None) -> list[bool]:
         results: list[bool] = []
         events: list[tuple[Any, ...]] = []
         with self._transaction(f"writing {len(writes)} saga record(s)") as conn:
+            self._check_lease(conn, lease)
             for write in writes:
                 if isinstance(write, NewSaga):
+                    payload_check, snapshot_check = saga_sums(
+                        write.saga_id,
+                        write.definition,
+                        write.version,
+                        RUNNING,
+                        write.payload,
+                        None,
+                        0,
+                        None,
+                    )
                     cursor = conn.execute(
                         "INSERT OR IGNORE INTO understudy_sagas (saga_id, definition, version, "
-                        "status, payload, snapshot_version, incarnation, created_at, updated_at) "
-                        "VALUES (?, ?, ?, 'running', ?, 0, 1, ?, ?)",
+                        "status, payload, snapshot_version, incarnation, created_at, updated_at, "
+                        "payload_sum, snapshot_sum) "
+                        "VALUES (?, ?, ?, 'running', ?, 0, 1, ?, ?, ?, ?)",
                         (
                             write.saga_id,
                             write.definition,
@@ -261,6 +323,8 @@ class SQLiteStore(SagaStore):
                             write.payload,
                             write.at,
                             write.at,
+                            payload_check,
+                            snapshot_check,
                         ),
                     )
                     applied = cursor.rowcount == 1
@@ -268,7 +332,8 @@ class SQLiteStore(SagaStore):
                 elif isinstance(write, Transition):
                     cursor = conn.execute(
                         "UPDATE understudy_sagas SET status = ?, snapshot = ?, "
-                        "snapshot_version = ?, recovery_attempts = ?, reason = ?, updated_at = ? "
+                        "snapshot_version = ?, recovery_attempts = ?, reason = ?, updated_at = ?, "
+                        "snapshot_sum = ? "
                         f"WHERE saga_id = ? AND incarnation = ? AND status NOT IN {_TERMINAL_SQL} "
                         "AND snapshot_version < ?",
                         (
@@ -278,6 +343,13 @@ class SQLiteStore(SagaStore):
                             write.recovery_attempts,
                             write.reason,
                             write.at,
+                            integrity.snapshot_sum(
+                                write.saga_id,
+                                write.status,
+                                write.snapshot_version,
+                                write.snapshot,
+                                write.reason,
+                            ),
                             write.saga_id,
                             write.incarnation,
                             write.snapshot_version,
@@ -288,11 +360,14 @@ class SQLiteStore(SagaStore):
                 else:  # pragma: no cover - guarded by the type checker
                     raise TypeError(f"not a store write: {write!r}")
                 if applied and write.events:
-                    events.extend(_event_rows(write.saga_id, incarnation, write.events))
+                    events.extend(event_rows(write.saga_id, incarnation, write.events))
                 results.append(applied)
             # One statement for the whole batch's timeline rows, not one per saga.
             conn.executemany(_INSERT_EVENT, events)
             failpoints.hit("store.in_transaction")
+        if lease is not None and lease.shard in self._blamed:
+            self._write_blame(lease, _NOBODY)  # the batch is durable: its sagas are innocent
+            self._blamed.discard(lease.shard)
         try:
             failpoints.hit("store.after_commit")
         except sqlite3.Error as exc:
@@ -301,28 +376,31 @@ class SQLiteStore(SagaStore):
 
     def get(self, saga_id: str) -> SagaRecord | None:
         row = self._read(
-            f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id = ?", (saga_id,)
+            f"SELECT {SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id = ?", (saga_id,)
         )
-        return SagaRecord(*row[0]) if row else None
-
-    def claim(self, saga_id: str, *, recovery: bool, at: float) -> SagaRecord | None:
-        return self.claim_all([saga_id], recovery=recovery, at=at).get(saga_id)
+        return saga_record(row[0]) if row else None
 
     def get_many(self, saga_ids: Sequence[str]) -> dict[str, SagaRecord]:
         found: dict[str, SagaRecord] = {}
-        for marks, chunk in _chunks(saga_ids):
+        for marks, chunk in chunks(saga_ids, "?"):
             rows = self._read(
-                f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN ({marks})", chunk
+                f"SELECT {SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN ({marks})", chunk
             )
-            found.update((row[0], SagaRecord(*row)) for row in rows)
+            found.update((row[0], saga_record(row)) for row in rows)
         return found
 
     def claim_all(
-        self, saga_ids: Sequence[str], *, recovery: bool, at: float
+        self,
+        saga_ids: Sequence[str],
+        *,
+        recovery: bool,
+        at: float,
+        lease: Lease | None = None,
     ) -> dict[str, SagaRecord]:
         claimed: dict[str, SagaRecord] = {}
         with self._transaction(f"claiming {len(saga_ids)} saga(s)") as conn:
-            for marks, chunk in _chunks(saga_ids):
+            self._check_lease(conn, lease)
+            for marks, chunk in chunks(saga_ids, "?"):
                 update = (
                     "UPDATE understudy_sagas SET incarnation = incarnation + 1, "
                     "recovery_attempts = recovery_attempts + ?, updated_at = ? "
@@ -331,28 +409,166 @@ class SQLiteStore(SagaStore):
                 params = (1 if recovery else 0, at, *chunk)
                 if _HAS_RETURNING:
                     # One statement per chunk: the startup scan claims thousands of sagas.
-                    rows = conn.execute(f"{update} RETURNING {_SAGA_COLUMNS}", params).fetchall()
+                    rows = conn.execute(f"{update} RETURNING {SAGA_COLUMNS}", params).fetchall()
                 else:  # SQLite before 3.35: the same update, then read the rows back
                     conn.execute(update, params)
                     rows = conn.execute(
-                        f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN "
+                        f"SELECT {SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN "
                         f"({marks}) AND status NOT IN {_TERMINAL_SQL}",
                         chunk,
                     ).fetchall()
-                claimed.update((row[0], SagaRecord(*row)) for row in rows)
-            pid = os.getpid()
-            events: list[tuple[Any, ...]] = []
-            for record in claimed.values():
-                detail = {
-                    "recovery": recovery,
-                    "recovery_attempts": record.recovery_attempts,
-                    "pid": pid,
-                }
-                claim = Event("claimed", at, detail=detail)
-                events += _event_rows(record.saga_id, record.incarnation, [claim])
-            conn.executemany(_INSERT_EVENT, events)
+                claimed.update((row[0], saga_record(row)) for row in rows)
+            conn.executemany(
+                _INSERT_EVENT, claimed_event_rows(list(claimed.values()), recovery, at)
+            )
             failpoints.hit("store.claim")
         return claimed
+
+    # --- ownership --------------------------------------------------------------------------
+
+    def fix_shards(self, shards: int) -> int:
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, got {shards}")
+        with self._transaction("fixing the shard count") as conn:
+            row = conn.execute("SELECT value FROM understudy_meta WHERE key = 'shards'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO understudy_meta (key, value) VALUES ('shards', ?)", (str(shards),)
+                )
+                # A store that already holds sagas (one from before shards were fixed) knows
+                # nothing of who died doing what: its first holders blame everyone.
+                has_sagas = conn.execute("SELECT 1 FROM understudy_sagas LIMIT 1").fetchone()
+                conn.executemany(
+                    "INSERT OR IGNORE INTO understudy_shards (shard, blame) VALUES (?, ?)",
+                    [(n, None if has_sagas else _NOBODY) for n in range(shards)],
+                )
+                return shards
+        fixed = int(row[0])
+        if fixed != shards:
+            raise shard_count_mismatch(self.path, fixed, shards)
+        return fixed
+
+    def now(self) -> float:
+        return time.time()
+
+    def leases(self) -> list[Lease]:
+        rows = self._read(
+            "SELECT shard, holder, epoch, expires_at, about, blame FROM understudy_shards "
+            "ORDER BY shard"
+        )
+        return [
+            Lease(
+                shard,
+                holder,
+                epoch,
+                expires_at,
+                self._current_blame(shard, epoch, blame),
+                unpack_about(about),
+            )
+            for shard, holder, epoch, expires_at, about, blame in rows
+        ]
+
+    def acquire(
+        self, shard: int, holder: str, ttl: float, about: dict[str, Any] | None = None
+    ) -> Lease | None:
+        now = self.now()
+        with self._transaction(f"acquiring shard {shard}") as conn:
+            row = conn.execute(
+                "SELECT holder, epoch, expires_at, blame FROM understudy_shards WHERE shard = ?",
+                (shard,),
+            ).fetchone()
+            if row is None:
+                raise StoreError(
+                    f"saga store {self.path!r} has no shard {shard}; fix the shard count first"
+                )
+            current, epoch, expires_at, blame = row
+            if current and current != holder and expires_at > now:
+                return None
+            blamed = self._current_blame(shard, epoch, blame)
+            lease = Lease(shard, holder, epoch + 1, now + ttl, blamed, dict(about or {}))
+            conn.execute(
+                "UPDATE understudy_shards SET holder = ?, epoch = ?, expires_at = ?, about = ?, "
+                "blame = NULL WHERE shard = ?",
+                (holder, lease.epoch, lease.expires_at, pack_about(lease.about), shard),
+            )
+            # Until the new holder says otherwise, its death blames everyone (a death while
+            # recovering): the side file must not keep the previous holder's word.
+            self._write_blame(lease, None)
+        return lease
+
+    def renew(self, lease: Lease, ttl: float) -> Lease:
+        expires_at = self.now() + ttl
+        with self._transaction(f"renewing the lease of shard {lease.shard}") as conn:
+            self._check_lease(conn, lease)
+            conn.execute(
+                "UPDATE understudy_shards SET expires_at = ? WHERE shard = ?",
+                (expires_at, lease.shard),
+            )
+        return attrs.evolve(lease, expires_at=expires_at)
+
+    def release(self, lease: Lease) -> None:
+        with self._transaction(f"releasing shard {lease.shard}") as conn:
+            cursor = conn.execute(
+                "UPDATE understudy_shards SET holder = '', expires_at = 0, blame = ? "
+                "WHERE shard = ? AND epoch = ?",
+                (_NOBODY, lease.shard, lease.epoch),
+            )
+            if cursor.rowcount == 1:
+                self._write_blame(lease, _NOBODY)
+
+    def blame(self, lease: Lease, saga_ids: Sequence[str] | None) -> None:
+        row = self._read(
+            "SELECT epoch, holder FROM understudy_shards WHERE shard = ?", (lease.shard,)
+        )
+        if not row or row[0][0] != lease.epoch:
+            raise _lost(lease, row[0] if row else None)
+        self._write_blame(lease, pack_blame(saga_ids))
+        self._blamed.add(lease.shard)
+
+    def _blame_fd(self, shard: int) -> int:
+        fd = self._blame_files.get(shard)
+        if fd is None:
+            fd = os.open(f"{self.path}.shard{shard}.blame", os.O_RDWR | os.O_CREAT, 0o644)
+            self._blame_files[shard] = fd
+        return fd
+
+    def _write_blame(self, lease: Lease, packed: bytes | None) -> None:
+        """One pwrite of (epoch, blame): the page cache keeps it through a SIGKILL of this
+        process, which is all blame needs (no fsync: a power loss restarts every saga)."""
+        data = b"" if packed is None else packed
+        header = _BLAME_HEADER.pack(
+            lease.epoch, len(data) if packed is not None else 0xFFFFFFFF, integrity.checksum(data)
+        )
+        try:
+            os.pwrite(self._blame_fd(lease.shard), header + data, 0)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"saga store {self.path!r}: cannot write the blame file of shard {lease.shard} "
+                f"({exc}); check that the store's directory is writable"
+            ) from exc
+
+    def _current_blame(
+        self, shard: int, epoch: int, stored: bytes | None
+    ) -> tuple[str, ...] | None:
+        """The side file's blame when it was written under ``epoch``, else the row's."""
+        path = f"{self.path}.shard{shard}.blame"
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            data = b""
+        if len(data) >= _BLAME_HEADER.size:
+            file_epoch, length, check = _BLAME_HEADER.unpack_from(data)
+            if file_epoch == epoch:
+                if length == 0xFFFFFFFF:
+                    return EVERYONE
+                body = data[_BLAME_HEADER.size : _BLAME_HEADER.size + length]
+                if len(body) == length and integrity.checksum(body) == check:
+                    return unpack_blame(body)
+                return EVERYONE  # damaged: nothing narrower is known
+        return unpack_blame(stored)
+
+    # --- queries ----------------------------------------------------------------------------
 
     def unfinished(self) -> list[str]:
         rows = self._read(
@@ -364,27 +580,23 @@ class SQLiteStore(SagaStore):
     def list_sagas(self, status: str | None = None, limit: int = 100) -> list[SagaRecord]:
         if status is None:
             rows = self._read(
-                f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas ORDER BY created_at DESC LIMIT ?",
+                f"SELECT {SAGA_COLUMNS} FROM understudy_sagas ORDER BY created_at DESC LIMIT ?",
                 (limit,),
             )
         else:
             rows = self._read(
-                f"SELECT {_SAGA_COLUMNS} FROM understudy_sagas WHERE status = ? "
+                f"SELECT {SAGA_COLUMNS} FROM understudy_sagas WHERE status = ? "
                 "ORDER BY created_at DESC LIMIT ?",
                 (status, limit),
             )
-        return [SagaRecord(*row) for row in rows]
+        return [saga_record(row) for row in rows]
 
     def count_by_status(self) -> dict[str, int]:
         rows = self._read("SELECT status, COUNT(*) FROM understudy_sagas GROUP BY status")
         return {status: count for status, count in rows}
 
     def events(self, saga_id: str) -> list[EventRecord]:
-        rows = self._read(
-            _EVENTS_SQL,
-            (saga_id,),
-        )
-        return [event_record(row) for row in rows]
+        return [event_record(row) for row in self._read(_EVENTS_SQL, (saga_id,))]
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:
@@ -393,7 +605,47 @@ class SQLiteStore(SagaStore):
             raise _translate(exc, self.path, "reading") from exc
 
     def close(self) -> None:
+        for fd in self._blame_files.values():
+            os.close(fd)
+        self._blame_files.clear()
         self._conn.close()
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _lost(lease: Lease, row: Sequence[Any] | None) -> LeaseLost:
+    now_held = f"epoch {row[0]}, holder {row[1] or 'nobody'!r}" if row else "no such shard"
+    return LeaseLost(
+        f"shard {lease.shard}'s lease at epoch {lease.epoch} is no longer held ({now_held}): "
+        "another saga host took the shard over; this one stops and writes nothing more"
+    )
+
+
+def _upgrade_from_1(conn: sqlite3.Connection) -> None:
+    """Schema 1 to 2: add checksums (computed now: a row from before checksums is trusted as
+    it stands, the last moment it can be) and the shard leases."""
+    conn.execute("ALTER TABLE understudy_sagas ADD COLUMN payload_sum INTEGER")
+    conn.execute("ALTER TABLE understudy_sagas ADD COLUMN snapshot_sum INTEGER")
+    conn.execute("ALTER TABLE understudy_events ADD COLUMN detail_sum INTEGER")
+    rows = conn.execute(
+        "SELECT saga_id, definition, version, status, payload, snapshot, snapshot_version, "
+        "reason FROM understudy_sagas"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE understudy_sagas SET payload_sum = ?, snapshot_sum = ? WHERE saga_id = ?",
+        [(*saga_sums(*row), row[0]) for row in rows],
+    )
+    events = conn.execute(
+        "SELECT seq, saga_id, kind, step, attempt, incarnation, detail FROM understudy_events"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE understudy_events SET detail_sum = ? WHERE seq = ?",
+        [(integrity.event_sum(*row[1:]), row[0]) for row in events],
+    )
+    conn.execute("UPDATE understudy_meta SET value = '2' WHERE key = 'schema_version'")
 
 
 def now() -> float:

@@ -13,7 +13,7 @@ from participants import Recorder
 
 from understudy import RetryPolicy, SagaDefinition, Step, Understudy
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "pg"]
 BASES = ["simpleSystemBase", "multiprocTCPBase"]
 PARTICIPANTS = ("orders", "inventory", "payments")
 

@@ -31,6 +31,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -52,6 +53,7 @@ from understudy.errors import (
     PayloadError,
     SagaNotFound,
     SagaRejected,
+    StoreError,
     StoreUnavailable,
     UnderstudyError,
     UnknownDefinition,
@@ -70,6 +72,7 @@ from understudy.messages import SagaRejected as SagaRejectedMessage
 from understudy.persistence import SagaStore, open_store
 from understudy.persistence.base import SagaRecord
 from understudy.supervisors.coordinator import Coordinator
+from understudy.supervisors.leases import DEFAULT_TTL, about_me, claim_shards
 from understudy.supervisors.policy import RestartPolicy
 from understudy.supervisors.protocol import (
     Batch,
@@ -248,12 +251,19 @@ class Understudy:
         watch_interval: float = 2.0,
         timeout: float = 60.0,
         host_class: type | None = None,
+        lease_ttl: float = DEFAULT_TTL,
     ) -> Understudy:
         """Start an actor system (``base``) with a coordinator over the store at ``store``.
 
         ``participants`` are ``(name, ParticipantClass, options)`` triples created, configured
         and supervised by the coordinator before any unfinished saga resumes. ``hosts`` is the
-        number of saga host actors (default: 1 in-process, the CPU count on multi-process bases).
+        number of saga host actors, one per shard of the store. The shard count is fixed in the
+        store when it is first used; by default a start takes the store's count, or for a new
+        store 1 in-process and the CPU count on multi-process bases. Asking for another count
+        than the store's raises :class:`~understudy.errors.ShardCountMismatch`. A store that
+        another live runtime works on is refused with :class:`~understudy.errors.StoreInUse`;
+        each saga host holds its shard through a lease of ``lease_ttl`` seconds, renewed
+        every third of it.
         Every unfinished saga in the store is resumed before this returns. A saga whose
         snapshot would exceed ``max_snapshot_bytes`` parks as failed instead of growing.
 
@@ -278,14 +288,32 @@ class Understudy:
                 [store_config.location]
                 + [str(opts["database"]) for _n, _c, opts in participants if "database" in opts]
             )
-        # Fail fast, in the caller's thread, on a store that cannot be opened or written.
-        open_store(store_config.location, **store_config.options).close()
+        if store_config.location.startswith("memory://"):
+            raise StoreError(
+                "memory:// cannot back a runtime: the in-memory store lives in one process, and "
+                "the coordinator, saga hosts and status queries each open the store; use a "
+                "SQLite file (a temporary one for tests) or a PostgreSQL URL"
+            )
+        runtime_id = uuid.uuid4().hex
+        # Fail fast, in the caller's thread, on a store that cannot be opened or written, that
+        # was created with another shard count, or that another live runtime works on.
+        with open_store(store_config.location, **store_config.options) as opened:
+            fixed = len(opened.leases())
+            if hosts is None:
+                hosts = fixed or ((os.cpu_count() or 2) if is_multiprocess(base) else 1)
+            opened.fix_shards(hosts)
+            # Held for the start's own bound: the hosts renew them once they run.
+            leases = claim_shards(
+                opened,
+                store_config.location,
+                runtime_id,
+                max(lease_ttl, timeout),
+                about_me(process_identity(os.getpid())),
+            )
         specs = tuple(
             AddParticipant(name, class_path(pcls), dict(options))
             for name, pcls, options in participants
         )
-        if hosts is None:
-            hosts = (os.cpu_count() or 2) if is_multiprocess(base) else 1
         detached = detached_count()
         asys = start_actor_system(base, admin_port=admin_port)
         try:
@@ -302,6 +330,9 @@ class Understudy:
                 watch_interval if is_multiprocess(base) else None,
                 class_path(host_class) if host_class is not None else None,
                 FLUSH_WINDOW if is_multiprocess(base) else 0.0,
+                runtime_id,
+                lease_ttl,
+                leases,
             )
             reply = asys.ask(coordinator, setup, timeout)
             if reply is None:

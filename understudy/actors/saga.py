@@ -24,6 +24,7 @@ import attrs
 
 from understudy import codec
 from understudy.definitions import SagaDefinition, Step
+from understudy.errors import CorruptRecord
 from understudy.messages import StepReply, StepRequest
 from understudy.persistence.base import (
     COMPENSATED,
@@ -91,6 +92,63 @@ class SagaState:
 
 
 _STATE_FIELDS = tuple(field.name for field in attrs.fields(SagaState))
+_PHASES = (RUNNING, COMPENSATING, *TERMINAL_STATUSES)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_state(s: SagaState, definition: SagaDefinition) -> str | None:
+    """What makes ``s`` impossible for ``definition``, in a few words; None when it is sound.
+
+    The rules follow from how :class:`Saga` moves: steps are pushed on the compensation stack in
+    order as their intents are recorded and popped from its end as they are compensated, so the
+    stack is always ``[0, 1, ..., k-1]``; a running saga has pushed every step up to its current
+    one; a request out or a retry due names the current step (forward) or the stack's top
+    (compensating)."""
+    n = len(definition.steps)
+    if s.phase not in _PHASES:
+        return f"unknown phase {str(s.phase)[:20]!r}"
+    if not _is_int(s.step) or not 0 <= s.step < n:
+        return f"step {str(s.step)[:20]} is not one of the definition's {n} steps"
+    for name in ("attempt", "timer", "recovery_attempts"):
+        if not _is_int(getattr(s, name)) or getattr(s, name) < 0:
+            return f"{name} {str(getattr(s, name))[:20]} is not a count"
+    if not isinstance(s.stack, list) or s.stack != list(range(len(s.stack))):
+        return f"compensation stack {str(s.stack)[:40]} is not the steps 0..k in order"
+    if len(s.stack) > n:
+        return f"compensation stack holds {len(s.stack)} steps, the definition has {n}"
+    if s.phase == RUNNING and len(s.stack) != s.step + 1:
+        return f"running at step {s.step} with {len(s.stack)} step(s) on the stack"
+    if s.phase == COMPENSATED and s.stack:
+        return "compensated with steps still on the compensation stack"
+    if not isinstance(s.results, dict) or not all(isinstance(k, str) for k in s.results):
+        return "step results are not a map of step names"
+    if not isinstance(s.pivot_passed, bool) or (s.pivot_passed and definition.pivot is None):
+        return "passed a pivot the definition does not have"
+    if s.reason is not None and not isinstance(s.reason, str):
+        return "reason is not text"
+    if not isinstance(s.outstanding, list) or not all(isinstance(o, str) for o in s.outstanding):
+        return "outstanding work is not a list of text"
+    if s.pending is not None and s.waiting is not None:
+        return "both waits on a reply and on a retry"
+    for label, wait in (("request out", s.pending), ("retry due", s.waiting)):
+        if wait is None:
+            continue
+        if s.phase not in (RUNNING, COMPENSATING):
+            return f"a {label} in a finished saga"
+        if not isinstance(wait, list) or len(wait) != 4:
+            return f"{label} {str(wait)[:40]} is malformed"
+        kind, step, attempt, due = wait
+        expected = (DO, s.step) if s.phase == RUNNING else (UNDO, s.stack[-1] if s.stack else None)
+        if [kind, step] != list(expected):
+            return f"{label} for {str(kind)[:8]} step {str(step)[:20]} while {s.phase} at " + (
+                f"step {s.step}" if s.phase == RUNNING else f"stack {s.stack}"
+            )
+        if not _is_int(attempt) or attempt < 1 or not isinstance(due, (int, float)):
+            return f"{label} has a malformed attempt or deadline"
+    return None
 
 
 class Saga:
@@ -124,18 +182,22 @@ class Saga:
         snapshot_version: int,
         recovery_attempts: int,
     ) -> Saga:
-        """Rebuild from a stored snapshot (raises CorruptRecord when it does not decode)."""
+        """Rebuild from a stored snapshot. Raises :class:`CorruptRecord` when it does not
+        decode, or decodes to a state that makes no sense for ``definition`` (a damaged row that
+        still decodes must never be acted on)."""
         state = SagaState()
         if snapshot is not None:
-            data = codec.decode(snapshot, f"snapshot v{snapshot_version} of saga {saga_id!r}")
-            try:
-                state = SagaState(**data)
-            except TypeError as exc:
-                from understudy.errors import CorruptRecord
-
+            what = f"snapshot v{snapshot_version} of saga {saga_id!r}"
+            data = codec.decode(snapshot, what)
+            if not isinstance(data, dict) or set(data) != set(_STATE_FIELDS):
+                raise CorruptRecord(f"{what} does not hold a saga state (fields do not match)")
+            state = SagaState(**data)
+            problem = check_state(state, definition)
+            if problem is not None:
                 raise CorruptRecord(
-                    f"snapshot v{snapshot_version} of saga {saga_id!r} has unexpected fields: {exc}"
-                ) from exc
+                    f"{what} makes no sense for {definition.name!r} "
+                    f"v{definition.version}: {problem}"
+                )
         state.recovery_attempts = recovery_attempts
         return cls(saga_id, definition, payload, incarnation, state, snapshot_version)
 

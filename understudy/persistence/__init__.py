@@ -10,15 +10,29 @@ import os
 
 from understudy.persistence.base import SagaStore
 
+#: URL schemes of the PostgreSQL store (libpq accepts both).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 
 def open_store(location: str | os.PathLike[str], **options: object) -> SagaStore:
-    """Open the store at ``location``: a SQLite file path (or ``sqlite:///path``), or
-    ``memory://`` for the in-memory store (tests and experiments only: it dies with the process)."""
+    """Open the store at ``location``: a SQLite file path (or ``sqlite:///path``), a PostgreSQL
+    URL (``postgresql://user@host:port/db`` or ``postgres://...``; needs the ``postgres``
+    extra, psycopg 3), or ``memory://`` for the in-memory store (tests and experiments only: it
+    dies with the process).
+
+    ``options`` are the backend's own: SQLite takes ``synchronous``, ``busy_timeout`` and
+    ``read_only``; PostgreSQL takes ``read_only``, ``connect_timeout``, ``statement_timeout``
+    and ``allow_async_commit``, and refuses any other option by name."""
     text = os.fspath(location)
     if text.startswith("memory://"):
         from understudy.persistence.memory import MemoryStore
 
         return MemoryStore()
+    if text.startswith(POSTGRES_SCHEMES):
+        # Imported here: SQLite users never need psycopg installed.
+        from understudy.persistence.postgres import open_postgres
+
+        return open_postgres(text, options)
     if text.startswith("sqlite:///"):
         text = text[len("sqlite:///") :]  # sqlite:///rel/path and sqlite:////abs/path
     from understudy.persistence.sqlite import SQLiteStore
@@ -26,4 +40,4 @@ def open_store(location: str | os.PathLike[str], **options: object) -> SagaStore
     return SQLiteStore(text, **options)  # type: ignore[arg-type]
 
 
-__all__ = ["SagaStore", "open_store"]
+__all__ = ["POSTGRES_SCHEMES", "SagaStore", "open_store"]

@@ -239,6 +239,12 @@ class SagaStore(abc.ABC):
         """Give the shard up cleanly (nobody to blame); a lease already lost is left alone."""
 
     @abc.abstractmethod
+    def expire(self, shard: int, epoch: int) -> None:
+        """End the lease of ``shard`` at ``epoch`` now, because its holder is known to have
+        exited (its process is gone): the next :meth:`acquire` takes the shard at once. Nothing
+        happens when the shard has moved on to another epoch."""
+
+    @abc.abstractmethod
     def blame(self, lease: Lease, saga_ids: Sequence[str] | None) -> None:
         """Record whom the holder's death would be blamed on until its next successful
         :meth:`apply`: ``saga_ids`` (a batch about to be committed), or :data:`EVERYONE`.

@@ -208,6 +208,11 @@ class MemoryStore(SagaStore):
         if current.epoch == lease.epoch:
             self._leases[lease.shard] = attrs.evolve(current, holder="", expires_at=0.0, blamed=())
 
+    def expire(self, shard: int, epoch: int) -> None:
+        current = self._lease(shard)
+        if current.epoch == epoch:
+            self._leases[shard] = attrs.evolve(current, expires_at=0.0)
+
     def blame(self, lease: Lease, saga_ids: Sequence[str] | None) -> None:
         self._check_lease(lease)
         self._set_blame(lease.shard, EVERYONE if saga_ids is None else tuple(saga_ids))

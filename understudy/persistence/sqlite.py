@@ -516,6 +516,13 @@ class SQLiteStore(SagaStore):
             if cursor.rowcount == 1:
                 self._write_blame(lease, _NOBODY)
 
+    def expire(self, shard: int, epoch: int) -> None:
+        with self._transaction(f"expiring the lease of shard {shard}") as conn:
+            conn.execute(
+                "UPDATE understudy_shards SET expires_at = 0 WHERE shard = ? AND epoch = ?",
+                (shard, epoch),
+            )
+
     def blame(self, lease: Lease, saga_ids: Sequence[str] | None) -> None:
         row = self._read(
             "SELECT epoch, holder FROM understudy_shards WHERE shard = ?", (lease.shard,)

@@ -50,6 +50,7 @@ from understudy.supervisors.protocol import (
     Batch,
     CoordinatorReady,
     CoordinatorSetup,
+    HostLeaseLost,
     HostReady,
     HostSetup,
     HostsInfo,
@@ -115,6 +116,10 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self.known_participants: set[str] = set()
         self.participant_windows: dict[str, RestartWindow] = {}
         self.respawning: dict[str, AddParticipant] = {}  # restarts waiting out their delay
+        # Shards another holder took over (a host found its lease lost): never restarted here,
+        # and starts routed to them are refused with the reason.
+        self.lost_shards: dict[int, str] = {}
+        self.start_leases: dict[int, Any] = {}  # leases the start took, for the first hosts
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -124,6 +129,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             return
         self.setup = msg
         self.setup_reply = sender
+        self.start_leases = dict(msg.leases)
         failpoints.arm(msg.faults)
         self.window = RestartWindow(msg.policy)
         self.watch(msg.owner, msg.watch_interval)
@@ -172,6 +178,10 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 self.setup.max_snapshot_bytes,
                 self.setup.watch_interval,
                 self.setup.flush_window,
+                self.setup.runtime,
+                self.setup.lease_ttl,
+                self.setup.owner,
+                self.start_leases.pop(shard, None),
             ),
         )
 
@@ -301,7 +311,13 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self.waiters.setdefault(msg.saga_id, []).append((sender, msg.wait, msg.request_id))
         start = HostStart(msg.saga_id, msg.definition, version, msg.payload)
         self.starting[msg.saga_id] = start
-        host = self.hosts[shard_of(msg.saga_id, self.setup.hosts)]
+        shard = shard_of(msg.saga_id, self.setup.hosts)
+        if shard in self.lost_shards:
+            self.receiveMsg_HostStartFailed(
+                HostStartFailed(msg.saga_id, "LeaseLost", self.lost_shards[shard]), sender
+            )
+            return
+        host = self.hosts[shard]
         verdict = failpoints.hit("coordinator.before_route", msg.saga_id)
         if verdict == "drop":
             return  # lost on the way; resent if that host restarts, else the caller times out
@@ -385,10 +401,23 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             if verdict == "duplicate":
                 self._answer(address, attrs.evolve(msg, request_id=request_id))
 
+    def receiveMsg_HostLeaseLost(self, msg: HostLeaseLost, sender: Any) -> None:
+        log.error("saga host %d lost its shard to another holder: %s", msg.shard, msg.reason)
+        assert self.setup is not None
+        self.lost_shards[msg.shard] = (
+            f"shard {msg.shard} of this runtime was taken over by another holder of the store "
+            f"({msg.reason}); this runtime no longer runs its sagas: shut it down"
+        )
+        for saga_id in [s for s in self.starting if shard_of(s, self.setup.hosts) == msg.shard]:
+            self.receiveMsg_HostStartFailed(
+                HostStartFailed(saga_id, "LeaseLost", self.lost_shards[msg.shard]), sender
+            )
+
     def receiveMsg_QueryStatus(self, msg: QueryStatus, sender: Any) -> None:
         assert self.setup is not None
         try:
-            with open_store(self.setup.store.location, **self.setup.store.options) as store:
+            # Read-only: a status query never takes the writer's lock.
+            with open_store(self.setup.store.location, read_only=True) as store:
                 record = store.get(msg.saga_id)
         except StoreError as exc:
             self.send(sender, SagaStatus(msg.saga_id, None, str(exc)))
@@ -437,6 +466,8 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         if child is None or self.setup is None or self.stopping:
             return
         self.children.remove(child)
+        if child.shard is not None and child.shard in self.lost_shards:
+            return  # it stopped because another holder owns its shard: do not fight it
         if child.shard is not None:
             log.warning("saga host %d (pid %d) exited; starting a new one", child.shard, child.pid)
             self.host_restarts += 1

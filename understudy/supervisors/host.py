@@ -29,21 +29,38 @@ import traceback
 import zlib
 from typing import Any
 
+import attrs
+
 from understudy import codec, failpoints
 from understudy.actors.batching import GroupCommit, Outbox
 from understudy.actors.saga import DO, Finish, Saga, Send, Timer
-from understudy.actors.system import ActorTypeDispatcher, PoisonMessage, WakeupMessage
+from understudy.actors.system import (
+    ActorExitRequest,
+    ActorTypeDispatcher,
+    PoisonMessage,
+    WakeupMessage,
+)
 from understudy.actors.watch import OwnerWatch
 from understudy.definitions import SagaDefinition
-from understudy.errors import CorruptRecord, StoreError, UnderstudyError
+from understudy.errors import CorruptRecord, LeaseLost, StoreError, UnderstudyError
 from understudy.messages import SagaFinished, StepReply, StepRequest
 from understudy.persistence import SagaStore, open_store
-from understudy.persistence.base import FAILED, Event, NewSaga, SagaRecord, Transition
-from understudy.supervisors.inflight import InFlight, ShardBusy, marker_path
+from understudy.persistence.base import (
+    EVERYONE,
+    FAILED,
+    Event,
+    Lease,
+    NewSaga,
+    SagaRecord,
+    Transition,
+)
+from understudy.supervisors.inflight import InFlight, marker_path
+from understudy.supervisors.leases import about_me, renew_every, take_over_dead
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
     Batch,
     Flush,
+    HostLeaseLost,
     HostReady,
     HostSetup,
     HostStart,
@@ -51,6 +68,7 @@ from understudy.supervisors.protocol import (
     HostStartFailed,
     ParticipantTable,
     Reload,
+    RenewLease,
     RetrySetup,
     SagaTimer,
     Stop,
@@ -102,6 +120,8 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         # after the commit), so the start is answered once a reload has looked.
         self.unanswered: dict[str, tuple[str, str]] = {}  # saga id -> (error, reason)
         self.inflight: InFlight | None = None
+        self.lease: Lease | None = None
+        self.lost = False  # the shard was taken over: this host writes nothing more
         # Messages gathered while handling one input, sent together at its end.
         self.outbox = Outbox()
 
@@ -122,17 +142,25 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         again shortly (a host restarted while the store is busy must not stay idle)."""
         assert self.setup is not None
         shard = self.setup.shard
+        if self.lost:
+            return
         try:
             if self.store is None:
                 self.store = open_store(self.setup.store.location, **self.setup.store.options)
+            if self.lease is None:
+                self.lease = self._adopt_or_acquire(self.store)
+                if self.lease is None:
+                    # Another holder's lease runs: an earlier runtime's host whose owner just
+                    # died and that has not noticed yet (it releases the shard when it does),
+                    # or a holder on another machine (its lease expires unless renewed). Wait
+                    # rather than work the same sagas in parallel.
+                    log.warning("saga host %d waits: its shard is held by another holder", shard)
+                    self.wakeupAfter(_seconds(SETUP_RETRY_DELAY), RetrySetup())
+                    return
+                self.wakeupAfter(_seconds(renew_every(self.setup.lease_ttl)), RenewLease())
             resumed = self._recover()
-        except ShardBusy as busy:
-            # An earlier runtime's host still runs on this store (its owner just died and it
-            # has not noticed yet): wait for it to stop rather than work the same sagas.
-            log.warning(
-                "saga host %d waits: %s is held by a live host of another runtime", shard, busy
-            )
-            self.wakeupAfter(_seconds(SETUP_RETRY_DELAY), RetrySetup())
+        except LeaseLost as exc:
+            self._lose_lease(exc)
             return
         except UnderstudyError as exc:
             log.error("saga host %d cannot recover yet (%s); retrying", shard, exc)
@@ -141,13 +169,30 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             return
         self.send(self.coordinator, HostReady(shard, os.getpid(), resumed))
 
+    def _adopt_or_acquire(self, store: SagaStore) -> Lease | None:
+        """The lease the runtime's start took for this shard (renewed now: the start may have
+        been slow), or, for a host restarted later, the shard's lease taken anew: at once from
+        a holder of this runtime or one whose process has exited."""
+        assert self.setup is not None
+        if self.setup.lease is not None:
+            start_lease, self.setup = self.setup.lease, attrs.evolve(self.setup, lease=None)
+            return store.renew(start_lease, self.setup.lease_ttl)
+        shard, holder, ttl = self.setup.shard, self.setup.runtime, self.setup.lease_ttl
+        about = about_me(self.setup.app)
+        lease = store.acquire(shard, holder, ttl, about)
+        if lease is None and take_over_dead(store, store.leases()[shard]):
+            lease = store.acquire(shard, holder, ttl, about)
+        return lease
+
     def _recover(self) -> int:
         """Load every unfinished saga of this shard: the startup scan after any crash."""
-        assert self.setup is not None and self.store is not None
+        assert self.setup is not None and self.store is not None and self.lease is not None
         path = marker_path(self.setup.store.location, self.setup.shard)
         if self.inflight is None and path is not None:
-            self.inflight = InFlight(path)  # raises ShardBusy while another host holds it
-        blamed = self.inflight.blamed() if self.inflight is not None else None
+            self.inflight = InFlight(path, self.lease.epoch)
+        blamed = _blamed(
+            self.lease.blamed, self.inflight.blamed() if self.inflight is not None else set()
+        )
         if self.inflight is not None:
             self.inflight.recovering()
         mine = [
@@ -157,9 +202,46 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         ]
         for chunk in range(0, len(mine), RECOVERY_CHUNK):
             self._load(mine[chunk : chunk + RECOVERY_CHUNK], blamed, scan=True)
+        # The scan is over: from now on a death blames only the batch or input it names.
+        self.store.blame(self.lease, ())
         if self.inflight is not None:
             self.inflight.idle()
         return len(mine)
+
+    def _renew(self) -> None:
+        if self.store is None or self.lease is None or self.setup is None:
+            return
+        try:
+            self.lease = self.store.renew(self.lease, self.setup.lease_ttl)
+        except LeaseLost as exc:
+            self._lose_lease(exc)
+            return
+        except StoreError as exc:
+            # Not lost, only not renewed (a busy store): the lease may still run out, and then
+            # the next write finds out whether another holder took the shard.
+            log.warning("saga host %d could not renew its lease (%s)", self.setup.shard, exc)
+        self.wakeupAfter(_seconds(renew_every(self.setup.lease_ttl)), RenewLease())
+
+    def _lose_lease(self, exc: LeaseLost) -> None:
+        """Another holder owns this shard now: drop everything in memory (nothing staged was
+        sent: requests leave only after their commit), write nothing more, and stop."""
+        shard = self.setup.shard if self.setup is not None else -1
+        log.error("saga host %d stops: %s", shard, exc)
+        self.lost = True
+        self.sagas.clear()
+        self.batch = []
+        self.timers = []
+        self.held.clear()
+        self.outbox = Outbox()
+        self.lease = None
+        if self.inflight is not None:
+            self.inflight.close()  # the file is the new holder's now: leave it as it is
+            self.inflight = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.send(self.coordinator, HostLeaseLost(shard, str(exc)))
+        self.send(self.myAddress, ActorExitRequest())
 
     def _load(
         self, saga_ids: list[str], blamed: set[str] | None = None, scan: bool = False
@@ -189,10 +271,10 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             self.inflight.recovering()  # a crash while loading these is the scan's, not theirs
         # Only the sagas blamed for the crash get a recovery counted (None: all of them).
         counted = runnable if blamed is None else [s for s in runnable if s in blamed]
-        claimed = self.store.claim_all(counted, recovery=True, at=now)
+        claimed = self.store.claim_all(counted, recovery=True, at=now, lease=self.lease)
         if len(counted) < len(runnable):
             rest = [s for s in runnable if s not in blamed]  # type: ignore[operator]
-            claimed.update(self.store.claim_all(rest, recovery=False, at=now))
+            claimed.update(self.store.claim_all(rest, recovery=False, at=now, lease=self.lease))
         for saga_id in runnable:
             record = claimed.get(saga_id)
             if record is None:  # ended meanwhile (another incarnation finished it)
@@ -251,7 +333,10 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
 
     def _restore(self, record: SagaRecord, definition: SagaDefinition) -> Saga | None:
         """The saga as stored, or None after parking it when its payload or snapshot is
-        unreadable."""
+        unreadable, fails its checksum, or makes no sense for its definition."""
+        if record.corrupt is not None:
+            self._park_unreadable(record, record.corrupt, time.time())
+            return None
         try:
             payload = codec.decode(record.payload, f"payload of saga {record.saga_id!r}")
             return Saga.restore(
@@ -304,7 +389,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
 
     def receiveMsg_HostStart(self, msg: HostStart, sender: Any) -> None:
         saga_id = msg.saga_id
-        if self.store is None:
+        if self.store is None or self.lease is None:
             self.send(
                 self.coordinator,
                 HostStartFailed(
@@ -408,6 +493,8 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             self._tick(payload)
         elif isinstance(payload, RetrySetup):
             self._open_and_recover()
+        elif isinstance(payload, RenewLease):
+            self._renew()
         elif isinstance(payload, Reload):
             for saga_id in payload.saga_ids:
                 if saga_id not in self.sagas:
@@ -521,7 +608,10 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             return
         assert self.store is not None
         try:
-            record = self.store.claim(saga_id, recovery=False, at=time.time())
+            record = self.store.claim(saga_id, recovery=False, at=time.time(), lease=self.lease)
+        except LeaseLost as lost:
+            self._lose_lease(lost)
+            return
         except StoreError as store_error:
             log.error("could not park saga %s (%s); retrying", saga_id, store_error)
             self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
@@ -543,6 +633,8 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             return  # stopped: the next runtime's startup scan loads it
         try:
             self._load([saga_id], blamed=set())
+        except LeaseLost as lost:
+            self._lose_lease(lost)
         except StoreError as exc:
             # The store is busy or failing: wait for it as long as it takes.
             log.error("could not reload saga %s (%s); retrying", saga_id, exc)
@@ -578,12 +670,16 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             return
         writes = [w for staged in batch for w in staged.writes]
         try:
-            if self.inflight is not None:
-                self.inflight.committing()
+            # Blame for a death while committing goes to this batch, in the store (another
+            # machine may take the shard over); the commit clears it.
+            self._idle()
+            assert self.lease is not None  # a store is open only under a lease
+            self.store.blame(self.lease, list(dict.fromkeys(w.saga_id for w in writes)))
             failpoints.hit("host.before_commit")
-            results = self.store.apply(writes)
-            if self.inflight is not None:
-                self.inflight.committed()
+            results = self.store.apply(writes, self.lease)
+        except LeaseLost as exc:
+            self._lose_lease(exc)
+            return
         except Exception as exc:
             self._commit_failed(batch, exc)
             return
@@ -718,14 +814,29 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self._release()
 
     def _release(self) -> None:
-        """Let go of the shard marker (its lock) and the store: a clean stop blames nobody."""
+        """Let go of the shard's lease and the store: a clean stop blames nobody."""
         if self.inflight is not None:
             self.inflight.idle()
             self.inflight.close()
             self.inflight = None
         if self.store is not None:
+            if self.lease is not None:
+                try:
+                    self.store.release(self.lease)
+                except StoreError as exc:
+                    # The lease runs out on its own; only the next start waits for it.
+                    log.warning("saga host could not release its shard's lease: %s", exc)
+                self.lease = None
             self.store.close()
             self.store = None
+
+
+def _blamed(stored: tuple[str, ...] | None, local: set[str] | None) -> set[str] | None:
+    """Whom a predecessor's death is blamed on: the batch the store names, plus the input the
+    marker file names; None (everyone) when either knows nothing narrower."""
+    if stored is EVERYONE or local is None:
+        return None
+    return set(stored) | local
 
 
 def _finished_from_record(record: SagaRecord) -> SagaFinished:

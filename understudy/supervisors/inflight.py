@@ -1,70 +1,59 @@
-"""Which saga a host process is working on, kept in a file that outlives a SIGKILL.
+"""Which saga a host process is handling, kept in a file that outlives a SIGKILL.
 
-When a saga host process dies, its replacement must decide which sagas to blame for the crash:
-the persisted recovery cap (I11) parks a saga that keeps killing its host, and it must not park
-the innocent sagas that merely shared the host (I12). The host writes the id of the saga whose
-input it is handling into this file before it starts and writes ``idle`` when it is done. The
-page cache keeps what a process wrote even when the process is SIGKILLed, so the next host reads
-the culprit back; no fsync is needed because a power loss restarts every saga anyway.
+When a saga host process dies, its successor decides which sagas to blame for the death: the
+persisted recovery cap (I11) parks a saga that keeps killing its host, and it must not park the
+innocent sagas that merely shared the host (I12). Blame has two sources:
 
-What the file says at startup, and who gets a recovery counted:
+- the store, per batch (:meth:`~understudy.persistence.base.SagaStore.blame`): before a host
+  commits a batch it records the batch's sagas; the commit clears them. It is what another node
+  sees when it takes the shard over;
+- this file, per input, on the host's own machine: the id of the saga whose input is being
+  handled, written before the input is handled and replaced by ``idle`` after. One pwrite costs
+  about a microsecond, where a store write per input would cost a round trip. The page cache
+  keeps it through a SIGKILL; no fsync is needed, because a power loss restarts every saga anyway.
+
+Each record carries the lease epoch it was written under, so a successor believes it only when it
+took the shard over from exactly that holder (same machine, previous epoch). What it says:
+
 - ``saga <id>``: that saga only;
-- ``idle`` (died between inputs): nobody;
-- ``commit`` (died while committing a batch): nobody the first time; when hosts keep dying
-  while committing, with no commit succeeding in between (a second record of the file counts
-  them), every saga of the shard, since the batch's sagas are not known by name: a shard whose
-  commits always kill their host would otherwise restart forever without parking anyone;
-- ``recover`` (the previous recovery scan itself died), or no file at all (first run here):
-  every saga of the shard, as nothing narrower is known; this keeps a scan that keeps crashing
-  bounded by the recovery cap.
+- ``idle`` (died between inputs): nobody, beyond what the store blames;
+- ``recover`` (died while loading sagas): everyone, as nothing narrower is known; this keeps a
+  recovery scan that keeps crashing bounded by the recovery cap.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
+import struct
 
 IDLE = b"idle"
-COMMIT = b"commit"
 RECOVER = b"recover"
 _PREFIX = b"saga "
-#: One fixed-width record, written by one pwrite: a SIGKILL cannot leave half of it.
+#: One fixed-width record (epoch, then the state), written by one pwrite: a SIGKILL cannot leave
+#: half of it.
 WIDTH = 1024
-
-
-class ShardBusy(Exception):
-    """Another live saga host (of another runtime on the same store) holds this shard."""
+_EPOCH = struct.Struct(">q")
 
 
 class InFlight:
-    """The marker file of one shard, locked by the host that owns the shard: a host of a
-    second runtime on the same store waits instead of working the same sagas in parallel."""
+    """The marker file of one shard, written only by the host holding the shard's lease."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, epoch: int) -> None:
         self.path = path
-        existed = os.path.exists(path)
+        self.epoch = epoch
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise ShardBusy(path) from None
-        self.previous: bytes | None = os.pread(self._fd, WIDTH, 0).rstrip() if existed else None
-        deaths = 0
-        if self.previous == COMMIT:
-            counted = os.pread(self._fd, WIDTH, WIDTH).strip()
-            deaths = (int(counted) if counted.isdigit() else 0) + 1
-        #: Hosts that died committing since the last commit that succeeded (this death included).
-        self.commit_deaths = deaths
-        self._write_deaths()
+        record = os.pread(self._fd, WIDTH, 0)
+        self.previous: bytes | None = None
+        if len(record) == WIDTH and _EPOCH.unpack_from(record)[0] == epoch - 1:
+            self.previous = record[_EPOCH.size :].rstrip()
 
     def blamed(self) -> set[str] | None:
-        """Sagas to count a recovery against: a set (maybe empty), or None for everyone."""
-        if self.previous is None or self.previous == RECOVER:
-            return None  # nothing known, or the last recovery scan itself died: count all
-        if self.previous == COMMIT and self.commit_deaths >= 2:
-            return None  # commits keep killing hosts: count all, so the cap ends the loop
-        if self.previous.startswith(_PREFIX):
+        """Sagas the previous holder's death is blamed on by this file: a set (maybe empty), or
+        None for everyone. An empty set when the file says nothing about the previous holder
+        (another machine held the shard, or no record): the store's blame then decides."""
+        if self.previous == RECOVER:
+            return None
+        if self.previous is not None and self.previous.startswith(_PREFIX):
             return {self.previous[len(_PREFIX) :].decode("utf-8", "replace")}
         return set()
 
@@ -74,34 +63,30 @@ class InFlight:
     def recovering(self) -> None:
         self._write(RECOVER)
 
-    def committing(self) -> None:
-        self._write(COMMIT)
-
-    def committed(self) -> None:
-        """A commit succeeded: the count of hosts that died committing starts again."""
-        if self.commit_deaths:
-            self.commit_deaths = 0
-            self._write_deaths()
-
-    def _write_deaths(self) -> None:
-        os.pwrite(self._fd, str(self.commit_deaths).encode().ljust(WIDTH), WIDTH)
-
     def idle(self) -> None:
         self._write(IDLE)
 
     def _write(self, data: bytes) -> None:
         # Ids longer than the record are cut: such a saga is then blamed on nobody.
-        os.pwrite(self._fd, data[:WIDTH].ljust(WIDTH), 0)
+        record = _EPOCH.pack(self.epoch) + data
+        os.pwrite(self._fd, record[:WIDTH].ljust(WIDTH), 0)
 
     def close(self) -> None:
-        os.close(self._fd)  # releases the lock
+        os.close(self._fd)
 
 
 def marker_path(store_location: str, shard: int) -> str | None:
-    """Where shard ``shard`` of the store at ``store_location`` keeps its marker (next to a
-    SQLite file; None for stores that are not files)."""
+    """Where shard ``shard`` of the store at ``store_location`` keeps its marker: next to a
+    SQLite file; for a database server, in the system's temporary directory, named after the
+    server and database (the file only ever counts on the machine that wrote it)."""
     if store_location.startswith("memory://"):
         return None
+    if "://" in store_location and not store_location.startswith("sqlite:///"):
+        import hashlib
+        import tempfile
+
+        name = hashlib.blake2b(store_location.encode(), digest_size=8).hexdigest()
+        return os.path.join(tempfile.gettempdir(), f"understudy-{name}.host{shard}.inflight")
     if store_location.startswith("sqlite:///"):
         store_location = store_location[len("sqlite:///") :]
     return f"{store_location}.host{shard}.inflight"

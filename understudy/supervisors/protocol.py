@@ -8,6 +8,7 @@ import attrs
 
 from understudy.definitions import SagaDefinition
 from understudy.failpoints import Fault
+from understudy.persistence.base import Lease
 from understudy.supervisors.policy import RestartPolicy
 
 
@@ -31,6 +32,23 @@ class HostSetup:
     max_snapshot_bytes: int = 1 << 20
     watch_interval: float | None = None  # seconds between checks that the coordinator lives
     flush_window: float = 0.0  # see understudy.actors.batching
+    runtime: str = ""  # the runtime's id: the holder of its hosts' shard leases
+    lease_ttl: float = 10.0  # seconds a shard lease lasts unless renewed
+    app: tuple[int, str | None] | None = None  # the application process (pid, start)
+    lease: Lease | None = None  # the shard's lease the start took, for the first host only
+
+
+@attrs.frozen
+class RenewLease:
+    """A host's reminder to renew its shard lease."""
+
+
+@attrs.frozen
+class HostLeaseLost:
+    """A host found its shard taken over by another holder: it wrote nothing more and stopped."""
+
+    shard: int
+    reason: str
 
 
 @attrs.frozen
@@ -124,6 +142,9 @@ class CoordinatorSetup:
     watch_interval: float | None = None  # seconds between checks that the owner lives
     host_class: str | None = None  # a SagaHost subclass by import path (mutation tests)
     flush_window: float = 0.0  # see understudy.actors.batching
+    runtime: str = ""  # the runtime's id: the holder of its hosts' shard leases
+    lease_ttl: float = 10.0
+    leases: dict[int, Lease] = attrs.field(factory=dict)  # taken by the start, per shard
 
 
 @attrs.frozen

@@ -1,0 +1,158 @@
+"""Ownership in the store: the shard count, a second runtime on one store, and fencing of a
+saga host that lost its lease."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import effects, order_definition, recorders, start_runtime
+
+from understudy import Understudy
+from understudy.errors import ShardCountMismatch, StoreError, StoreInUse
+from understudy.persistence.sqlite import SQLiteStore
+
+
+def test_the_shard_count_is_fixed_when_the_store_is_created(tmp_path: Path) -> None:
+    """A store created with two shards keeps two; a start that asks for three is refused with
+    the count to use, and a start that asks for nothing takes the store's count."""
+    start_runtime(tmp_path, hosts=2).shutdown()
+    with pytest.raises(ShardCountMismatch, match="created with 2 shard.*shards=2"):
+        start_runtime(tmp_path, hosts=3)
+    with start_runtime(tmp_path) as us:
+        assert 2 == len(us.hosts().host_pids)
+        assert "completed" == us.run("order-1", "order", {}).status
+
+
+def test_a_second_runtime_on_a_store_in_use_is_refused_at_once(tmp_path: Path, base: str) -> None:
+    """While one runtime works a store, a second start on it fails at once with StoreInUse,
+    naming the holder; the first runtime goes on."""
+    with start_runtime(tmp_path, base=base) as first:
+        began = time.monotonic()
+        with pytest.raises(StoreInUse, match="in use by another understudy runtime"):
+            start_runtime(tmp_path, base=base)
+        assert time.monotonic() - began < 30  # refused, not timed out after waiting
+        assert "completed" == first.run("order-1", "order", {}).status
+
+
+def test_a_store_is_free_again_after_a_clean_shutdown(tmp_path: Path) -> None:
+    """A runtime that shut down released its shards: the next start needs no wait."""
+    with start_runtime(tmp_path) as us:
+        us.run("order-1", "order", {})
+    with SQLiteStore(tmp_path / "sagas.db") as store:
+        assert [""] == [lease.holder for lease in store.leases()]
+    with start_runtime(tmp_path) as us:
+        assert "completed" == us.run("order-2", "order", {}).status
+
+
+def test_two_runtimes_started_at_the_same_moment_never_deadlock(tmp_path: Path) -> None:
+    """Two starts racing on one fresh store: one runs, the other is refused with a clear
+    error; neither waits for the other until a timeout."""
+    outcomes: list[object] = []
+
+    def start() -> None:
+        try:
+            outcomes.append(start_runtime(tmp_path, timeout=60))
+        except StoreError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    runtimes = [o for o in outcomes if isinstance(o, Understudy)]
+    try:
+        assert 2 == len(outcomes)
+        assert 1 == len(runtimes), outcomes
+        refused = [o for o in outcomes if not isinstance(o, Understudy)]
+        assert isinstance(refused[0], StoreInUse), refused
+        assert "completed" == runtimes[0].run("order-1", "order", {}).status
+    finally:
+        for runtime in runtimes:
+            runtime.shutdown()
+
+
+def test_memory_store_is_refused_for_a_runtime(tmp_path: Path) -> None:
+    """memory:// cannot be shared by the runtime's actors and queries: refused with the fix."""
+    with pytest.raises(StoreError, match="use a SQLite file"):
+        Understudy.start("memory://", [order_definition()], recorders(tmp_path))
+
+
+def test_status_queries_do_not_take_the_write_lock(tmp_path: Path) -> None:
+    """While another connection holds the store's write lock, a status query still answers."""
+    with start_runtime(tmp_path) as us:
+        us.run("order-1", "order", {})
+        import sqlite3
+
+        blocker = sqlite3.connect(tmp_path / "sagas.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            began = time.monotonic()
+            assert "completed" == us.status("order-1")
+            assert time.monotonic() - began < 4  # not the 5 s busy timeout of a writer
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+
+@pytest.mark.multiproc
+def test_a_paused_host_that_lost_its_lease_writes_nothing_and_stops(tmp_path: Path) -> None:
+    """A saga host stopped with SIGSTOP past its lease, while another holder takes its shard,
+    writes nothing when it is resumed with SIGCONT and exits; the new holder's work stands."""
+    participants = recorders(tmp_path)
+    definition = order_definition(timeout=30.0)
+    us = start_runtime(
+        tmp_path,
+        [definition],
+        participants,
+        base="multiprocTCPBase",
+        hosts=1,
+        lease_ttl=1.0,
+    )
+    try:
+        host_pid = us.hosts().host_pids[0]
+        # A saga that waits on a reply while the host is paused: its reply arrives at resume.
+        done = us.submit_future("order-1", "order", {})
+        deadline = time.monotonic() + 30
+        while not effects(tmp_path / "orders.db") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(host_pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.5)  # past the 1 s lease
+            with SQLiteStore(tmp_path / "sagas.db") as store:
+                lease = store.acquire(0, "another-holder", 60.0, {"node": "elsewhere"})
+                assert lease is not None and lease.epoch >= 2
+                before = store.get("order-1")
+                events_before = len(store.events("order-1"))
+        finally:
+            os.kill(host_pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while _alive(host_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(host_pid), "the fenced host did not stop"
+        with SQLiteStore(tmp_path / "sagas.db") as store:
+            after = store.get("order-1")
+            assert before == after  # nothing written by the fenced host
+            assert events_before == len(store.events("order-1"))
+            assert "another-holder" == store.leases()[0].holder
+        with pytest.raises(Exception, match="taken over"):
+            us.run("order-2", "order", {}, timeout=30)
+        # Its waiting caller is told, not left waiting: the saga is the new holder's now.
+        told = done.result(30)
+        assert ("order-1", "LeaseLost") == (told.saga_id, told.error)
+    finally:
+        us.shutdown()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"

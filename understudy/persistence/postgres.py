@@ -1,0 +1,941 @@
+"""The PostgreSQL saga store: one database server shared by saga hosts on many machines.
+
+Opened with ``open_store("postgresql://user@host:port/db", **options)`` (``postgres://`` too).
+Same tables, same bytes and same checksums as the SQLite store (:mod:`.rows` and
+:mod:`.integrity` are shared), same rules (:mod:`.base`).
+
+Why psycopg 3 (the ``postgres`` extra, ``psycopg[binary]>=3.1``):
+
+- it is synchronous, like Thespian actor handlers, which cannot await; asyncpg is asyncio-only,
+  so every store call would need an event loop run inside the actor (or a thread to hold one),
+  which is slower and another thing to get wrong;
+- binary wheels bundle libpq: ``pip install`` needs no compiler and no system libpq;
+- pipeline mode and batched ``executemany``: a whole group commit (the fence, every saga's
+  insert or fenced update, the events, the COMMIT) costs two round trips, not one per statement,
+  which is what the hot path needs; psycopg2 has neither;
+- it connects through libpq, so libpq's environment works as it does for ``psql``: PGPASSWORD,
+  ``~/.pgpass``, PGSERVICE, PGSSLMODE and friends. A URL without a password is the one to use:
+  the store's location travels to every saga host process inside setup messages.
+
+Credentials never appear in an error message, a log line or a repr: everything names the
+server by :func:`redact` (scheme, host, port, database; no user, password or query), and driver
+text is scrubbed of the password before it is quoted.
+
+Transactions are READ COMMITTED, one connection per store instance, autocommit off, every
+operation one explicit transaction. Fencing holds under READ COMMITTED because every write under
+a lease begins by locking its shard's row (an UPDATE of the row, fenced by epoch), and
+:meth:`PostgresStore.acquire` locks the same row (SELECT ... FOR UPDATE) before it bumps the
+epoch: the two serialise on that row lock, so no acquire can commit between a batch's fence and
+its COMMIT, and a batch that waited for an acquire sees the new epoch when the lock is granted
+(PostgreSQL re-evaluates an UPDATE's WHERE on the newest row version) and applies nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import attrs
+import psycopg
+from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg.rows import TupleRow
+
+from understudy import failpoints
+from understudy.errors import CorruptRecord, LeaseLost, StoreError, StoreUnavailable
+from understudy.persistence import integrity
+from understudy.persistence.base import (
+    ACTIVE_STATUSES,
+    RUNNING,
+    TERMINAL_STATUSES,
+    EventRecord,
+    Lease,
+    NewSaga,
+    SagaRecord,
+    SagaStore,
+    Transition,
+    Write,
+)
+from understudy.persistence.rows import (
+    EVENT_COLUMNS,
+    EVENT_INSERT_COLUMNS,
+    SAGA_COLUMNS,
+    chunks,
+    claimed_event_rows,
+    event_record,
+    event_rows,
+    pack_about,
+    pack_blame,
+    saga_record,
+    saga_sums,
+    shard_count_mismatch,
+    unpack_about,
+    unpack_blame,
+)
+
+SCHEMA_VERSION: Final = 2
+#: The PostgreSQL versions the statements need (identity columns: 10).
+MIN_SERVER_VERSION: Final = 100000
+
+#: The options :func:`open_postgres` takes, with what each is.
+OPTIONS: Final = {
+    "read_only": "queries only: never creates the schema, every transaction read-only",
+    "connect_timeout": "seconds to wait for the server when (re)connecting (default 10)",
+    "statement_timeout": "seconds a statement may run, lock waits included (default: the server's)",
+    "allow_async_commit": "accept a server or database whose synchronous_commit is off (commits "
+    "may then be lost in a server crash after they returned)",
+}
+
+Connection = psycopg.Connection[TupleRow]
+T = TypeVar("T")
+
+# Serialises schema creation across processes: CREATE TABLE IF NOT EXISTS run by two
+# transactions at once can still fail on the unique index of pg_type (both insert the table's row
+# type). The key is "undrstdy" in ASCII; advisory locks are per database, so stores in other
+# databases of the same server never wait for each other.
+_SCHEMA_LOCK: Final = int.from_bytes(b"undrstdy", "big")
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS understudy_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    # fillfactor: every step of a saga rewrites its row; room left on each page lets PostgreSQL
+    # update in place (a HOT update, no index touched) instead of moving the row.
+    """CREATE TABLE IF NOT EXISTS understudy_sagas (
+        saga_id TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        snapshot BYTEA,
+        snapshot_version BIGINT NOT NULL DEFAULT 0,
+        incarnation BIGINT NOT NULL DEFAULT 1,
+        recovery_attempts BIGINT NOT NULL DEFAULT 0,
+        reason TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        payload_sum BIGINT,
+        snapshot_sum BIGINT
+    ) WITH (fillfactor = 80)""",
+    """CREATE INDEX IF NOT EXISTS understudy_sagas_active
+        ON understudy_sagas (created_at) WHERE status IN ('running', 'compensating')""",
+    "CREATE INDEX IF NOT EXISTS understudy_sagas_status ON understudy_sagas (status, created_at)",
+    """CREATE TABLE IF NOT EXISTS understudy_events (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        saga_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        step BIGINT,
+        attempt BIGINT,
+        incarnation BIGINT NOT NULL,
+        detail BYTEA,
+        detail_sum BIGINT
+    )""",
+    "CREATE INDEX IF NOT EXISTS understudy_events_saga ON understudy_events (saga_id, seq)",
+    """CREATE TABLE IF NOT EXISTS understudy_shards (
+        shard INTEGER PRIMARY KEY,
+        holder TEXT NOT NULL DEFAULT '',
+        epoch BIGINT NOT NULL DEFAULT 0,
+        expires_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+        about BYTEA,
+        blame BYTEA
+    )""",
+)
+
+_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
+_ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
+# The database's clock, never a node's: every lease is compared against this one clock.
+_DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
+_INSERT_SAGA = (
+    "INSERT INTO understudy_sagas (saga_id, definition, version, status, payload, "
+    "snapshot_version, incarnation, created_at, updated_at, payload_sum, snapshot_sum) "
+    "VALUES (%s, %s, %s, 'running', %s, 0, 1, %s, %s, %s, %s) ON CONFLICT (saga_id) DO NOTHING"
+)
+_TRANSITION = (
+    "UPDATE understudy_sagas SET status = %s, snapshot = %s, snapshot_version = %s, "
+    "recovery_attempts = %s, reason = %s, updated_at = %s, snapshot_sum = %s "
+    f"WHERE saga_id = %s AND incarnation = %s AND status NOT IN {_TERMINAL_SQL} "
+    "AND snapshot_version < %s"
+)
+_INSERT_EVENT = (
+    f"INSERT INTO understudy_events ({EVENT_INSERT_COLUMNS}) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+# The fence of a batch: locks the shard's row until COMMIT (see the module docstring) and clears
+# the shard's blame in the same commit as the batch it was about.
+_FENCE = "UPDATE understudy_shards SET blame = %s WHERE shard = %s AND epoch = %s"
+_NOBODY = pack_blame(())
+
+# Errors after which the transaction is known to be rolled back and may simply run again.
+_RETRY_STATES: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+# The server went away or is not there yet: admin shutdown (pg_terminate_backend, a fast
+# shutdown), crash shutdown, cannot connect now (starting or stopping); class 08 is the rest.
+_GONE_STATES: Final = frozenset({"57P01", "57P02", "57P03"})
+_CORRUPT_STATES: Final = frozenset({"XX001", "XX002"})  # data corrupted, index corrupted
+_ATTEMPTS: Final = 4  # tries of one transaction that keeps meeting serialization failures
+
+
+def redact(url: str) -> str:
+    """``url`` as it may be shown to anyone: scheme, host(s), port(s) and database, plus the
+    ``host``/``port`` query parameters (a unix socket directory); never the user, the password
+    or any other query parameter (``password=``, ``sslpassword=``, ...)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]  # whatever precedes '@' is user[:password]
+        kept = [(k, v) for k, v in parse_qsl(parts.query) if k in ("host", "hostaddr", "port")]
+    except ValueError:
+        return "postgresql://(an unreadable URL)"
+    query = "&".join(f"{k}={v}" for k, v in kept)
+    scheme = parts.scheme or "postgresql"
+    return f"{scheme}://{netloc}{unquote(parts.path) or '/'}" + (f"?{query}" if query else "")
+
+
+def _secrets(url: str) -> tuple[str, ...]:
+    """Every password this store may connect with, to scrub from driver text."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+        found += [v for k, v in parse_qsl(parts.query) if k in ("password", "sslpassword") and v]
+    except ValueError:
+        pass
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    # A secret of a character or two would blank out half a message; libpq never quotes one.
+    return tuple(sorted({s for s in found if len(s) >= 3}, key=len, reverse=True))
+
+
+def open_postgres(url: str, options: Mapping[str, object]) -> PostgresStore:
+    """A :class:`PostgresStore` for ``open_store``: unknown options are refused by name, with
+    the ones this backend takes (SQLite's ``synchronous`` and ``busy_timeout`` are not
+    silently ignored: a reader of the configuration would believe they apply)."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        sqlite_only = [name for name in unknown if name in ("synchronous", "busy_timeout")]
+        hint = (
+            f" ({', '.join(sqlite_only)}: SQLite only; PostgreSQL commits with the server's "
+            "synchronous_commit, which must be on, and waits for locks up to statement_timeout)"
+            if sqlite_only
+            else ""
+        )
+        takes = "; ".join(f"{name}: {what}" for name, what in OPTIONS.items())
+        raise StoreError(
+            f"saga store {redact(url)} does not take the option(s) {', '.join(unknown)}{hint}. "
+            f"A PostgreSQL store takes: {takes}"
+        )
+    read_only = options.get("read_only", False)
+    connect_timeout = options.get("connect_timeout", 10.0)
+    statement_timeout = options.get("statement_timeout")
+    allow_async_commit = options.get("allow_async_commit", False)
+    if not isinstance(read_only, bool) or not isinstance(allow_async_commit, bool):
+        raise StoreError("read_only and allow_async_commit must be True or False")
+    if not isinstance(connect_timeout, int | float) or (
+        statement_timeout is not None and not isinstance(statement_timeout, int | float)
+    ):
+        raise StoreError("connect_timeout and statement_timeout are seconds (a number)")
+    return PostgresStore(
+        url,
+        read_only=read_only,
+        connect_timeout=float(connect_timeout),
+        statement_timeout=None if statement_timeout is None else float(statement_timeout),
+        allow_async_commit=allow_async_commit,
+    )
+
+
+class _Pipe:
+    """The connection's pipeline when libpq supports one (14 and later; the binary wheel's
+    does), else nothing: statements then run one round trip each, with the same results."""
+
+    def __init__(self, pipeline: psycopg.Pipeline | None) -> None:
+        self._pipeline = pipeline
+
+    def sync(self) -> None:
+        """Send what is queued and wait for its results (one round trip)."""
+        if self._pipeline is not None:
+            self._pipeline.sync()
+
+
+class PostgresStore(SagaStore):
+    """A :class:`SagaStore` in a PostgreSQL database (see the module docstring).
+
+    ``read_only`` opens for queries only (the CLI, status queries): the session's transactions
+    are read-only, the schema is never created, and a database without it is refused.
+    ``connect_timeout`` bounds each (re)connection; ``statement_timeout`` each statement
+    (a statement past it raises :class:`StoreUnavailable`). A server whose synchronous_commit is
+    ``off`` is refused unless ``allow_async_commit``: its commits return before they are on disk.
+
+    The connection is re-opened on the next call after it was lost (a server restart, a
+    terminated backend, a network cut): a saga host keeps its store across those.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_only: bool = False,
+        connect_timeout: float = 10.0,
+        statement_timeout: float | None = None,
+        allow_async_commit: bool = False,
+    ) -> None:
+        self._url = url  # holds the password, when the URL has one: never shown
+        self.where = redact(url)
+        self._secrets = _secrets(url)
+        self.read_only = read_only
+        self._connect_timeout = connect_timeout
+        self._statement_timeout = statement_timeout
+        self._allow_async_commit = allow_async_commit
+        self._conn: Connection | None = None
+        self._closed = False
+        self._commit_sent = False
+        self._conn = self._open()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r}{', read_only=True' if self.read_only else ''})"
+
+    # --- connection -------------------------------------------------------------------------
+
+    def _open(self) -> Connection:
+        """A new connection, set up, with the schema checked (and created unless read-only)."""
+        try:
+            conn = psycopg.connect(
+                self._url,
+                autocommit=False,
+                connect_timeout=max(1, round(self._connect_timeout)),
+                # Tells whose connections these are in pg_stat_activity, unless the URL says.
+                fallback_application_name="understudy",
+            )
+        except psycopg.Error as exc:
+            raise self._connect_error(exc) from None
+        try:
+            # Explicit, so that a database whose default is another level keeps these rules.
+            conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+            self._set_up(conn)
+        except psycopg.Error as exc:
+            error = self._translate(exc, "opening", lost=_is_lost(conn, exc))
+            conn.close()
+            raise error from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_up(self, conn: Connection) -> None:
+        if conn.info.server_version < MIN_SERVER_VERSION:
+            raise StoreError(
+                f"saga store {self.where} is on PostgreSQL {conn.info.server_version}; "
+                "understudy needs PostgreSQL 10 or later"
+            )
+        if self.read_only:
+            conn.execute("SET default_transaction_read_only = on")
+        if self._statement_timeout is not None:
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)",
+                (f"{max(1, round(self._statement_timeout * 1000))}ms",),
+            )
+        setting = conn.execute("SHOW synchronous_commit").fetchone()
+        conn.commit()  # SETs made in a transaction last for the session once it commits
+        unsafe = setting is not None and setting[0] == "off"
+        if unsafe and not self.read_only and not self._allow_async_commit:
+            raise StoreError(
+                f"saga store {self.where} has synchronous_commit = off: a commit would return "
+                "before it is on disk, and a server crash could lose a saga's intent after its "
+                "request was sent. Turn it on for this database (ALTER DATABASE ... SET "
+                "synchronous_commit = on) or role, or pass allow_async_commit=True to accept "
+                "that risk"
+            )
+        found = self._schema_version(conn)
+        if found is None:
+            if self.read_only:
+                raise StoreError(
+                    f"saga store {self.where} holds no understudy tables; start understudy on "
+                    "it once (it creates them) before opening it read-only"
+                )
+            found = self._create_schema(conn)
+        if found != SCHEMA_VERSION:
+            raise StoreError(
+                f"saga store {self.where} has schema version {found}, this understudy expects "
+                f"{SCHEMA_VERSION}; upgrade understudy or use a new database"
+            )
+
+    @staticmethod
+    def _schema_version(conn: Connection) -> int | None:
+        """The schema version, or None when the tables are not there (no lock taken: opening a
+        store that exists, the common case, never waits for another opener)."""
+        row = conn.execute("SELECT to_regclass('understudy_meta') IS NOT NULL").fetchone()
+        version = None
+        if row is not None and row[0]:
+            found = conn.execute(
+                "SELECT value FROM understudy_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            version = None if found is None else int(found[0])
+        conn.commit()
+        return version
+
+    @staticmethod
+    def _create_schema(conn: Connection) -> int:
+        with _pipeline(conn):
+            # Held until COMMIT: a second process opening the fresh database waits here, then
+            # finds every table there and creates nothing.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO understudy_meta (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+            cursor = conn.execute("SELECT value FROM understudy_meta WHERE key = 'schema_version'")
+            conn.commit()
+        row = cursor.fetchone()
+        return SCHEMA_VERSION if row is None else int(row[0])
+
+    def _connection(self) -> Connection:
+        """The store's connection, re-opened when it was lost since the last call."""
+        if self._closed:
+            raise StoreError(f"saga store {self.where} is closed; open a new one")
+        conn = self._conn
+        if conn is not None and (conn.closed or _went_away(conn)):
+            self._drop()
+            conn = None
+        if conn is None:
+            conn = self._conn = self._open()
+        return conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(psycopg.Error):  # it is gone either way
+                conn.close()
+
+    def _run(
+        self,
+        doing: str,
+        body: Callable[[Connection, _Pipe], Callable[[], T]],
+        *,
+        idempotent: bool = False,
+    ) -> T:
+        """Run ``body`` in one transaction and commit it; return what the callable ``body``
+        returns gives once committed (queries queue their statement, and the COMMIT goes in the
+        same round trip as the results).
+
+        A serialization failure or deadlock (the transaction was rolled back) runs it again, a
+        few times. A connection lost before the COMMIT was sent runs it again on a new
+        connection once (nothing of it can have committed); lost after (the COMMIT's fate is
+        unknown) raises :class:`StoreUnavailable`: the caller reloads from the store, as after
+        any failed write.
+        """
+        attempt = 0
+        reconnected = False
+        while True:
+            attempt += 1
+            conn = self._connection()
+            self._commit_sent = False
+            try:
+                with _pipeline(conn) as pipe:
+                    finish = body(conn, pipe)
+                    self._commit_sent = True
+                    conn.commit()
+                    return finish()
+            except psycopg.Error as exc:
+                lost = _is_lost(conn, exc)
+                unknown = lost and self._commit_sent and not idempotent
+                self._abandon(conn, lost)
+                if exc.sqlstate in _RETRY_STATES and attempt < _ATTEMPTS:
+                    time.sleep(random.uniform(0.005, 0.02) * attempt)  # let the other one finish
+                    continue
+                if lost and not unknown and not reconnected:
+                    reconnected = True
+                    continue
+                raise self._translate(exc, doing, lost=lost, commit_unknown=unknown) from None
+            except sqlite3.Error as exc:
+                # The store failpoints (busy, io_error, disk_full) raise what SQLite reports; here
+                # they stand for the server failing the same way, before the COMMIT.
+                self._abandon(conn, False)
+                raise StoreUnavailable(
+                    f"saga store {self.where} failed while {doing}: {exc} (an injected fault)"
+                ) from None
+            except BaseException:
+                self._abandon(conn, conn.broken)
+                raise
+
+    def _abandon(self, conn: Connection, lost: bool) -> None:
+        """After a failed transaction: roll it back, or drop a connection that is gone (the next
+        call opens a new one)."""
+        if lost or conn.closed:
+            self._drop()
+            return
+        try:
+            if conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.rollback()
+        except psycopg.Error:
+            self._drop()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[TupleRow]:
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], list[TupleRow]]:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall
+
+        return self._run("reading", body, idempotent=True)
+
+    # --- errors -----------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        """Driver text, on one line, with every password this store knows blanked out."""
+        text = " ".join(text.split())
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
+
+    def _connect_error(self, exc: psycopg.Error) -> StoreError:
+        text = self._scrub(str(exc))
+        lowered = text.lower()
+        if any(
+            words in lowered
+            for words in (
+                "password",
+                "authentication",
+                "pg_hba.conf",
+                "does not exist",
+                "permission denied",
+            )
+        ):
+            return StoreError(
+                f"saga store {self.where} refused the connection ({text}); check the user, the "
+                "database name and the credentials (the URL, PGPASSWORD or ~/.pgpass)"
+            )
+        return StoreUnavailable(
+            f"saga store {self.where} cannot be reached ({text}); check that the PostgreSQL "
+            "server is running and accepts connections there (the store tries again on its "
+            "next call)"
+        )
+
+    def _translate(
+        self,
+        exc: psycopg.Error,
+        doing: str,
+        *,
+        lost: bool,
+        commit_unknown: bool = False,
+    ) -> StoreError:
+        """A driver error as the backend-neutral error tree, naming the server and the fix."""
+        state = exc.sqlstate or ""
+        text = self._scrub(str(exc)) + (f" [SQLSTATE {state}]" if state else "")
+        where = self.where
+        if commit_unknown:
+            return StoreUnavailable(
+                f"saga store {where}: the connection was lost while committing ({doing}), so "
+                f"whether the commit happened is unknown ({text}); reload what it wrote from "
+                "the store (the store reconnects on its next call)"
+            )
+        if lost:
+            return StoreUnavailable(
+                f"saga store {where}: the connection to the server was lost while {doing} "
+                f"({text}); check that the PostgreSQL server is up (the store reconnects on its "
+                "next call)"
+            )
+        if state in _RETRY_STATES:
+            return StoreUnavailable(
+                f"saga store {where} kept meeting conflicting transactions while {doing} "
+                f"({text}); tried {_ATTEMPTS} times. Another writer works on the same sagas"
+            )
+        if state in ("57014", "55P03"):
+            return StoreUnavailable(
+                f"saga store {where} timed out while {doing} ({text}); a long transaction "
+                "may hold the rows, or raise statement_timeout"
+            )
+        if state == "25006":
+            return StoreUnavailable(
+                f"saga store {where} cannot be written while {doing} ({text}); the store is "
+                "open read-only, or the server is a standby: point it at the primary"
+            )
+        if state.startswith("53"):
+            return StoreUnavailable(
+                f"saga store {where} is out of resources while {doing} ({text}); free disk "
+                "or memory on the server, or raise max_connections"
+            )
+        if state in _CORRUPT_STATES:
+            return CorruptRecord(f"saga store {where} holds damaged data ({text})")
+        if state in ("42P01", "42703"):
+            return StoreError(
+                f"saga store {where} lacks a table or column understudy needs while {doing} "
+                f"({text}); it was changed by hand or belongs to another program"
+            )
+        return StoreError(f"saga store {where} failed while {doing}: {text}")
+
+    def _lost(self, conn: Connection, lease: Lease) -> LeaseLost:
+        row = conn.execute(
+            "SELECT epoch, holder FROM understudy_shards WHERE shard = %s", (lease.shard,)
+        ).fetchone()
+        return _lease_lost(lease, row)
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def apply(self, writes: Sequence[Write], lease: Lease | None = None) -> list[bool]:
+        writes = list(writes)
+
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], list[bool]]:
+            # First round trip: the fence and every saga's statement, in batch order (a batch
+            # may insert a saga and then update it). The fence goes first, so every saga row
+            # this transaction touches is touched under the shard's lock.
+            fence = conn.execute(_FENCE, (_NOBODY, lease.shard, lease.epoch)) if lease else None
+            cursors = [conn.execute(*_statement(write)) for write in writes]
+            pipe.sync()
+            if lease is not None and fence is not None and fence.rowcount != 1:
+                raise self._lost(conn, lease)  # rolled back: nothing of the batch applies
+            results = [cursor.rowcount == 1 for cursor in cursors]
+            events: list[tuple[Any, ...]] = []
+            for write, applied in zip(writes, results, strict=True):
+                if applied and write.events:
+                    incarnation = 1 if isinstance(write, NewSaga) else write.incarnation
+                    events += event_rows(write.saga_id, incarnation, write.events)
+            # Second round trip: the whole batch's timeline rows and the COMMIT, together.
+            if events:
+                conn.cursor().executemany(_INSERT_EVENT, events)
+            failpoints.hit("store.in_transaction")
+            return lambda: results
+
+        if not writes and lease is None:
+            self._connection()  # a closed store still says so
+            return []
+        results = self._run(f"writing {len(writes)} saga record(s)", body)
+        failpoints.hit("store.after_commit")
+        return results
+
+    def claim_all(
+        self,
+        saga_ids: Sequence[str],
+        *,
+        recovery: bool,
+        at: float,
+        lease: Lease | None = None,
+    ) -> dict[str, SagaRecord]:
+        saga_ids = list(saga_ids)
+
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], dict[str, SagaRecord]]:
+            # FOR SHARE conflicts with acquire's FOR UPDATE: the epoch read here stays the
+            # shard's until COMMIT (claim_all leaves the blame alone: only a batch clears it).
+            fence = (
+                conn.execute(
+                    "SELECT epoch, holder FROM understudy_shards WHERE shard = %s FOR SHARE",
+                    (lease.shard,),
+                )
+                if lease
+                else None
+            )
+            updates = [
+                conn.execute(
+                    "UPDATE understudy_sagas SET incarnation = incarnation + 1, "
+                    "recovery_attempts = recovery_attempts + %s, updated_at = %s "
+                    f"WHERE saga_id IN ({marks}) AND status NOT IN {_TERMINAL_SQL} "
+                    f"RETURNING {SAGA_COLUMNS}",
+                    (1 if recovery else 0, at, *chunk),
+                )
+                for marks, chunk in chunks(saga_ids, "%s")
+            ]
+            pipe.sync()
+            if lease is not None and fence is not None:
+                row = fence.fetchone()
+                if row is None or row[0] != lease.epoch:
+                    raise _lease_lost(lease, row)
+            claimed: dict[str, SagaRecord] = {}
+            for cursor in updates:
+                claimed.update((row[0], saga_record(row)) for row in cursor.fetchall())
+            events = claimed_event_rows(list(claimed.values()), recovery, at)
+            if events:
+                conn.cursor().executemany(_INSERT_EVENT, events)
+            failpoints.hit("store.claim")
+            return lambda: claimed
+
+        if not saga_ids and lease is None:
+            self._connection()
+            return {}
+        return self._run(f"claiming {len(saga_ids)} saga(s)", body)
+
+    # --- ownership --------------------------------------------------------------------------
+
+    def fix_shards(self, shards: int) -> int:
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, got {shards}")
+
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], int]:
+            # Two processes fixing a fresh store at once: the second waits for the first's
+            # insert and then finds its count.
+            inserted = conn.execute(
+                "INSERT INTO understudy_meta (key, value) VALUES ('shards', %s) "
+                "ON CONFLICT (key) DO NOTHING RETURNING value",
+                (str(shards),),
+            ).fetchone()
+            if inserted is not None:
+                # A store that already holds sagas (one from before shards were fixed) knows
+                # nothing of who died doing what: its first holders blame everyone.
+                conn.execute(
+                    "INSERT INTO understudy_shards (shard, blame) SELECT n, CASE WHEN EXISTS "
+                    "(SELECT 1 FROM understudy_sagas) THEN NULL ELSE %s::bytea END "
+                    "FROM generate_series(0, %s - 1) AS n ON CONFLICT (shard) DO NOTHING",
+                    (_NOBODY, shards),
+                )
+                return lambda: shards
+            row = conn.execute("SELECT value FROM understudy_meta WHERE key = 'shards'").fetchone()
+            fixed = shards if row is None else int(row[0])
+            return lambda: fixed
+
+        fixed = self._run("fixing the shard count", body)
+        if fixed != shards:
+            raise shard_count_mismatch(self.where, fixed, shards)
+        return fixed
+
+    def now(self) -> float:
+        row = self._read(f"SELECT {_DB_NOW}")
+        return float(row[0][0])
+
+    def leases(self) -> list[Lease]:
+        rows = self._read(
+            "SELECT shard, holder, epoch, expires_at, about, blame FROM understudy_shards "
+            "ORDER BY shard"
+        )
+        return [
+            Lease(shard, holder, epoch, expires_at, unpack_blame(blame), unpack_about(about))
+            for shard, holder, epoch, expires_at, about, blame in rows
+        ]
+
+    def acquire(
+        self, shard: int, holder: str, ttl: float, about: dict[str, Any] | None = None
+    ) -> Lease | None:
+        about = dict(about or {})
+
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], Lease | None]:
+            row_cursor = conn.execute(
+                "SELECT holder, epoch, expires_at, blame FROM understudy_shards "
+                "WHERE shard = %s FOR UPDATE",
+                (shard,),
+            )
+            # A statement of its own, run once the row lock is granted: an acquire that waited
+            # for a batch compares expiry with the time it got the row, not the time it asked.
+            now_cursor = conn.execute(f"SELECT {_DB_NOW}")
+            pipe.sync()
+            row, clock = row_cursor.fetchone(), now_cursor.fetchone()
+            if row is None or clock is None:
+                raise StoreError(
+                    f"saga store {self.where} has no shard {shard}; fix the shard count first"
+                )
+            current, epoch, expires_at, blame = row
+            now = float(clock[0])
+            if current and current != holder and expires_at > now:
+                return lambda: None
+            lease = Lease(shard, holder, epoch + 1, now + ttl, unpack_blame(blame), about)
+            # Until the new holder says otherwise, its death blames everyone (NULL).
+            conn.execute(
+                "UPDATE understudy_shards SET holder = %s, epoch = %s, expires_at = %s, "
+                "about = %s, blame = NULL WHERE shard = %s",
+                (holder, lease.epoch, lease.expires_at, pack_about(about), shard),
+            )
+            return lambda: lease
+
+        return self._run(f"acquiring shard {shard}", body)
+
+    def renew(self, lease: Lease, ttl: float) -> Lease:
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], TupleRow | None]:
+            cursor = conn.execute(
+                f"UPDATE understudy_shards SET expires_at = {_DB_NOW} + %s "
+                "WHERE shard = %s AND epoch = %s RETURNING expires_at",
+                (ttl, lease.shard, lease.epoch),
+            )
+            return cursor.fetchone
+
+        row = self._run(f"renewing the lease of shard {lease.shard}", body)
+        if row is None:
+            raise _lease_lost(lease, self._shard_row(lease.shard))
+        return attrs.evolve(lease, expires_at=float(row[0]))
+
+    def release(self, lease: Lease) -> None:
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], None]:
+            conn.execute(
+                "UPDATE understudy_shards SET holder = '', expires_at = 0, blame = %s "
+                "WHERE shard = %s AND epoch = %s",
+                (_NOBODY, lease.shard, lease.epoch),
+            )
+            return lambda: None
+
+        self._run(f"releasing shard {lease.shard}", body)
+
+    def expire(self, shard: int, epoch: int) -> None:
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], None]:
+            # The blame stays: the holder exited without releasing, so what it left stands.
+            conn.execute(
+                "UPDATE understudy_shards SET expires_at = 0 WHERE shard = %s AND epoch = %s",
+                (shard, epoch),
+            )
+            return lambda: None
+
+        self._run(f"expiring the lease of shard {shard}", body)
+
+    def blame(self, lease: Lease, saga_ids: Sequence[str] | None) -> None:
+        packed = pack_blame(saga_ids)
+
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], bool]:
+            # Blame must outlive the holder's death, not the server's: the server has it once
+            # this COMMIT returns, whether or not its WAL is flushed, so this commit does not
+            # wait for the disk (a blame per batch would otherwise double the batch's fsyncs).
+            # Only a server crash in the next few hundred milliseconds can lose it, and a server
+            # crash restarts every saga anyway. The batch's own COMMIT, synchronous, flushes it.
+            conn.execute("SET LOCAL synchronous_commit = off")
+            cursor = conn.execute(
+                "UPDATE understudy_shards SET blame = %s WHERE shard = %s AND epoch = %s",
+                (packed, lease.shard, lease.epoch),
+            )
+            return lambda: cursor.rowcount == 1
+
+        # One round trip: the fence is the UPDATE's WHERE; a lost lease updates nothing.
+        if not self._run(f"recording blame on shard {lease.shard}", body):
+            raise _lease_lost(lease, self._shard_row(lease.shard))
+
+    def _shard_row(self, shard: int) -> TupleRow | None:
+        rows = self._read("SELECT epoch, holder FROM understudy_shards WHERE shard = %s", (shard,))
+        return rows[0] if rows else None
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def get(self, saga_id: str) -> SagaRecord | None:
+        rows = self._read(
+            f"SELECT {SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id = %s", (saga_id,)
+        )
+        return saga_record(rows[0]) if rows else None
+
+    def get_many(self, saga_ids: Sequence[str]) -> dict[str, SagaRecord]:
+        found: dict[str, SagaRecord] = {}
+        for marks, chunk in chunks(saga_ids, "%s"):
+            rows = self._read(
+                f"SELECT {SAGA_COLUMNS} FROM understudy_sagas WHERE saga_id IN ({marks})", chunk
+            )
+            found.update((row[0], saga_record(row)) for row in rows)
+        return found
+
+    def unfinished(self) -> list[str]:
+        # COLLATE "C": ids of sagas created at the same instant in byte order, as SQLite orders
+        # them, whatever the database's collation.
+        rows = self._read(
+            f"SELECT saga_id FROM understudy_sagas WHERE status IN {_ACTIVE_SQL} "
+            'ORDER BY created_at, saga_id COLLATE "C"'
+        )
+        return [row[0] for row in rows]
+
+    def list_sagas(self, status: str | None = None, limit: int = 100) -> list[SagaRecord]:
+        # A negative limit is no limit, as in SQLite (PostgreSQL refuses one; NULL is none).
+        bound = None if limit < 0 else limit
+        if status is None:
+            rows = self._read(
+                f"SELECT {SAGA_COLUMNS} FROM understudy_sagas ORDER BY created_at DESC LIMIT %s",
+                (bound,),
+            )
+        else:
+            rows = self._read(
+                f"SELECT {SAGA_COLUMNS} FROM understudy_sagas WHERE status = %s "
+                "ORDER BY created_at DESC LIMIT %s",
+                (status, bound),
+            )
+        return [saga_record(row) for row in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        rows = self._read("SELECT status, count(*) FROM understudy_sagas GROUP BY status")
+        return {status: int(count) for status, count in rows}
+
+    def events(self, saga_id: str) -> list[EventRecord]:
+        rows = self._read(
+            f"SELECT {EVENT_COLUMNS} FROM understudy_events WHERE saga_id = %s ORDER BY seq",
+            (saga_id,),
+        )
+        return [event_record(row) for row in rows]
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop()
+
+
+def _statement(write: Write) -> tuple[str, tuple[Any, ...]]:
+    """The statement that applies ``write`` (one row changed: applied; none: refused)."""
+    if isinstance(write, NewSaga):
+        payload_check, snapshot_check = saga_sums(
+            write.saga_id, write.definition, write.version, RUNNING, write.payload, None, 0, None
+        )
+        return _INSERT_SAGA, (
+            write.saga_id,
+            write.definition,
+            write.version,
+            write.payload,
+            write.at,
+            write.at,
+            payload_check,
+            snapshot_check,
+        )
+    if isinstance(write, Transition):
+        return _TRANSITION, (
+            write.status,
+            write.snapshot,
+            write.snapshot_version,
+            write.recovery_attempts,
+            write.reason,
+            write.at,
+            integrity.snapshot_sum(
+                write.saga_id, write.status, write.snapshot_version, write.snapshot, write.reason
+            ),
+            write.saga_id,
+            write.incarnation,
+            write.snapshot_version,
+        )
+    raise TypeError(f"not a store write: {write!r}")  # pragma: no cover - the type checker
+
+
+@contextmanager
+def _pipeline(conn: Connection) -> Iterator[_Pipe]:
+    if psycopg.Pipeline.is_supported():
+        with conn.pipeline() as pipeline:
+            yield _Pipe(pipeline)
+    else:
+        yield _Pipe(None)
+
+
+def _went_away(conn: Connection) -> bool:
+    """Whether an idle connection was closed by the server since its last use (a terminated
+    backend, a restart): the server says so on the socket, which is readable although nothing
+    was asked. One poll, no round trip, so the common case costs nothing."""
+    try:
+        if not _readable(conn.fileno()):
+            return False
+        conn.pgconn.consume_input()  # a notice is harmless; a FATAL or EOF marks it bad
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return conn.pgconn.status != ConnStatus.OK
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read, without waiting. poll where there is one: select
+    refuses descriptors past 1023, which a busy process may well hand out."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
+
+
+def _is_lost(conn: Connection, exc: psycopg.Error) -> bool:
+    """Whether ``exc`` means the connection is gone (the server or the network went away)."""
+    state = exc.sqlstate or ""
+    return conn.closed or conn.broken or state.startswith("08") or state in _GONE_STATES
+
+
+def _lease_lost(lease: Lease, row: Sequence[Any] | None) -> LeaseLost:
+    # The same words as the SQLite store's.
+    now_held = f"epoch {row[0]}, holder {row[1] or 'nobody'!r}" if row else "no such shard"
+    return LeaseLost(
+        f"shard {lease.shard}'s lease at epoch {lease.epoch} is no longer held ({now_held}): "
+        "another saga host took the shard over; this one stops and writes nothing more"
+    )

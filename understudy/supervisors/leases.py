@@ -1,0 +1,115 @@
+"""Who may work a store's shards: the start check of a runtime, and taking over a dead holder.
+
+The store's leases are the truth (:class:`~understudy.persistence.base.Lease`): a shard belongs
+to the holder whose epoch is current, and every write is fenced by it. This module adds what a
+lease cannot know, from the machine a runtime starts on:
+
+- a starting runtime takes every shard's lease before any actor starts, and is refused at once
+  when another live runtime holds one (:class:`~understudy.errors.StoreInUse`), instead of
+  waiting on it;
+- a lease whose holder process is known to have exited (same machine, pid and start time gone)
+  is expired at once, so a restart after a crash does not wait out the lease;
+- a lease whose holder still runs but whose application process has exited (an orphaned saga
+  host that has not yet noticed its owner is gone) is waited for: it releases its shard within
+  its watch interval, or its lease expires.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from understudy.actors.watch import ProcessIdentity, is_running, process_identity
+from understudy.errors import StoreInUse
+from understudy.persistence.base import Lease, SagaStore
+
+#: Seconds a shard lease lasts unless renewed; hosts renew every third of it.
+DEFAULT_TTL = 10.0
+
+
+def about_me(app: ProcessIdentity | None) -> dict[str, Any]:
+    """What a lease says about its holder: machine, process, and the application behind it."""
+    pid, started = process_identity(os.getpid())
+    about: dict[str, Any] = {"node": socket.gethostname(), "pid": pid, "started": started}
+    if app is not None:
+        about["app_pid"], about["app_started"] = app
+    return about
+
+
+def _process(about: dict[str, Any], pid: str, started: str) -> ProcessIdentity | None:
+    value = about.get(pid)
+    if not isinstance(value, int):
+        return None
+    start = about.get(started)
+    return value, start if isinstance(start, str) else None
+
+
+def holder_state(lease: Lease) -> str:
+    """``"free"`` (nobody, or expired), ``"dead"`` (its process on this machine has exited),
+    ``"orphan"`` (it runs, its application does not), ``"live"``, or ``"remote"`` (another
+    machine: only the lease can tell)."""
+    if not lease.holder:
+        return "free"
+    if lease.about.get("node") != socket.gethostname():
+        return "remote"
+    holder = _process(lease.about, "pid", "started")
+    if holder is None or not is_running(holder):
+        return "dead"
+    app = _process(lease.about, "app_pid", "app_started")
+    if app is not None and not is_running(app):
+        return "orphan"
+    return "live"
+
+
+def take_over_dead(store: SagaStore, lease: Lease) -> bool:
+    """Expire ``lease`` when its holder process is known to have exited; True if it did."""
+    if holder_state(lease) == "dead":
+        store.expire(lease.shard, lease.epoch)
+        return True
+    return False
+
+
+def claim_shards(
+    store: SagaStore,
+    location: str,
+    runtime: str,
+    ttl: float,
+    about: dict[str, Any],
+) -> dict[int, Lease]:
+    """Take every shard of the store for a starting runtime, in shard order, or refuse.
+
+    Shards are taken in order, so of two runtimes starting at once the one that takes shard 0
+    takes them all and the other is refused at shard 0, before it holds anything: never both
+    waiting on each other. A shard whose holder died is taken at once; one held by an orphaned
+    host (its application exited) is left for the runtime's host to take when the orphan lets
+    go. A shard held by a live runtime refuses the start with :class:`StoreInUse`, and gives back
+    what this start took (keeping each shard's blame)."""
+    taken: dict[int, Lease] = {}
+    for current in store.leases():
+        lease = store.acquire(current.shard, runtime, ttl, about)
+        if lease is None and take_over_dead(store, current):
+            lease = store.acquire(current.shard, runtime, ttl, about)
+        if lease is not None:
+            taken[lease.shard] = lease
+            continue
+        holder = store.leases()[current.shard]
+        if holder_state(holder) == "orphan":
+            continue
+        for mine in taken.values():
+            store.blame(mine, mine.blamed)  # what the previous holder left stays for the next
+            store.expire(mine.shard, mine.epoch)
+        who = f"pid {holder.about.get('pid')} on {holder.about.get('node')}"
+        raise StoreInUse(
+            f"saga store {location!r} is in use by another understudy runtime: shard "
+            f"{holder.shard} is held by {who} (lease valid for another "
+            f"{max(0.0, holder.expires_at - store.now()):.1f} s); stop that runtime first (two "
+            "runtimes never work one store's shards at once), or if it was killed on another "
+            "machine, start again once its lease has expired"
+        )
+    return taken
+
+
+def renew_every(ttl: float) -> float:
+    """Seconds between a holder's renewals: three chances before the lease runs out."""
+    return ttl / 3

@@ -35,6 +35,12 @@ def parse(argv: list[str] | None = None) -> Config:
         help="directory for the saga store and the ledgers (default: a new temporary one); "
         "must be empty or not exist",
     )
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="the saga store: a postgresql://user@host:port/db URL of an empty database "
+        "(default: sagas.db in --dir)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the workload (default 7)")
     parser.add_argument("--hosts", type=int, default=2, help="saga host actors (default 2)")
     parser.add_argument(
@@ -58,6 +64,7 @@ def parse(argv: list[str] | None = None) -> Config:
         base=args.base,
         hosts=args.hosts,
         wave=args.wave,
+        store=args.store,
     )
 
 

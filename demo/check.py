@@ -149,23 +149,35 @@ def read_ledgers(directory: Path) -> Ledgers:
     return Ledgers(orders, shelves, held, charges, refunds, accounts)
 
 
+def redacted(location: str) -> str:
+    """A store location fit to print: a database URL without its credentials."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from understudy.persistence.postgres import redact
+
+        return redact(location)
+    return location
+
+
 def check_ledgers(
     directory: Path,
     orders: list[Order],
     stock: dict[str, int],
     holding: tuple[str, ...] = (COMPLETED,),
+    store: str | None = None,
 ) -> Report:
     """Run every check against the files in ``directory`` for the orders the run submitted.
     Stock may be held by orders in a ``holding`` status: completed ones, and under injected
-    faults also failed ones (parked with their compensations listed as outstanding)."""
+    faults also failed ones (parked with their compensations listed as outstanding). The saga
+    store is ``store`` (a location), by default ``sagas.db`` in ``directory``."""
     report = Report()
-    with closing(open_store(directory / "sagas.db")) as store:
-        records = {r.saga_id: r for r in store.list_sagas(limit=len(orders) + 1000)}
+    location = store or str(directory / "sagas.db")
+    with closing(open_store(location, read_only=True)) as opened:
+        records = {r.saga_id: r for r in opened.list_sagas(limit=len(orders) + 1000)}
     if records:
         last = max(r.updated_at for r in records.values())
         report.span = last - min(r.created_at for r in records.values())
     report.statuses.update(r.status for r in records.values())
-    report.store = str(directory / "sagas.db")
+    report.store = redacted(location)
     report.resumed = sorted(r.saga_id for r in records.values() if r.incarnation > 1)
     compensated = [sid for sid in report.resumed if records[sid].status == COMPENSATED]
     report.example = (compensated or report.resumed or [""])[0]

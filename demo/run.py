@@ -15,12 +15,13 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
 
-from demo.check import TERMINAL, check_ledgers
+from demo.check import TERMINAL, check_ledgers, redacted
 from demo.crash import HostKiller
 from demo.participants import Inventory, Orders, Payments
 from demo.saga import INVENTORY, ORDER, ORDERS, PAYMENTS
@@ -46,6 +47,11 @@ class Config:
     base: str = MULTIPROC_TCP
     hosts: int = 2
     wave: int = 40
+    store: str | None = None  # a saga store URL; default: sagas.db in the directory
+
+    @property
+    def store_location(self) -> str:
+        return self.store or str(self.directory / "sagas.db")
 
 
 @attrs.define
@@ -121,7 +127,16 @@ def run_demo(config: Config, out: TextIO | None = None) -> int:
         f"host(s), {kills} host kill(s), seed {config.seed}"
     )
     progress.say(f"data directory: {config.directory}")
-    store_path = config.directory / "sagas.db"
+    store_path = config.store_location
+    if config.store is not None:
+        progress.say(f"saga store: {redacted(config.store)}")
+        with closing(open_store(store_path)) as fresh:
+            if fresh.count_by_status():
+                progress.say(
+                    f"the saga store {redacted(config.store)} already holds sagas; the demo "
+                    "checks its ledgers against a store of its own: give it an empty database"
+                )
+                return 2
     runtime = Understudy.start(
         store_path,
         [ORDER],
@@ -131,7 +146,7 @@ def run_demo(config: Config, out: TextIO | None = None) -> int:
     )
     try:
         killer = HostKiller(runtime, kills, len(orders), config.seed, progress.say)
-        store = open_store(store_path)
+        store = open_store(store_path, read_only=True)
         try:
             stats = drive(runtime, store, orders, config.wave, killer, progress)
         finally:
@@ -142,7 +157,7 @@ def run_demo(config: Config, out: TextIO | None = None) -> int:
         stats.coordinator_restarts = runtime.hosts().restarts
     finally:
         runtime.shutdown()
-    report = check_ledgers(config.directory, orders, stock)
+    report = check_ledgers(config.directory, orders, stock, store=config.store_location)
     report.print(out, stats, time.monotonic() - started)
     return 0 if report.passed else 1
 

@@ -32,13 +32,20 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="read
 @pytest.mark.multiproc
 def test_actor_processes_hold_only_their_own_connections(tmp_path: Path) -> None:
     """The coordinator keeps no store connection open (it forks every child), so each saga
-    host has exactly one connection to the store and each participant only its own database."""
+    host has exactly one connection to the store (and its shard's two blame files) and each
+    participant only its own database."""
     with start_runtime(tmp_path, base="multiprocTCPBase", hosts=2) as us:
         us.run("a", "order", {})
         info = us.hosts()
         assert [] == _open_files(info.coordinator_pid, tmp_path)
         for shard, pid in info.host_pids.items():
-            own = ["sagas.db", "sagas.db-shm", "sagas.db-wal", f"sagas.db.host{shard}.inflight"]
+            own = [
+                "sagas.db",
+                "sagas.db-shm",
+                "sagas.db-wal",
+                f"sagas.db.host{shard}.inflight",  # the input it handles
+                f"sagas.db.shard{shard}.blame",  # the batch it commits
+            ]
             assert own == _open_files(pid, tmp_path)
         for name, pid in info.participant_pids.items():
             assert [f"{name}.db", f"{name}.db-shm", f"{name}.db-wal"] == _open_files(pid, tmp_path)

@@ -21,7 +21,7 @@ def test_the_shard_count_is_fixed_when_the_store_is_created(tmp_path: Path) -> N
     """A store created with two shards keeps two; a start that asks for three is refused with
     the count to use, and a start that asks for nothing takes the store's count."""
     start_runtime(tmp_path, hosts=2).shutdown()
-    with pytest.raises(ShardCountMismatch, match="created with 2 shard.*shards=2"):
+    with pytest.raises(ShardCountMismatch, match=r"created with 2 shard.*shards=2"):
         start_runtime(tmp_path, hosts=3)
     with start_runtime(tmp_path) as us:
         assert 2 == len(us.hosts().host_pids)

@@ -20,8 +20,8 @@ import attrs
 
 from understudy import codec
 from understudy.errors import CorruptRecord, UnderstudyError
+from understudy.persistence import open_store
 from understudy.persistence.base import ALL_STATUSES, EventRecord, SagaRecord, SagaStore
-from understudy.persistence.sqlite import SQLiteStore
 
 DESCRIPTION = (
     "Read an understudy saga store (list sagas, show one saga's timeline), or run a chaos "
@@ -160,6 +160,7 @@ def _timeline(record: SagaRecord, events: Sequence[EventRecord], labels: dict[in
                 for k, v in e.detail.items()
                 if not intent or k not in _SHOWN_KEYS
             ),
+            f"DAMAGED: {e.corrupt}" if e.corrupt else "",
         ]
         print("  " + "  ".join(c for c in cells if c))
         retries += e.kind == "retry-scheduled"
@@ -207,6 +208,8 @@ def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
     print(f"  incarnation: {record.incarnation}")
     print(f"  recovery attempts: {record.recovery_attempts}")
     print(f"  reason: {record.reason or '-'}")
+    if record.corrupt:
+        print(f"  damaged: {record.corrupt}; understudy will not act on this row")
     if note:
         print(f"  note: {note}; the timeline below is still intact")
     if snapshot and snapshot.get("outstanding"):
@@ -232,11 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="understudy", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     listing = commands.add_parser("list", help="counts by status and one line per saga")
-    listing.add_argument("store", metavar="STORE", help="path of the SQLite saga store")
+    listing.add_argument(
+        "store", metavar="STORE", help="the saga store: a SQLite file path or a postgresql:// URL"
+    )
     listing.add_argument("--status", type=_status, help=f"only one of: {', '.join(ALL_STATUSES)}")
     listing.add_argument("--limit", type=int, default=100, help="at most N sagas (100)")
     show = commands.add_parser("show", help="a saga's row and timeline")
-    show.add_argument("store", metavar="STORE", help="path of the SQLite saga store")
+    show.add_argument(
+        "store", metavar="STORE", help="the saga store: a SQLite file path or a postgresql:// URL"
+    )
     show.add_argument("saga_id", metavar="SAGA_ID")
     show.add_argument("--json", action="store_true", help="print the row and events as JSON")
     chaos = commands.add_parser(
@@ -262,12 +269,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return command.run(args)
     # Checked here too, so a missing file is a usage error (status 2) naming the path.
-    if not os.path.isfile(args.store):
+    if "://" not in args.store and not os.path.isfile(args.store):
         why = "is not a file" if os.path.exists(args.store) else "does not exist"
         print(f"understudy: error: saga store {args.store!r} {why}", file=sys.stderr)
         return 2
     try:
-        with SQLiteStore(args.store, read_only=True) as store:
+        with open_store(args.store, read_only=True) as store:
             if args.command == "list":
                 return cmd_list(store, args.status, args.limit)
             return cmd_show(store, args.store, args.saga_id, args.json)

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from understudy import codec
+from understudy.actors.plumbing import Batch, Stop
 from understudy.actors.system import (
     IN_PROCESS,
     class_path,
@@ -75,12 +76,10 @@ from understudy.supervisors.coordinator import Coordinator
 from understudy.supervisors.leases import DEFAULT_TTL, about_me, claim_shards
 from understudy.supervisors.policy import RestartPolicy
 from understudy.supervisors.protocol import (
-    Batch,
     CoordinatorReady,
     CoordinatorSetup,
     HostsInfo,
     QueryHosts,
-    Stop,
     StoreConfig,
 )
 
@@ -459,7 +458,10 @@ class Understudy:
         return self.record(saga_id).status
 
     async def status_async(self, saga_id: str) -> str:
-        """asyncio twin of :meth:`status`, reading through aiosqlite."""
+        """asyncio twin of :meth:`status`: SQLite is read through aiosqlite, a database
+        server through this runtime's reader in a worker thread (its driver is synchronous)."""
+        if "://" in self.store_config.location:
+            return (await asyncio.to_thread(self.record, saga_id)).status
         from understudy.persistence.aio import open_async_reader
 
         async with open_async_reader(self.store_config.location) as reader:

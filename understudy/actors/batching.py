@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from understudy.supervisors.protocol import Batch, Flush
+from understudy.actors.plumbing import Batch, Flush
 
 
 class GroupCommit:

@@ -1,21 +1,38 @@
 """The participant base class: write a saga participant as an actor with registered handlers.
 
-A participant applies each request at most once. Its ledger of idempotency keys lives in SQLite,
-in the participant's own database file, and every handler runs inside the ledger's transaction:
-the effect the handler writes through ``db`` and the ledger row commit together, or neither does.
-So a request repeated after a crash, a timeout or a duplicated message returns the recorded
-outcome without running the handler again.
+A participant applies each request at most once. Its ledger of idempotency keys
+(:mod:`understudy.actors.ledger`) lives in the participant's own database, given by its
+``database`` option: a SQLite file path, or a PostgreSQL URL (``postgresql://user@host/db``;
+needs psycopg 3). Every ordinary handler runs inside the ledger's transaction, on that database's
+connection (``db``: a ``sqlite3`` or a ``psycopg`` connection): the effect the handler writes
+through ``db`` and the ledger row commit together, or neither does. So a request repeated after
+a crash, a timeout or a duplicated message returns the recorded outcome without running the
+handler again.
 
 Group commit: requests that arrive together share one transaction (each under a savepoint of its
-own, so a failing handler undoes only its own writes), and one FULL commit makes them all
-durable; only then do the replies go out. A participant under load pays one fsync per batch,
-not per request.
+own, so a failing handler undoes only its own writes), and one commit makes them all durable;
+only then do the replies go out. A participant under load pays one fsync per batch, not per
+request. A ledger statement or a commit that fails abandons the whole batch: every request in it
+is answered with an error and its saga retries under the same key. A connection lost (a
+PostgreSQL server restarted, a backend terminated) is opened again on the next request.
 
 Ledger rules (the participant half of invariants I4, I6 and I7):
 - a forward key seen before returns its recorded outcome; the same key with another payload is
   refused;
 - a compensation for a forward key never applied succeeds as a no-op, and leaves a tombstone;
 - a forward request that arrives after its compensation (the tombstone) is refused.
+
+External handlers (``@action(name, external=True)``, ``@compensation(name, external=True)``)
+are for effects outside any database, a payment provider's HTTP API say, which no transaction
+can hold. Such a request is served write-ahead: the ledger first commits a row saying it
+``started``; the handler then runs in a worker thread (a pool of ``external_workers`` threads
+per participant, 8 by default), outside any transaction, with ``db=None`` and ``step.key`` to
+pass on to the API, which must deduplicate by it; other requests are served meanwhile. The
+outcome it returns (a result, or a :class:`Reject`) is recorded, and only then replied. If the
+handler raises, or the participant dies meanwhile, the row stays ``started``: a retry of the
+key runs the handler again, and a compensation of that step runs too (where an ordinary one
+would be a no-op), told ``step.forward_outcome == "unknown"``. Requests for a step whose call is
+in flight here wait for it.
 
 Example::
 
@@ -31,119 +48,98 @@ Example::
         @compensation("release")
         def release(self, step, db):
             ...
+
+    class Payments(Participant):
+        @action("charge", external=True)
+        def charge(self, step, db):  # db is None
+            return provider.charge(step.payload["card"], idempotency_key=step.key)
+
+        @compensation("refund", external=True)
+        def refund(self, step, db):  # step.forward_outcome: "applied" or "unknown"
+            provider.refund(step.saga_id, idempotency_key=step.key)
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sqlite3
-import time
-from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from concurrent.futures import Future
+from datetime import timedelta
+from typing import Any, ClassVar
 
 import attrs
 
 from understudy import codec, failpoints
 from understudy.actors.batching import GroupCommit, Outbox
-from understudy.actors.system import ActorTypeDispatcher
-from understudy.actors.watch import OwnerWatch
-from understudy.errors import PayloadError
-from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
-from understudy.supervisors.protocol import Batch, Flush, Stopped
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Reject(Exception):
-    """Raise from a handler to refuse a request for a business reason (out of stock, card
-    declined). The refusal is recorded under the key and the saga compensates."""
-
-
-@attrs.frozen
-class StepContext:
-    """What a handler knows about the request it serves."""
-
-    saga_id: str
-    step: str
-    action: str
-    kind: str
-    key: str
-    attempt: int
-    payload: dict[str, Any]
-    results: dict[str, Any]  # forward results of earlier steps, by step name
-    forward_result: Any = None  # for a compensation: what the forward action returned
-
-
-def action(name: str) -> Callable[[F], F]:
-    """Register the decorated method as the handler of forward action ``name``."""
-
-    def mark(func: F) -> F:
-        func.__understudy_action__ = name  # type: ignore[attr-defined]
-        return func
-
-    return mark
-
-
-def compensation(name: str) -> Callable[[F], F]:
-    """Register the decorated method as the handler of compensation ``name``."""
-
-    def mark(func: F) -> F:
-        func.__understudy_compensation__ = name  # type: ignore[attr-defined]
-        return func
-
-    return mark
-
-
-_LEDGER_SCHEMA = """
-CREATE TABLE IF NOT EXISTS understudy_ledger (
-    key TEXT PRIMARY KEY,
-    saga_id TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    action TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    outcome TEXT NOT NULL,
-    result BLOB,
-    reason TEXT,
-    at REAL NOT NULL
+from understudy.actors.external import (
+    DEFAULT_WORKERS,
+    POLL_INTERVAL,
+    ExternalCalls,
+    Launch,
+    PollCalls,
 )
-"""
+from understudy.actors.handlers import (
+    Handler,
+    Reject,
+    StepContext,
+    action,
+    collect,
+    compensation,
+)
+from understudy.actors.ledger import (
+    APPLIED,
+    REJECTED,
+    STARTED,
+    Answer,
+    Ledger,
+    digest_of,
+    open_ledger,
+)
+from understudy.actors.plumbing import Batch, Flush, Stopped
+from understudy.actors.system import ActorTypeDispatcher, WakeupMessage
+from understudy.actors.watch import OwnerWatch
+from understudy.errors import LedgerError, PayloadError
+from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
 
-APPLIED = "applied"
-REJECTED = "rejected"
-NOOP = "noop"
-TOMBSTONE = "tombstone"
+__all__ = ["Participant", "Reject", "StepContext", "action", "compensation"]
+
+
+@attrs.define
+class _Staged:
+    """A request handled in the open batch: its reply (sent once the batch commits) or the
+    external call to start then (``launch``). ``releases``: the step whose call this records."""
+
+    msg: StepRequest
+    sender: Any
+    reply: StepReply | None
+    redelivered: bool = False
+    launch: Launch | None = None
+    releases: str | None = None
 
 
 class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
     """Base class of participant actors; see the module docstring."""
 
-    _actions: ClassVar[dict[str, str]] = {}
-    _compensations: ClassVar[dict[str, str]] = {}
+    _actions: ClassVar[dict[str, Handler]] = {}
+    _compensations: ClassVar[dict[str, Handler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        actions = dict(cls._actions)
-        compensations = dict(cls._compensations)
-        for attr, value in vars(cls).items():
-            if hasattr(value, "__understudy_action__"):
-                actions[value.__understudy_action__] = attr
-            if hasattr(value, "__understudy_compensation__"):
-                compensations[value.__understudy_compensation__] = attr
-        cls._actions = actions
-        cls._compensations = compensations
+        cls._actions, cls._compensations = collect(cls, cls._actions, cls._compensations)
 
     def __init__(self) -> None:
         super().__init__()
         self.name: str | None = None
-        self.db: sqlite3.Connection | None = None
-        # Requests applied in the open transaction, replied to once it commits.
-        self.staged: list[tuple[StepRequest, Any, StepReply, bool]] = []
+        self.ledger: Ledger | None = None
+        self.staged: list[_Staged] = []
+        self.calls: ExternalCalls | None = None
+        self.parked: list[tuple[StepRequest, Any]] = []  # waiting for a call on their step
+        self._poll_scheduled = False
 
-    def setup(self, db: sqlite3.Connection, options: dict[str, Any]) -> None:
-        """Hook: create the participant's own tables in ``db``; ``options`` come from
-        ``add_participant``. Runs once per actor start, inside a transaction."""
+    def setup(self, db: Any, options: dict[str, Any]) -> None:
+        """Hook: create the participant's own tables in ``db`` (a ``sqlite3`` or a ``psycopg``
+        connection, as the ``database`` option says); ``options`` come from
+        ``add_participant``. Runs once per actor start, inside a transaction; a connection
+        opened again later (after it was lost) does not run it again."""
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -151,9 +147,12 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         try:
             self._configure(msg)
         except Exception as exc:
-            self.send(
-                sender, ParticipantReady(msg.name, f"{type(exc).__name__}: {exc}", os.getpid())
-            )
+            text = f"{type(exc).__name__}: {exc}"
+            if self.ledger is not None:
+                text = self.ledger.scrub(text)
+                self.ledger.close()
+                self.ledger = None
+            self.send(sender, ParticipantReady(msg.name, text, os.getpid()))
             return
         self.watch_parent(msg.watch_interval)
         self.send(sender, ParticipantReady(msg.name, None, os.getpid()))
@@ -164,32 +163,30 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         if not database:
             raise ValueError(
                 f"participant {msg.name!r} needs a ledger database: pass "
-                "options={'database': 'path/to/participant.db'}"
+                "options={'database': 'path/to/participant.db'} (or a postgresql:// URL)"
             )
         self.name = msg.name
-        db = sqlite3.connect(
-            database,
-            timeout=float(msg.options.get("busy_timeout", 5.0)),
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={msg.options.get('synchronous', 'FULL')}")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(_LEDGER_SCHEMA)
-            self.setup(db, dict(msg.options))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            db.close()
-            raise
-        self.db = db
+        workers = int(msg.options.get("external_workers", DEFAULT_WORKERS))
+        self.calls = ExternalCalls(workers, f"understudy-{msg.name}")
+        self.ledger = ledger = open_ledger(str(database), msg.options)
+        ledger.begin()
+        ledger.create_schema()
+        self.setup(ledger.connection, dict(msg.options))
+        ledger.commit()
 
     # --- requests ---------------------------------------------------------------------------
 
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        # Intercepted before type dispatch, like the owner watch: a subclass that handles
+        # WakeupMessage itself must not stop external calls from being collected.
+        if isinstance(msg, WakeupMessage) and isinstance(msg.payload, PollCalls):
+            self._poll_scheduled = False
+            self._collect_calls()
+            return None
+        return super().receiveMessage(msg, sender)
+
     def receiveMsg_StepRequest(self, msg: StepRequest, sender: Any) -> None:
-        if self.db is None:
+        if self.ledger is None:
             self.send(
                 sender,
                 _reply(
@@ -204,9 +201,17 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self._accept(msg, sender, redelivered=False)
 
     def _accept(self, msg: StepRequest, sender: Any, redelivered: bool) -> None:
-        assert self.db is not None
-        reply = self._stage(self.db, msg)
-        self.staged.append((msg, sender, reply, redelivered))
+        assert self.ledger is not None and self.calls is not None
+        if msg.forward_key in self.calls.busy:
+            # An external call on this step is in flight: a retry must not call out twice at
+            # once, and a compensation must see how the call ended. Served once it has.
+            self.parked.append((msg, sender))
+            return
+        staged = self._stage(msg, sender)
+        if staged.launch is not None:
+            self.calls.busy.add(msg.forward_key)
+        staged.redelivered = redelivered
+        self.staged.append(staged)
         # Group commit: every request that arrives before the flush joins the same
         # transaction, so one FULL commit covers them all (as in the saga host).
         self.schedule_flush()
@@ -233,50 +238,216 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
     def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
         self.flush_started(len(self.staged))
         self._flush()
+        self._unpark()
 
-    def _stage(self, db: sqlite3.Connection, msg: StepRequest) -> StepReply:
+    def _stage(self, msg: StepRequest, sender: Any) -> _Staged:
         """Apply ``msg`` inside the open batch transaction. A failing handler undoes only its
-        own writes (its savepoint, in :meth:`_decide`); a failing ledger statement abandons the
+        own writes (its savepoint, in :meth:`_run`); a failing ledger statement abandons the
         whole batch."""
-        digest = hashlib.sha256(codec.encode([msg.action, msg.payload])).digest()
-        if not db.in_transaction:
-            db.execute("BEGIN IMMEDIATE")
+        assert self.ledger is not None
         try:
-            return self._decide(db, msg, digest)
+            if not self.ledger.in_transaction:
+                self.ledger.begin()
+            return self._decide(msg, sender)
         except _HandlerFailed as failed:
-            return _reply(msg, "error", reason=failed.reason)
+            return _Staged(msg, sender, _reply(msg, "error", reason=failed.reason))
+        except LedgerError as exc:
+            # Nothing of the batch is applied: each saga sees a failed attempt and retries
+            # under its own policy, with the same key (a lost connection is opened again then).
+            reason = f"participant {self.name!r} could not write its ledger: {exc}"
+            self._abandon(reason)
+            return _Staged(msg, sender, _reply(msg, "error", reason=reason))
         except BaseException as exc:
             # Thespian hands this message back once more (then bounces it to the saga as an
             # error); the requests staged before it get an error reply, so they retry.
             self._abandon(f"participant {self.name!r} could not write its ledger: {exc}")
             raise
 
+    def _decide(self, msg: StepRequest, sender: Any) -> _Staged:
+        assert self.ledger is not None
+        digest = digest_of(msg)
+        verdict = self.ledger.decide(msg, digest)
+        if isinstance(verdict, Answer):
+            reply = _reply(msg, verdict.outcome, verdict.result, verdict.reason, verdict.replayed)
+            return _Staged(msg, sender, reply)
+        handlers = self._compensations if msg.kind == "undo" else self._actions
+        handler = handlers.get(msg.action)
+        if handler is None:
+            what = "compensation" if msg.kind == "undo" else "action"
+            reason = (
+                f"participant {self.name!r} has no {what} {msg.action!r} "
+                f"(it has: {', '.join(sorted(handlers)) or 'none'})"
+            )
+            return _Staged(msg, sender, _reply(msg, "rejected", reason=reason))
+        context = StepContext(
+            msg.saga_id,
+            msg.step_name,
+            msg.action,
+            msg.kind,
+            msg.key,
+            msg.attempt,
+            msg.payload,
+            msg.results,
+            verdict.forward_result,
+            verdict.forward_outcome,
+        )
+        if handler.external:
+            if not verdict.started:
+                self.ledger.record(msg.key, msg, digest, STARTED)  # write-ahead
+            return _Staged(msg, sender, None, launch=Launch(msg, sender, handler.method, context))
+        return _Staged(msg, sender, self._run(msg, handler, context, digest, verdict.started))
+
+    def _run(
+        self, msg: StepRequest, handler: Handler, context: StepContext, digest: bytes, started: bool
+    ) -> StepReply:
+        """Run an ordinary handler under its own savepoint and record its outcome."""
+        ledger = self.ledger
+        assert ledger is not None
+        ledger.savepoint()
+        try:
+            result = getattr(self, handler.method)(context, ledger.connection)
+            encoded = codec.encode(result, f"result of {msg.action!r}")
+        except Reject as refusal:
+            ledger.rollback_to_savepoint()
+            self._record(msg, digest, started, REJECTED, None, str(refusal))
+            return _reply(msg, "rejected", reason=str(refusal))
+        except Exception as exc:
+            ledger.rollback_to_savepoint()
+            raise _HandlerFailed(_failure(exc)) from exc
+        try:
+            ledger.release_savepoint()
+        except LedgerError as exc:
+            if exc.lost:
+                raise
+            # The handler swallowed an error of its own statements (PostgreSQL then refuses
+            # everything until the savepoint is rolled back): its request failed, not the batch.
+            ledger.rollback_to_savepoint()
+            raise _HandlerFailed(f"the handler's transaction failed: {exc}") from None
+        self._record(msg, digest, started, APPLIED, encoded, None)
+        return _reply(msg, "ok", result=result)
+
+    def _record(
+        self,
+        msg: StepRequest,
+        digest: bytes,
+        started: bool,
+        outcome: str,
+        result: bytes | None,
+        reason: str | None,
+    ) -> None:
+        assert self.ledger is not None
+        if started:
+            self.ledger.finish(msg.key, outcome, result, reason)
+        else:
+            self.ledger.record(msg.key, msg, digest, outcome, result, reason)
+
+    # --- external calls ---------------------------------------------------------------------
+
+    def _call_external(self, method: str, context: StepContext) -> Any:
+        """Runs in a worker thread: the handler alone, with no connection (``db=None``). It must
+        not touch the actor's state nor send messages: the actor is not thread-safe."""
+        return getattr(self, method)(context, None)
+
+    def _launch(self, launch: Launch) -> None:
+        assert self.calls is not None
+        self.calls.submit(launch, self._call_external)
+        self._poll_soon()
+
+    def _poll_soon(self) -> None:
+        if not self._poll_scheduled:
+            self._poll_scheduled = True
+            self.wakeupAfter(timedelta(seconds=POLL_INTERVAL), PollCalls())
+
+    def _collect_calls(self) -> None:
+        """Record the outcome of every external call that returned, in the open batch; the
+        replies go out once it commits."""
+        if self.calls is None:
+            return
+        for launch, future in self.calls.finished():
+            reply = self._outcome(launch, future)
+            self.staged.append(
+                _Staged(launch.msg, launch.sender, reply, releases=launch.msg.forward_key)
+            )
+            self.schedule_flush()
+        if self.calls.in_flight:
+            self._poll_soon()
+
+    def _outcome(self, launch: Launch, future: Future[Any]) -> StepReply:
+        msg = launch.msg
+        encoded: bytes | None
+        reason: str | None
+        try:
+            result = future.result()
+            encoded = codec.encode(result, f"result of {msg.action!r}")
+        except Reject as refusal:
+            outcome, result, encoded, reason = REJECTED, None, None, str(refusal)
+        except Exception as exc:
+            # The call may or may not have taken effect: the row stays "started", and a retry
+            # of the key (or the step's compensation) runs its handler again.
+            return _reply(msg, "error", reason=_failure(exc))
+        else:
+            outcome, reason = APPLIED, None
+        assert self.ledger is not None
+        try:
+            if not self.ledger.in_transaction:
+                self.ledger.begin()
+            self.ledger.finish(msg.key, outcome, encoded, reason)
+        except LedgerError as exc:
+            failed = f"participant {self.name!r} could not write its ledger: {exc}"
+            self._abandon(failed)
+            return _reply(msg, "error", reason=failed)
+        if outcome == REJECTED:
+            return _reply(msg, "rejected", reason=reason)
+        return _reply(msg, "ok", result=result)
+
+    def _unpark(self) -> None:
+        """Serve the requests that waited for a call on their step, where it has ended."""
+        parked, self.parked = self.parked, []
+        for msg, sender in parked:
+            self._accept(msg, sender, redelivered=False)
+
+    # --- commit and replies -----------------------------------------------------------------
+
     def _abandon(self, reason: str) -> None:
         """Roll back the open batch and answer every request staged in it with an error."""
         staged, self.staged = self.staged, []
-        if self.db is not None and self.db.in_transaction:
-            self.db.execute("ROLLBACK")
-        for msg, sender, _unsent, _redelivered in staged:
-            self.send(sender, _reply(msg, "error", reason=reason))
+        if self.ledger is not None:
+            self.ledger.rollback()
+        for item in staged:
+            self._release(item)
+            self.send(item.sender, _reply(item.msg, "error", reason=reason))
+        if self.parked:
+            self.schedule_flush()  # a step released here: its parked requests go next
+
+    def _release(self, item: _Staged) -> None:
+        key = item.releases or (item.msg.forward_key if item.launch is not None else None)
+        if key is not None and self.calls is not None:
+            self.calls.busy.discard(key)
 
     def _flush(self) -> None:
-        """Commit the staged requests, then reply to each: a reply never runs ahead of the
-        ledger row it reports (write-ahead, as in the saga host)."""
+        """Commit the staged requests, then reply to each (or start its external call): a reply
+        never runs ahead of the ledger row it reports (write-ahead, as in the saga host)."""
         staged, self.staged = self.staged, []
-        db = self.db
-        if not staged or db is None:
+        ledger = self.ledger
+        if not staged or ledger is None:
             return
         try:
-            if db.in_transaction:
-                db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            # Nothing of the batch is applied: each saga sees a failed attempt and retries
-            # under its own policy, with the same key.
+            if ledger.in_transaction:
+                ledger.commit()
+        except LedgerError as exc:
+            # Nothing of the batch is applied (or, a connection lost during COMMIT, perhaps all
+            # of it): either way each saga retries with the same key, and the ledger answers.
             self.staged = staged
             self._abandon(f"participant {self.name!r} could not commit its ledger: {exc}")
             return
         outbox = Outbox()  # one message per saga host, however many replies it carries
-        for msg, sender, reply, redelivered in staged:
+        for item in staged:
+            if item.launch is not None:
+                self._launch(item.launch)
+                continue
+            self._release(item)
+            msg, sender, reply = item.msg, item.sender, item.reply
+            assert reply is not None
             try:
                 failpoints.hit("participant.after_apply", msg.saga_id, self.name)
                 verdict = failpoints.hit("participant.before_reply", msg.saga_id, self.name)
@@ -284,7 +455,7 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 # A crash between the commit and the reply. Do what Thespian does with a
                 # message whose handler raised: handle it once more (the ledger replays the
                 # recorded outcome), and after a second failure bounce it as an error.
-                if redelivered:
+                if item.redelivered:
                     self.send(
                         sender,
                         _reply(msg, "error", reason=f"participant could not handle it ({exc})"),
@@ -299,111 +470,7 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 outbox.add(sender, reply)
         outbox.send_all(self.send)
 
-    def _decide(self, db: sqlite3.Connection, msg: StepRequest, digest: bytes) -> StepReply:
-        row = db.execute(
-            "SELECT digest, outcome, result, reason FROM understudy_ledger WHERE key = ?",
-            (msg.key,),
-        ).fetchone()
-        if row is not None:
-            recorded_digest, outcome, result, reason = row
-            if outcome == TOMBSTONE:
-                return _reply(
-                    msg,
-                    "rejected",
-                    reason="refused: this step was already compensated before the request arrived",
-                )
-            if recorded_digest != digest:
-                return _reply(
-                    msg,
-                    "rejected",
-                    reason=f"idempotency key {msg.key!r} was used "
-                    "before with a different action or payload",
-                )
-            return _reply(
-                msg,
-                "rejected" if outcome == REJECTED else "ok",
-                result=codec.decode(result) if result is not None else None,
-                reason=reason,
-                replayed=True,
-            )
-        forward_result = None
-        if msg.kind == "undo":
-            forward = db.execute(
-                "SELECT outcome, result FROM understudy_ledger WHERE key = ?", (msg.forward_key,)
-            ).fetchone()
-            if forward is None or forward[0] != APPLIED:
-                if forward is None:
-                    self._record(db, msg.forward_key, msg, b"", TOMBSTONE, None, None)
-                self._record(db, msg.key, msg, digest, NOOP, None, None)
-                return _reply(msg, "ok", reason="nothing to undo: the step never applied here")
-            forward_result = codec.decode(forward[1]) if forward[1] is not None else None
-            method_name = self._compensations.get(msg.action)
-        else:
-            method_name = self._actions.get(msg.action)
-        if method_name is None:
-            known = sorted(self._actions if msg.kind == "do" else self._compensations)
-            return _reply(
-                msg,
-                "rejected",
-                reason=f"participant {self.name!r} has no "
-                f"{'action' if msg.kind == 'do' else 'compensation'} {msg.action!r} "
-                f"(it has: {', '.join(known) or 'none'})",
-            )
-        context = StepContext(
-            msg.saga_id,
-            msg.step_name,
-            msg.action,
-            msg.kind,
-            msg.key,
-            msg.attempt,
-            msg.payload,
-            msg.results,
-            forward_result,
-        )
-        db.execute("SAVEPOINT handler")
-        try:
-            result = getattr(self, method_name)(context, db)
-            encoded = codec.encode(result, f"result of {msg.action!r}")
-        except Reject as refusal:
-            db.execute("ROLLBACK TO handler")
-            db.execute("RELEASE handler")
-            self._record(db, msg.key, msg, digest, REJECTED, None, str(refusal))
-            return _reply(msg, "rejected", reason=str(refusal))
-        except Exception as exc:
-            db.execute("ROLLBACK TO handler")
-            db.execute("RELEASE handler")
-            reason = str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__name__}: {exc}"
-            raise _HandlerFailed(reason) from exc
-        db.execute("RELEASE handler")
-        self._record(db, msg.key, msg, digest, APPLIED, encoded, None)
-        return _reply(msg, "ok", result=result)
-
-    @staticmethod
-    def _record(
-        db: sqlite3.Connection,
-        key: str,
-        msg: StepRequest,
-        digest: bytes,
-        outcome: str,
-        result: bytes | None,
-        reason: str | None,
-    ) -> None:
-        db.execute(
-            "INSERT INTO understudy_ledger (key, saga_id, step, kind, action, digest, outcome, "
-            "result, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                msg.saga_id,
-                msg.step,
-                "do" if key == msg.forward_key else msg.kind,
-                msg.action,
-                digest,
-                outcome,
-                result,
-                reason,
-                time.time(),
-            ),
-        )
+    # --- stopping ---------------------------------------------------------------------------
 
     def receiveMsg_Stop(self, msg: Any, sender: Any) -> None:
         """The runtime is shutting down: close the database now, not at garbage collection."""
@@ -415,15 +482,21 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
 
     def _close(self) -> None:
         self._flush()  # what is staged commits and is answered; nothing half-done is left
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        if self.calls is not None:
+            self.calls.close()  # calls in flight keep their "started" rows: retries resolve them
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
 
 
 class _HandlerFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _failure(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__name__}: {exc}"
 
 
 def _reply(

@@ -38,6 +38,8 @@ def process_identity(pid: int) -> ProcessIdentity:
 
 
 def is_running(identity: ProcessIdentity) -> bool:
+    """Whether the process still runs: it exists, is the same process (start time), and is not
+    a zombie (a killed process its parent has not reaped yet has exited all the same)."""
     pid, started = identity
     try:
         os.kill(pid, 0)
@@ -45,7 +47,14 @@ def is_running(identity: ProcessIdentity) -> bool:
         return False
     except PermissionError:
         pass  # it exists, owned by someone else
-    return started is None or process_identity(pid)[1] in (started, None)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return False
+        return started is None or fields[19].decode() == started
+    except (OSError, IndexError):
+        return True  # no /proc to tell: os.kill found it
 
 
 @attrs.frozen

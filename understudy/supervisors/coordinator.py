@@ -20,6 +20,7 @@ import attrs
 
 from understudy import codec, failpoints
 from understudy.actors.batching import Outbox
+from understudy.actors.plumbing import Batch, Stop, Stopped
 from understudy.actors.system import (
     ActorTypeDispatcher,
     ChildActorExited,
@@ -47,7 +48,6 @@ from understudy.persistence import open_store
 from understudy.supervisors.host import SagaHost, shard_of
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
-    Batch,
     CoordinatorReady,
     CoordinatorSetup,
     HostLeaseLost,
@@ -61,8 +61,6 @@ from understudy.supervisors.protocol import (
     QueryHosts,
     Reconfigure,
     Respawn,
-    Stop,
-    Stopped,
 )
 
 log = logging.getLogger("understudy.coordinator")
@@ -139,7 +137,10 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 self.latest.get(definition.name, 0), definition.version
             )
         try:
-            open_store(msg.store.location, **msg.store.options).close()
+            # The shard count is fixed here too (the runtime's start fixed it already, but a
+            # coordinator can be set up without one); a store with another count is refused.
+            with open_store(msg.store.location, **msg.store.options) as store:
+                store.fix_shards(msg.hosts)
             self.store_ok = True
         except UnderstudyError as exc:
             self.send(sender, CoordinatorReady(0, (), error=str(exc)))

@@ -33,6 +33,7 @@ import attrs
 
 from understudy import codec, failpoints
 from understudy.actors.batching import GroupCommit, Outbox
+from understudy.actors.plumbing import Batch, Flush, Stop, Stopped
 from understudy.actors.saga import DO, Finish, Saga, Send, Timer
 from understudy.actors.system import (
     ActorExitRequest,
@@ -58,8 +59,6 @@ from understudy.supervisors.inflight import InFlight, marker_path
 from understudy.supervisors.leases import about_me, renew_every, take_over_dead
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
-    Batch,
-    Flush,
     HostLeaseLost,
     HostReady,
     HostSetup,
@@ -71,8 +70,6 @@ from understudy.supervisors.protocol import (
     RenewLease,
     RetrySetup,
     SagaTimer,
-    Stop,
-    Stopped,
     Tick,
 )
 

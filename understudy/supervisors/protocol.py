@@ -86,12 +86,6 @@ class ParticipantTable:
 
 
 @attrs.frozen
-class Flush:
-    """An actor's reminder to itself to commit the batch it has gathered (saga hosts and
-    participants group-commit this way)."""
-
-
-@attrs.frozen
 class SagaTimer:
     saga_id: str
     incarnation: int
@@ -165,25 +159,3 @@ class HostsInfo:
     participant_pids: dict[str, int]
     restarts: int
     coordinator_pid: int = 0
-
-
-@attrs.frozen
-class Batch:
-    """Several messages from one sender, handled in order (lets a client's starts share commits)."""
-
-    messages: tuple[Any, ...]
-
-
-@attrs.frozen
-class Stop:
-    """Sent before the actor system shuts down: children that exit now must not be restarted,
-    and hosts release their store and shard marker (the in-process base never tells actors
-    that the system is going away)."""
-
-
-@attrs.frozen
-class Stopped:
-    """A host has released its store and shard marker (or a participant its database)."""
-
-    shard: int
-    participant: str | None = None

@@ -1,0 +1,40 @@
+"""Generic actor plumbing: messages every understudy actor that batches or stops cleanly uses.
+
+Saga hosts, participants and the coordinator all speak these, so they live beside the actors
+(importable top-level classes: the multi-process bases pickle them), not with the supervisors'
+own protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Flush:
+    """An actor's reminder to itself to commit the batch it has gathered (saga hosts and
+    participants group-commit this way)."""
+
+
+@attrs.frozen
+class Batch:
+    """Several messages from one sender, handled in order (lets a client's starts share commits)."""
+
+    messages: tuple[Any, ...]
+
+
+@attrs.frozen
+class Stop:
+    """Sent before the actor system shuts down: children that exit now must not be restarted,
+    and hosts release their store and shard marker (the in-process base never tells actors
+    that the system is going away)."""
+
+
+@attrs.frozen
+class Stopped:
+    """A host has released its store and shard marker (or a participant its database)."""
+
+    shard: int
+    participant: str | None = None

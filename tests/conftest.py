@@ -12,9 +12,11 @@ import pytest
 from participants import Recorder
 
 from understudy import RetryPolicy, SagaDefinition, Step, Understudy
+from understudy.persistence import open_store
 
 pytest_plugins = ["pytester", "pg"]
 BASES = ["simpleSystemBase", "multiprocTCPBase"]
+STORES = ["sqlite", "postgres"]
 PARTICIPANTS = ("orders", "inventory", "payments")
 
 FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
@@ -66,12 +68,16 @@ def recorders(tmp_path: Path) -> list[tuple[str, type, dict[str, Any]]]:
 
 
 def start_runtime(
-    tmp_path: Path, definitions: Any = None, participants: Any = None, **options: Any
+    tmp_path: Path,
+    definitions: Any = None,
+    participants: Any = None,
+    store: str | Path | None = None,
+    **options: Any,
 ) -> Understudy:
-    """An understudy runtime over ``tmp_path / "sagas.db"``, with the order saga and Recorder
-    participants unless told otherwise; the caller shuts it down."""
+    """An understudy runtime over ``store`` (default ``tmp_path / "sagas.db"``), with the order
+    saga and Recorder participants unless told otherwise; the caller shuts it down."""
     return Understudy.start(
-        tmp_path / "sagas.db",
+        tmp_path / "sagas.db" if store is None else store,
         definitions or [order_definition()],
         recorders(tmp_path) if participants is None else participants,
         **options,
@@ -79,12 +85,30 @@ def start_runtime(
 
 
 @pytest.fixture
-def start(tmp_path: Path, base: str) -> Iterator[Callable[..., Understudy]]:
-    """Start runtimes with :func:`start_runtime` on the parametrised base; shut down after."""
+def saga_store(tmp_path: Path) -> str:
+    """The saga store of a test: a SQLite file under ``tmp_path``. A module whose tests run on
+    every backend overrides it with a fixture parametrised over :data:`STORES` that returns
+    :func:`store_location`."""
+    return str(tmp_path / "sagas.db")
+
+
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The saga store for ``request.param``: a SQLite file under ``tmp_path``, or a fresh
+    database on the test PostgreSQL server."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "sagas.db")
+
+
+@pytest.fixture
+def start(tmp_path: Path, base: str, saga_store: str) -> Iterator[Callable[..., Understudy]]:
+    """Start runtimes with :func:`start_runtime` on the parametrised base and store; shut
+    down after."""
     running: list[Understudy] = []
 
     def _start(definitions: Any = None, participants: Any = None, **options: Any) -> Understudy:
         options.setdefault("base", base)
+        options.setdefault("store", saga_store)
         runtime = start_runtime(tmp_path, definitions, participants, **options)
         running.append(runtime)
         return runtime
@@ -92,6 +116,12 @@ def start(tmp_path: Path, base: str) -> Iterator[Callable[..., Understudy]]:
     yield _start
     for runtime in running:
         runtime.shutdown()
+
+
+def stored(location: str, saga_id: str) -> tuple[Any, list[Any]]:
+    """The saga's row (or None) and its timeline, read from the store at ``location``."""
+    with closing(open_store(location, read_only=True)) as store:
+        return store.get(saga_id), store.events(saga_id)
 
 
 def effects(path: Path) -> list[tuple[str, str, str]]:

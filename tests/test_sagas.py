@@ -1,16 +1,15 @@
-"""Core saga behaviour, on the in-process base and on a multi-process base."""
+"""Core saga behaviour, on the in-process base and on a multi-process base, with the saga store
+in a SQLite file and in PostgreSQL."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 
 import attrs
 import pytest
 from apps import PlaceOrder, Shop
-from conftest import FAST, all_effects, order_definition, timeline
+from conftest import FAST, STORES, all_effects, order_definition, store_location, stored, timeline
 from participants import Recorder, Silent
 
 from understudy import (
@@ -24,9 +23,16 @@ from understudy import (
     UnknownDefinition,
     UnknownParticipant,
 )
-from understudy.persistence.sqlite import SQLiteStore
 
 Start = Callable[..., Understudy]
+
+
+@pytest.fixture(params=STORES)
+def saga_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The core scenarios run on every store backend (and, through ``start``, every base)."""
+    return store_location(request, tmp_path)
+
+
 FORWARD = [("create", "do"), ("reserve", "do"), ("charge", "do")]
 
 
@@ -54,13 +60,15 @@ def test_a_rejected_step_compensates_earlier_steps_in_reverse(start: Start, tmp_
     ]
 
 
-def test_transient_errors_are_retried_with_the_same_key(start: Start, tmp_path: Path) -> None:
+def test_transient_errors_are_retried_with_the_same_key(
+    start: Start, tmp_path: Path, saga_store: str
+) -> None:
     """A handler that fails twice is retried; its effect is applied once."""
     us = start()
     finished = us.run("o-3", "order", {"fail": {"charge": 2}})
     assert finished.status == "completed"
     assert timeline(tmp_path, "o-3") == FORWARD
-    kinds = [e.kind for e in SQLiteStore(tmp_path / "sagas.db").events("o-3")]
+    kinds = [e.kind for e in stored(saga_store, "o-3")[1]]
     assert kinds.count("retry-scheduled") == 2
 
 
@@ -103,7 +111,7 @@ def test_a_compensation_that_keeps_failing_parks_the_saga(start: Start) -> None:
 
 
 def test_a_participant_that_never_replies_times_out_then_compensates(
-    start: Start, tmp_path: Path
+    start: Start, tmp_path: Path, saga_store: str
 ) -> None:
     """No reply within the timeout counts as a failed attempt; after the retries the saga
     compensates, including the step that timed out (it may have run)."""
@@ -134,27 +142,31 @@ def test_a_participant_that_never_replies_times_out_then_compensates(
         "compensate step 'charge' (refund)",
         "compensate step 'create' (cancel)",
     )
-    kinds = [e.kind for e in SQLiteStore(tmp_path / "sagas.db").events("o-6")]
+    kinds = [e.kind for e in stored(saga_store, "o-6")[1]]
     assert kinds.count("timeout") - 3 == 3  # three forward timeouts, then three on the refund
     assert "aborted" in kinds
 
 
-def test_an_unknown_participant_is_refused_at_start(start: Start, tmp_path: Path) -> None:
+def test_an_unknown_participant_is_refused_at_start(
+    start: Start, tmp_path: Path, saga_store: str
+) -> None:
     """A definition naming an unregistered participant is refused, naming it; nothing is
     written."""
     definition = SagaDefinition("ship", 1, [Step("ship", "carrier", "ship", "unship")])
     us = start([order_definition(), definition])
     with pytest.raises(UnknownParticipant, match="'carrier'"):
         us.run("s-1", "ship", {})
-    assert SQLiteStore(tmp_path / "sagas.db").get("s-1") is None
+    assert stored(saga_store, "s-1")[0] is None
 
 
-def test_an_unencodable_payload_is_refused_naming_the_field(start: Start, tmp_path: Path) -> None:
+def test_an_unencodable_payload_is_refused_naming_the_field(
+    start: Start, tmp_path: Path, saga_store: str
+) -> None:
     """A payload msgpack cannot encode is refused before anything is written."""
     us = start()
     with pytest.raises(PayloadError, match=r"customer\.since"):
         us.run("o-7", "order", {"customer": {"since": object()}})
-    assert SQLiteStore(tmp_path / "sagas.db").get("o-7") is None
+    assert stored(saga_store, "o-7")[0] is None
 
 
 def test_an_unknown_definition_is_refused(start: Start) -> None:
@@ -213,16 +225,17 @@ async def test_asyncio_code_starts_and_queries_sagas(start: Start) -> None:
     assert status == "completed"
 
 
-def test_a_new_runtime_resumes_unfinished_sagas(start: Start, tmp_path: Path) -> None:
+def test_a_new_runtime_resumes_unfinished_sagas(
+    start: Start, tmp_path: Path, saga_store: str
+) -> None:
     """Sagas left unfinished by one runtime are finished by the next one on the same store."""
     us = start()
     accepted = us.submit("r-1", "order", {"fail": {"charge": -1}})
     assert not accepted.existing
     us.shutdown()
-    with closing(sqlite3.connect(tmp_path / "sagas.db")) as db:
-        (status,) = db.execute(
-            "SELECT status FROM understudy_sagas WHERE saga_id = 'r-1'"
-        ).fetchone()
+    record = stored(saga_store, "r-1")[0]
+    assert record is not None
+    status = record.status
     assert status in ("running", "compensating", "compensated")
     again = start()
     record = again.wait("r-1", timeout=30)

@@ -19,7 +19,7 @@ import attrs
 
 from demo.workload import Order
 from understudy import COMPENSATED, COMPLETED, FAILED
-from understudy.persistence import open_store
+from understudy.persistence import open_store, redact
 
 if TYPE_CHECKING:
     from demo.run import RunStats
@@ -149,15 +149,6 @@ def read_ledgers(directory: Path) -> Ledgers:
     return Ledgers(orders, shelves, held, charges, refunds, accounts)
 
 
-def redacted(location: str) -> str:
-    """A store location fit to print: a database URL without its credentials."""
-    if location.startswith(("postgresql://", "postgres://")):
-        from understudy.persistence.postgres import redact
-
-        return redact(location)
-    return location
-
-
 def check_ledgers(
     directory: Path,
     orders: list[Order],
@@ -177,7 +168,7 @@ def check_ledgers(
         last = max(r.updated_at for r in records.values())
         report.span = last - min(r.created_at for r in records.values())
     report.statuses.update(r.status for r in records.values())
-    report.store = redacted(location)
+    report.store = redact(location)
     report.resumed = sorted(r.saga_id for r in records.values() if r.incarnation > 1)
     compensated = [sid for sid in report.resumed if records[sid].status == COMPENSATED]
     report.example = (compensated or report.resumed or [""])[0]

@@ -21,13 +21,13 @@ from typing import Any, TextIO
 
 import attrs
 
-from demo.check import TERMINAL, check_ledgers, redacted
+from demo.check import TERMINAL, check_ledgers
 from demo.crash import HostKiller
 from demo.participants import Inventory, Orders, Payments
 from demo.saga import INVENTORY, ORDER, ORDERS, PAYMENTS
 from demo.workload import Order, make_orders, opening_stock
 from understudy import MULTIPROC_TCP, SagaFinished, Understudy
-from understudy.persistence import SagaStore, open_store
+from understudy.persistence import SagaStore, open_store, redact
 
 TICK = 0.1  # how often the store is read for the done count
 PROGRESS_EVERY = 0.5
@@ -129,11 +129,11 @@ def run_demo(config: Config, out: TextIO | None = None) -> int:
     progress.say(f"data directory: {config.directory}")
     store_path = config.store_location
     if config.store is not None:
-        progress.say(f"saga store: {redacted(config.store)}")
+        progress.say(f"saga store: {redact(config.store)}")
         with closing(open_store(store_path)) as fresh:
             if fresh.count_by_status():
                 progress.say(
-                    f"the saga store {redacted(config.store)} already holds sagas; the demo "
+                    f"the saga store {redact(config.store)} already holds sagas; the demo "
                     "checks its ledgers against a store of its own: give it an empty database"
                 )
                 return 2

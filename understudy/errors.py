@@ -17,6 +17,7 @@ an exception of the same meaning, the error subclasses it too, so ``except Timeo
     │   ├── LeaseLost                     a saga host's shard lease was taken over: it stops
     │   ├── ShardCountMismatch (ValueError)  a start asks for another shard count than the store's
     │   └── StoreInUse                    another live understudy runtime works on this store
+    ├── LedgerError                       a participant's ledger database failed (driver errors)
     └── ActorSystemError                  the actor system could not be started or reached
         └── CoordinatorTimeout (TimeoutError)  no reply within the timeout
 
@@ -78,6 +79,17 @@ class ShardCountMismatch(StoreError, ValueError):
 
 class StoreInUse(StoreError):
     """Another live understudy runtime holds the shards of this store."""
+
+
+class LedgerError(UnderstudyError):
+    """A participant's ledger database failed; driver errors are translated to this at the
+    ledger boundary, with the database named without its credentials. ``lost``: the connection
+    is gone (a server restart, a terminated backend); the participant abandons its batch and
+    connects again on its next request."""
+
+    def __init__(self, message: str, *, lost: bool = False) -> None:
+        super().__init__(message)
+        self.lost = lost
 
 
 class ActorSystemError(UnderstudyError):

@@ -70,10 +70,10 @@ from understudy.messages import (
     StartSaga,
 )
 from understudy.messages import SagaRejected as SagaRejectedMessage
-from understudy.persistence import SagaStore, open_store
+from understudy.persistence import SagaStore, open_store, redact
 from understudy.persistence.base import SagaRecord
 from understudy.supervisors.coordinator import Coordinator
-from understudy.supervisors.leases import DEFAULT_TTL, about_me, claim_shards
+from understudy.supervisors.leases import DEFAULT_TTL, about_me, claim_shards, give_back
 from understudy.supervisors.policy import RestartPolicy
 from understudy.supervisors.protocol import (
     CoordinatorReady,
@@ -313,8 +313,12 @@ class Understudy:
             AddParticipant(name, class_path(pcls), dict(options))
             for name, pcls, options in participants
         )
-        detached = detached_count()
-        asys = start_actor_system(base, admin_port=admin_port)
+        try:
+            detached = detached_count()
+            asys = start_actor_system(base, admin_port=admin_port)
+        except BaseException:
+            _give_back(store_config, leases)
+            raise
         try:
             coordinator = asys.createActor(Coordinator)
             setup = CoordinatorSetup(
@@ -340,6 +344,7 @@ class Understudy:
                 raise ActorSystemError(f"understudy could not start: {reply.error}")
         except BaseException:
             asys.shutdown()
+            _give_back(store_config, leases)
             raise
         runtime = cls(asys, coordinator, store_config, base, reply.resumed)
         runtime._admin = detached_since(detached)
@@ -450,7 +455,9 @@ class Understudy:
         """The saga's stored row; raises :class:`SagaNotFound`."""
         record = self._reader().get(saga_id)
         if record is None:
-            raise SagaNotFound(f"no saga with id {saga_id!r} in {self.store_config.location!r}")
+            raise SagaNotFound(
+                f"no saga with id {saga_id!r} in {redact(self.store_config.location)!r}"
+            )
         return record
 
     def status(self, saga_id: str) -> str:
@@ -467,7 +474,9 @@ class Understudy:
         async with open_async_reader(self.store_config.location) as reader:
             record = await reader.get(saga_id)
         if record is None:
-            raise SagaNotFound(f"no saga with id {saga_id!r} in {self.store_config.location!r}")
+            raise SagaNotFound(
+                f"no saga with id {saga_id!r} in {redact(self.store_config.location)!r}"
+            )
         return record.status
 
     def wait(self, saga_id: str, timeout: float = 60.0, poll: float = 0.02) -> SagaRecord:
@@ -522,6 +531,15 @@ class Understudy:
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
+
+
+def _give_back(store_config: StoreConfig, leases: dict[int, Any]) -> None:
+    """Free the shards a failed start took, so that the next start need not wait them out."""
+    try:
+        with open_store(store_config.location, **store_config.options) as store:
+            give_back(store, leases)
+    except UnderstudyError:
+        pass  # the leases expire on their own
 
 
 def _refuse_open_databases(paths: list[str]) -> None:

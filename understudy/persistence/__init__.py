@@ -7,11 +7,32 @@ Only the backend modules import their database drivers; everything else talks to
 from __future__ import annotations
 
 import os
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from understudy.persistence.base import SagaStore
 
 #: URL schemes of the PostgreSQL store (libpq accepts both).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def redact(location: str | os.PathLike[str]) -> str:
+    """``location`` as it may be shown to anyone (errors, logs, reprs): a PostgreSQL URL keeps
+    its scheme, host(s), port(s) and database, plus the ``host``/``port`` query parameters (a
+    unix socket directory), and never the user, the password or any other query parameter
+    (``password=``, ``sslpassword=``, ...); any other location (a file path) as it is.
+
+    Needs no database driver, so messages about any store can use it."""
+    text = os.fspath(location)
+    if not text.startswith(POSTGRES_SCHEMES):
+        return text
+    try:
+        parts = urlsplit(text)
+        netloc = parts.netloc.rpartition("@")[2]  # whatever precedes '@' is user[:password]
+        kept = [(k, v) for k, v in parse_qsl(parts.query) if k in ("host", "hostaddr", "port")]
+    except ValueError:
+        return f"{text.partition('://')[0]}://(an unreadable URL)"
+    query = "&".join(f"{k}={v}" for k, v in kept)
+    return f"{parts.scheme}://{netloc}{unquote(parts.path) or '/'}" + (f"?{query}" if query else "")
 
 
 def open_store(location: str | os.PathLike[str], **options: object) -> SagaStore:
@@ -40,4 +61,4 @@ def open_store(location: str | os.PathLike[str], **options: object) -> SagaStore
     return SQLiteStore(text, **options)  # type: ignore[arg-type]
 
 
-__all__ = ["POSTGRES_SCHEMES", "SagaStore", "open_store"]
+__all__ = ["POSTGRES_SCHEMES", "SagaStore", "open_store", "redact"]

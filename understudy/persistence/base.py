@@ -230,9 +230,10 @@ class SagaStore(abc.ABC):
         the new holder says otherwise (a holder that dies while recovering blames everyone)."""
 
     @abc.abstractmethod
-    def renew(self, lease: Lease, ttl: float) -> Lease:
+    def renew(self, lease: Lease, ttl: float, about: dict[str, Any] | None = None) -> Lease:
         """Extend ``lease`` to ``ttl`` seconds from now; :class:`~understudy.errors.LeaseLost`
-        when its epoch is no longer the shard's."""
+        when its epoch is no longer the shard's. With ``about``, the lease says from now on
+        who holds it (a runtime's start hands the leases it took to its saga hosts)."""
 
     @abc.abstractmethod
     def release(self, lease: Lease) -> None:

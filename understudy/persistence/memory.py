@@ -196,12 +196,13 @@ class MemoryStore(SagaStore):
         self._leases[shard] = attrs.evolve(lease, blamed=EVERYONE)
         return lease
 
-    def renew(self, lease: Lease, ttl: float) -> Lease:
+    def renew(self, lease: Lease, ttl: float, about: dict[str, Any] | None = None) -> Lease:
         self._check_lease(lease)
+        about = lease.about if about is None else dict(about)
         self._leases[lease.shard] = attrs.evolve(
-            self._leases[lease.shard], expires_at=self.now() + ttl
+            self._leases[lease.shard], expires_at=self.now() + ttl, about=about
         )
-        return attrs.evolve(lease, expires_at=self._leases[lease.shard].expires_at)
+        return attrs.evolve(lease, expires_at=self._leases[lease.shard].expires_at, about=about)
 
     def release(self, lease: Lease) -> None:
         current = self._lease(lease.shard)

@@ -10,24 +10,32 @@ Why psycopg 3 (the ``postgres`` extra, ``psycopg[binary]>=3.1``):
   so every store call would need an event loop run inside the actor (or a thread to hold one),
   which is slower and another thing to get wrong;
 - binary wheels bundle libpq: ``pip install`` needs no compiler and no system libpq;
-- pipeline mode and batched ``executemany``: a whole group commit (the fence, every saga's
-  insert or fenced update, the events, the COMMIT) costs two round trips, not one per statement,
-  which is what the hot path needs; psycopg2 has neither;
+- pipeline mode (statements queued and answered together) and batching (``executemany``, and
+  Python lists sent as binary arrays): a whole group commit (the fence, every saga's insert or
+  fenced update, the events, the COMMIT) is a handful of statements in two round trips, however
+  many sagas it carries, which is what the hot path needs (psycopg2 has no pipeline mode and is
+  in maintenance);
 - it connects through libpq, so libpq's environment works as it does for ``psql``: PGPASSWORD,
   ``~/.pgpass``, PGSERVICE, PGSSLMODE and friends. A URL without a password is the one to use:
   the store's location travels to every saga host process inside setup messages.
 
 Credentials never appear in an error message, a log line or a repr: everything names the
-server by :func:`redact` (scheme, host, port, database; no user, password or query), and driver
-text is scrubbed of the password before it is quoted.
+server by :func:`understudy.persistence.redact` (scheme, host, port, database; no user, password
+or query), and driver text is scrubbed of the password before it is quoted.
 
-Transactions are READ COMMITTED, one connection per store instance, autocommit off, every
-operation one explicit transaction. Fencing holds under READ COMMITTED because every write under
-a lease begins by locking its shard's row (an UPDATE of the row, fenced by epoch), and
-:meth:`PostgresStore.acquire` locks the same row (SELECT ... FOR UPDATE) before it bumps the
-epoch: the two serialise on that row lock, so no acquire can commit between a batch's fence and
-its COMMIT, and a batch that waited for an acquire sees the new epoch when the lock is granted
-(PostgreSQL re-evaluates an UPDATE's WHERE on the newest row version) and applies nothing.
+Transactions are READ COMMITTED, one connection per store instance, every operation one
+explicit transaction: the store sends BEGIN and COMMIT itself, inside the pipeline. (psycopg's
+own implicit BEGIN, its "autocommit off" mode, waits for the BEGIN's answer before the first
+statement: a round trip more for every transaction. So psycopg's autocommit flag is on, and no
+statement of the store runs outside a BEGIN ... COMMIT it wrote.) A batch costs two round trips
+(BEGIN, fence and the sagas' statements; then the events and COMMIT), a query or a blame one.
+
+Fencing holds under READ COMMITTED because every write under a lease begins by locking its
+shard's row (an UPDATE of the row, fenced by epoch), and :meth:`PostgresStore.acquire` locks the
+same row (SELECT ... FOR UPDATE) before it bumps the epoch: the two serialise on that row lock,
+so no acquire can commit between a batch's fence and its COMMIT, and a batch that waited for an
+acquire sees the new epoch when the lock is granted (PostgreSQL re-evaluates an UPDATE's WHERE on
+the newest row version) and applies nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from psycopg.rows import TupleRow
 
 from understudy import failpoints
 from understudy.errors import CorruptRecord, LeaseLost, StoreError, StoreUnavailable
-from understudy.persistence import integrity
+from understudy.persistence import integrity, redact
 from understudy.persistence.base import (
     ACTIVE_STATUSES,
     RUNNING,
@@ -149,24 +157,43 @@ _SCHEMA: Final = (
     )""",
 )
 
+# Explicit, so that a database whose default isolation is another keeps these rules.
+_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
+_BEGIN_READ = "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY"
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
 _ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
 # The database's clock, never a node's: every lease is compared against this one clock.
 _DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
-_INSERT_SAGA = (
+# A batch's statements take their rows as arrays, one per column (unnest turns them back into
+# rows): a batch is then a handful of statements whatever its size, not one per saga and one per
+# event, and each statement's text never changes, so it is prepared once per connection. The
+# arrays travel in binary (%b): dumping them as text (escaping every bytea) cost four times more.
+_INSERT_SAGAS = (
     "INSERT INTO understudy_sagas (saga_id, definition, version, status, payload, "
     "snapshot_version, incarnation, created_at, updated_at, payload_sum, snapshot_sum) "
-    "VALUES (%s, %s, %s, 'running', %s, 0, 1, %s, %s, %s, %s) ON CONFLICT (saga_id) DO NOTHING"
+    "SELECT w.saga_id, w.definition, w.version, 'running', w.payload, 0, 1, w.at, w.at, "
+    "w.payload_sum, w.snapshot_sum FROM unnest(%b::text[], %b::text[], %b::bigint[], "
+    "%b::bytea[], %b::float8[], %b::bigint[], %b::bigint[]) "
+    "AS w(saga_id, definition, version, payload, at, payload_sum, snapshot_sum) "
+    "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
 )
-_TRANSITION = (
-    "UPDATE understudy_sagas SET status = %s, snapshot = %s, snapshot_version = %s, "
-    "recovery_attempts = %s, reason = %s, updated_at = %s, snapshot_sum = %s "
-    f"WHERE saga_id = %s AND incarnation = %s AND status NOT IN {_TERMINAL_SQL} "
-    "AND snapshot_version < %s"
+# Fenced exactly as SQLite's: the writer's incarnation, not terminal, an older snapshot.
+_TRANSITIONS = (
+    "UPDATE understudy_sagas AS s SET status = w.status, snapshot = w.snapshot, "
+    "snapshot_version = w.snapshot_version, recovery_attempts = w.recovery_attempts, "
+    "reason = w.reason, updated_at = w.at, snapshot_sum = w.snapshot_sum "
+    "FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::bytea[], %b::bigint[], "
+    "%b::bigint[], %b::text[], %b::float8[], %b::bigint[]) AS w(saga_id, incarnation, status, "
+    "snapshot, snapshot_version, recovery_attempts, reason, at, snapshot_sum) "
+    "WHERE s.saga_id = w.saga_id AND s.incarnation = w.incarnation "
+    f"AND s.status NOT IN {_TERMINAL_SQL} AND s.snapshot_version < w.snapshot_version "
+    "RETURNING s.saga_id"
 )
-_INSERT_EVENT = (
-    f"INSERT INTO understudy_events ({EVENT_INSERT_COLUMNS}) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+# Rows come out of unnest in array order, so seq numbers them in the order they were written.
+_INSERT_EVENTS = (
+    f"INSERT INTO understudy_events ({EVENT_INSERT_COLUMNS}) SELECT * FROM unnest(%b::text[], "
+    "%b::text[], %b::float8[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bytea[], "
+    "%b::bigint[])"
 )
 # The fence of a batch: locks the shard's row until COMMIT (see the module docstring) and clears
 # the shard's blame in the same commit as the batch it was about.
@@ -180,21 +207,6 @@ _RETRY_STATES: Final = frozenset({"40001", "40P01"})  # serialization failure, d
 _GONE_STATES: Final = frozenset({"57P01", "57P02", "57P03"})
 _CORRUPT_STATES: Final = frozenset({"XX001", "XX002"})  # data corrupted, index corrupted
 _ATTEMPTS: Final = 4  # tries of one transaction that keeps meeting serialization failures
-
-
-def redact(url: str) -> str:
-    """``url`` as it may be shown to anyone: scheme, host(s), port(s) and database, plus the
-    ``host``/``port`` query parameters (a unix socket directory); never the user, the password
-    or any other query parameter (``password=``, ``sslpassword=``, ...)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]  # whatever precedes '@' is user[:password]
-        kept = [(k, v) for k, v in parse_qsl(parts.query) if k in ("host", "hostaddr", "port")]
-    except ValueError:
-        return "postgresql://(an unreadable URL)"
-    query = "&".join(f"{k}={v}" for k, v in kept)
-    scheme = parts.scheme or "postgresql"
-    return f"{scheme}://{netloc}{unquote(parts.path) or '/'}" + (f"?{query}" if query else "")
 
 
 def _secrets(url: str) -> tuple[str, ...]:
@@ -307,7 +319,7 @@ class PostgresStore(SagaStore):
         try:
             conn = psycopg.connect(
                 self._url,
-                autocommit=False,
+                autocommit=True,  # the store writes its own BEGIN and COMMIT (see above)
                 connect_timeout=max(1, round(self._connect_timeout)),
                 # Tells whose connections these are in pg_stat_activity, unless the URL says.
                 fallback_application_name="understudy",
@@ -315,8 +327,6 @@ class PostgresStore(SagaStore):
         except psycopg.Error as exc:
             raise self._connect_error(exc) from None
         try:
-            # Explicit, so that a database whose default is another level keeps these rules.
-            conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
             self._set_up(conn)
         except psycopg.Error as exc:
             error = self._translate(exc, "opening", lost=_is_lost(conn, exc))
@@ -341,7 +351,6 @@ class PostgresStore(SagaStore):
                 (f"{max(1, round(self._statement_timeout * 1000))}ms",),
             )
         setting = conn.execute("SHOW synchronous_commit").fetchone()
-        conn.commit()  # SETs made in a transaction last for the session once it commits
         unsafe = setting is not None and setting[0] == "off"
         if unsafe and not self.read_only and not self._allow_async_commit:
             raise StoreError(
@@ -376,12 +385,12 @@ class PostgresStore(SagaStore):
                 "SELECT value FROM understudy_meta WHERE key = 'schema_version'"
             ).fetchone()
             version = None if found is None else int(found[0])
-        conn.commit()
         return version
 
     @staticmethod
     def _create_schema(conn: Connection) -> int:
         with _pipeline(conn):
+            conn.execute(_BEGIN)
             # Held until COMMIT: a second process opening the fresh database waits here, then
             # finds every table there and creates nothing.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -393,7 +402,7 @@ class PostgresStore(SagaStore):
                 (str(SCHEMA_VERSION),),
             )
             cursor = conn.execute("SELECT value FROM understudy_meta WHERE key = 'schema_version'")
-            conn.commit()
+            conn.execute("COMMIT")
         row = cursor.fetchone()
         return SCHEMA_VERSION if row is None else int(row[0])
 
@@ -420,17 +429,20 @@ class PostgresStore(SagaStore):
         doing: str,
         body: Callable[[Connection, _Pipe], Callable[[], T]],
         *,
-        idempotent: bool = False,
+        read: bool = False,
     ) -> T:
         """Run ``body`` in one transaction and commit it; return what the callable ``body``
-        returns gives once committed (queries queue their statement, and the COMMIT goes in the
-        same round trip as the results).
+        returns gives once committed.
+
+        BEGIN, the body's statements and COMMIT travel in one pipeline: a body that needs no
+        answer before the COMMIT (a query, a blame) costs one round trip, and one that must
+        look at results first (a batch's fence and row counts) syncs once more itself.
 
         A serialization failure or deadlock (the transaction was rolled back) runs it again, a
         few times. A connection lost before the COMMIT was sent runs it again on a new
-        connection once (nothing of it can have committed); lost after (the COMMIT's fate is
-        unknown) raises :class:`StoreUnavailable`: the caller reloads from the store, as after
-        any failed write.
+        connection once (nothing of it can have committed), and so does one lost during a
+        ``read``; lost after the COMMIT was sent (its fate is unknown) raises
+        :class:`StoreUnavailable`: the caller reloads from the store, as after any failed write.
         """
         attempt = 0
         reconnected = False
@@ -440,13 +452,15 @@ class PostgresStore(SagaStore):
             self._commit_sent = False
             try:
                 with _pipeline(conn) as pipe:
+                    conn.execute(_BEGIN_READ if read else _BEGIN)
                     finish = body(conn, pipe)
                     self._commit_sent = True
-                    conn.commit()
-                    return finish()
+                    conn.execute("COMMIT")
+                # Leaving the pipeline sent the COMMIT and received every result.
+                return finish()
             except psycopg.Error as exc:
                 lost = _is_lost(conn, exc)
-                unknown = lost and self._commit_sent and not idempotent
+                unknown = lost and self._commit_sent and not read
                 self._abandon(conn, lost)
                 if exc.sqlstate in _RETRY_STATES and attempt < _ATTEMPTS:
                     time.sleep(random.uniform(0.005, 0.02) * attempt)  # let the other one finish
@@ -483,7 +497,7 @@ class PostgresStore(SagaStore):
             cursor = conn.execute(sql, params)
             return cursor.fetchall
 
-        return self._run("reading", body, idempotent=True)
+        return self._run("reading", body, read=True)
 
     # --- errors -----------------------------------------------------------------------------
 
@@ -497,6 +511,11 @@ class PostgresStore(SagaStore):
     def _connect_error(self, exc: psycopg.Error) -> StoreError:
         text = self._scrub(str(exc))
         lowered = text.lower()
+        if "invalid" in lowered:
+            return StoreError(
+                f"saga store {self.where} is not a valid PostgreSQL URL ({text}); it reads "
+                "postgresql://user@host:port/database"
+            )
         if any(
             words in lowered
             for words in (
@@ -582,23 +601,29 @@ class PostgresStore(SagaStore):
         writes = list(writes)
 
         def body(conn: Connection, pipe: _Pipe) -> Callable[[], list[bool]]:
-            # First round trip: the fence and every saga's statement, in batch order (a batch
-            # may insert a saga and then update it). The fence goes first, so every saga row
-            # this transaction touches is touched under the shard's lock.
+            # First round trip: the fence, then the batch's statements. The fence goes first,
+            # so every saga row this transaction touches is touched under the shard's lock.
             fence = conn.execute(_FENCE, (_NOBODY, lease.shard, lease.epoch)) if lease else None
-            cursors = [conn.execute(*_statement(write)) for write in writes]
+            runs = [
+                (conn.execute(sql, _columns(rows)), indexes) for sql, indexes, rows in _plan(writes)
+            ]
             pipe.sync()
             if lease is not None and fence is not None and fence.rowcount != 1:
                 raise self._lost(conn, lease)  # rolled back: nothing of the batch applies
-            results = [cursor.rowcount == 1 for cursor in cursors]
+            results = [False] * len(writes)
+            for cursor, indexes in runs:
+                # Within a run every saga id is distinct: the ids returned are the writes applied.
+                applied = {row[0] for row in cursor.fetchall()}
+                for index in indexes:
+                    results[index] = writes[index].saga_id in applied
             events: list[tuple[Any, ...]] = []
-            for write, applied in zip(writes, results, strict=True):
-                if applied and write.events:
+            for write, done in zip(writes, results, strict=True):
+                if done and write.events:
                     incarnation = 1 if isinstance(write, NewSaga) else write.incarnation
                     events += event_rows(write.saga_id, incarnation, write.events)
             # Second round trip: the whole batch's timeline rows and the COMMIT, together.
             if events:
-                conn.cursor().executemany(_INSERT_EVENT, events)
+                conn.execute(_INSERT_EVENTS, _event_columns(events))
             failpoints.hit("store.in_transaction")
             return lambda: results
 
@@ -650,7 +675,7 @@ class PostgresStore(SagaStore):
                 claimed.update((row[0], saga_record(row)) for row in cursor.fetchall())
             events = claimed_event_rows(list(claimed.values()), recovery, at)
             if events:
-                conn.cursor().executemany(_INSERT_EVENT, events)
+                conn.execute(_INSERT_EVENTS, _event_columns(events))
             failpoints.hit("store.claim")
             return lambda: claimed
 
@@ -741,19 +766,21 @@ class PostgresStore(SagaStore):
 
         return self._run(f"acquiring shard {shard}", body)
 
-    def renew(self, lease: Lease, ttl: float) -> Lease:
+    def renew(self, lease: Lease, ttl: float, about: dict[str, Any] | None = None) -> Lease:
+        about = lease.about if about is None else dict(about)
+
         def body(conn: Connection, pipe: _Pipe) -> Callable[[], TupleRow | None]:
             cursor = conn.execute(
-                f"UPDATE understudy_shards SET expires_at = {_DB_NOW} + %s "
+                f"UPDATE understudy_shards SET expires_at = {_DB_NOW} + %s, about = %s "
                 "WHERE shard = %s AND epoch = %s RETURNING expires_at",
-                (ttl, lease.shard, lease.epoch),
+                (ttl, pack_about(about), lease.shard, lease.epoch),
             )
             return cursor.fetchone
 
         row = self._run(f"renewing the lease of shard {lease.shard}", body)
         if row is None:
             raise _lease_lost(lease, self._shard_row(lease.shard))
-        return attrs.evolve(lease, expires_at=float(row[0]))
+        return attrs.evolve(lease, expires_at=float(row[0]), about=about)
 
     def release(self, lease: Lease) -> None:
         def body(conn: Connection, pipe: _Pipe) -> Callable[[], None]:
@@ -859,38 +886,71 @@ class PostgresStore(SagaStore):
         self._drop()
 
 
-def _statement(write: Write) -> tuple[str, tuple[Any, ...]]:
-    """The statement that applies ``write`` (one row changed: applied; none: refused)."""
+def _plan(writes: Sequence[Write]) -> list[tuple[str, list[int], list[tuple[Any, ...]]]]:
+    """A batch as a few set-based statements: each with the positions of its writes in the
+    batch and their rows.
+
+    Writes of different sagas touch different rows, so they may run in any order; writes of
+    the same saga keep theirs (a batch may insert a saga and then update it): a write goes in
+    layer n when n earlier writes of the batch are for its saga, and layers run in order. Within
+    a layer every saga id is distinct, so no statement touches a row twice."""
+    counts: dict[str, int] = {}
+    layers: list[dict[str, tuple[list[int], list[tuple[Any, ...]]]]] = []
+    for index, write in enumerate(writes):
+        layer = counts.get(write.saga_id, 0)
+        counts[write.saga_id] = layer + 1
+        if layer == len(layers):
+            layers.append({})
+        sql, row = _row(write)
+        indexes, rows = layers[layer].setdefault(sql, ([], []))
+        indexes.append(index)
+        rows.append(row)
+    return [(sql, indexes, rows) for layer in layers for sql, (indexes, rows) in layer.items()]
+
+
+def _row(write: Write) -> tuple[str, tuple[Any, ...]]:
+    """The statement that applies ``write`` and its row (one saga returned: applied)."""
     if isinstance(write, NewSaga):
         payload_check, snapshot_check = saga_sums(
             write.saga_id, write.definition, write.version, RUNNING, write.payload, None, 0, None
         )
-        return _INSERT_SAGA, (
+        return _INSERT_SAGAS, (
             write.saga_id,
             write.definition,
             write.version,
             write.payload,
-            write.at,
-            write.at,
+            float(write.at),
             payload_check,
             snapshot_check,
         )
     if isinstance(write, Transition):
-        return _TRANSITION, (
+        return _TRANSITIONS, (
+            write.saga_id,
+            write.incarnation,
             write.status,
             write.snapshot,
             write.snapshot_version,
             write.recovery_attempts,
             write.reason,
-            write.at,
+            float(write.at),
             integrity.snapshot_sum(
                 write.saga_id, write.status, write.snapshot_version, write.snapshot, write.reason
             ),
-            write.saga_id,
-            write.incarnation,
-            write.snapshot_version,
         )
     raise TypeError(f"not a store write: {write!r}")  # pragma: no cover - the type checker
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as one list per column: the arrays a set-based statement unnests."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _event_columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Event rows (as :func:`~understudy.persistence.rows.event_rows` gives them) as columns;
+    times as floats, since an array holds one type and a caller may pass an int time."""
+    columns = _columns(rows)
+    columns[2] = [float(at) for at in columns[2]]
+    return columns
 
 
 @contextmanager

@@ -492,19 +492,22 @@ class SQLiteStore(SagaStore):
                 (holder, lease.epoch, lease.expires_at, pack_about(lease.about), shard),
             )
             # Until the new holder says otherwise, its death blames everyone (a death while
-            # recovering): the side file must not keep the previous holder's word.
+            # recovering): the side file must not keep the previous holder's word, and the
+            # next successful apply clears it.
             self._write_blame(lease, None)
+            self._blamed.add(shard)
         return lease
 
-    def renew(self, lease: Lease, ttl: float) -> Lease:
+    def renew(self, lease: Lease, ttl: float, about: dict[str, Any] | None = None) -> Lease:
         expires_at = self.now() + ttl
+        about = lease.about if about is None else dict(about)
         with self._transaction(f"renewing the lease of shard {lease.shard}") as conn:
             self._check_lease(conn, lease)
             conn.execute(
-                "UPDATE understudy_shards SET expires_at = ? WHERE shard = ?",
-                (expires_at, lease.shard),
+                "UPDATE understudy_shards SET expires_at = ?, about = ? WHERE shard = ?",
+                (expires_at, pack_about(about), lease.shard),
             )
-        return attrs.evolve(lease, expires_at=expires_at)
+        return attrs.evolve(lease, expires_at=expires_at, about=about)
 
     def release(self, lease: Lease) -> None:
         with self._transaction(f"releasing shard {lease.shard}") as conn:

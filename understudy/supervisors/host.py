@@ -119,6 +119,9 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self.inflight: InFlight | None = None
         self.lease: Lease | None = None
         self.lost = False  # the shard was taken over: this host writes nothing more
+        # Set by Stop (and exit): a stopped host never opens the store or takes its shard again,
+        # whatever retry is still pending (it would take the shard from the next runtime).
+        self.stopped = False
         # Messages gathered while handling one input, sent together at its end.
         self.outbox = Outbox()
 
@@ -139,7 +142,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         again shortly (a host restarted while the store is busy must not stay idle)."""
         assert self.setup is not None
         shard = self.setup.shard
-        if self.lost:
+        if self.lost or self.stopped:
             return
         try:
             if self.store is None:
@@ -173,7 +176,8 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         assert self.setup is not None
         if self.setup.lease is not None:
             start_lease, self.setup = self.setup.lease, attrs.evolve(self.setup, lease=None)
-            return store.renew(start_lease, self.setup.lease_ttl)
+            # The lease says who holds it from now on: this process, not the application's.
+            return store.renew(start_lease, self.setup.lease_ttl, about_me(self.setup.app))
         shard, holder, ttl = self.setup.shard, self.setup.runtime, self.setup.lease_ttl
         about = about_me(self.setup.app)
         lease = store.acquire(shard, holder, ttl, about)
@@ -812,6 +816,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
 
     def _release(self) -> None:
         """Let go of the shard's lease and the store: a clean stop blames nobody."""
+        self.stopped = True
         if self.inflight is not None:
             self.inflight.idle()
             self.inflight.close()

@@ -22,6 +22,7 @@ from typing import Any
 
 from understudy.actors.watch import ProcessIdentity, is_running, process_identity
 from understudy.errors import StoreInUse
+from understudy.persistence import redact
 from understudy.persistence.base import Lease, SagaStore
 
 #: Seconds a shard lease lasts unless renewed; hosts renew every third of it.
@@ -101,13 +102,25 @@ def claim_shards(
             store.expire(mine.shard, mine.epoch)
         who = f"pid {holder.about.get('pid')} on {holder.about.get('node')}"
         raise StoreInUse(
-            f"saga store {location!r} is in use by another understudy runtime: shard "
+            f"saga store {redact(location)!r} is in use by another understudy runtime: shard "
             f"{holder.shard} is held by {who} (lease valid for another "
             f"{max(0.0, holder.expires_at - store.now()):.1f} s); stop that runtime first (two "
             "runtimes never work one store's shards at once), or if it was killed on another "
             "machine, start again once its lease has expired"
         )
     return taken
+
+
+def give_back(store: SagaStore, taken: dict[int, Lease]) -> None:
+    """After a failed start: free the shards it took that no saga host took over (the lease
+    still names this process), keeping each shard's blame for the next holder."""
+    me = os.getpid()
+    current = {lease.shard: lease for lease in store.leases()}
+    for lease in taken.values():
+        now = current.get(lease.shard)
+        if now is not None and now.epoch == lease.epoch and now.about.get("pid") == me:
+            store.blame(lease, lease.blamed)
+            store.expire(lease.shard, lease.epoch)
 
 
 def renew_every(ttl: float) -> float:

@@ -38,9 +38,11 @@ from understudy.definitions import SagaDefinition
 from understudy.errors import UnderstudyError
 from understudy.failpoints import HANG_SECONDS, POINTS
 from understudy.messages import SagaAccepted, SagaFinished
+from understudy.persistence import open_store
 from understudy.persistence.base import TERMINAL_STATUSES
 from understudy.persistence.sqlite import SQLiteStore
 from understudy.runtime import Understudy
+from understudy.supervisors.leases import holder_state
 from understudy.supervisors.policy import RestartPolicy
 from understudy.testing.checker import Invariant, Report, RunView, SagaStart, check
 from understudy.testing.schedule import FaultSchedule, random_schedule, single_fault
@@ -211,8 +213,11 @@ class ChaosRunner:
         finally:
             failpoints.disarm()  # the in-process base armed them in this very process
 
+        # A shard still held when the heal starts (an actor process of the faulty runtime
+        # that outlived its shutdown) can refuse or delay the heal: name the holder if it fails.
+        held_before = _lease_holders(store)
         heal_started = time.monotonic()
-        healed, resumed, recovery = self._heal(
+        healed, resumed, recovery, healer_start = self._heal(
             store, participants, options, sagas + probes, acknowledged, heal_started
         )
 
@@ -227,13 +232,18 @@ class ChaosRunner:
         )
         report = check(view, self.scenario.invariants(), self.scenario.min_completed)
         if healed is not None:
-            report.add("recovery", None, f"the healing runtime did not start: {healed}")
+            report.add(
+                "recovery",
+                None,
+                f"the healing runtime did not start: {healed}"
+                + _diagnosis(store, held_before, healer_start),
+            )
         elif recovery > self.recovery_bound:
             report.add(
                 "recovery",
                 None,
                 f"sagas were still unfinished {recovery:.1f} s after the heal "
-                f"(bound {self.recovery_bound} s)",
+                f"(bound {self.recovery_bound} s)" + _diagnosis(store, held_before, healer_start),
             )
         log = directory / "faults.log"
         fired = tuple(log.read_text().splitlines()) if log.exists() else ()
@@ -268,15 +278,25 @@ class ChaosRunner:
         starts: list[SagaStart],
         acknowledged: set[str],
         since: float,
-    ) -> tuple[str | None, int, float]:
+    ) -> tuple[str | None, int, float, float]:
         """Start a clean runtime on the run's files, resend what was never acknowledged,
-        start the probes, and wait for quiet: (why it could not start, resumed, seconds)."""
+        start the probes, and wait for quiet: (why it could not start, resumed, seconds, seconds
+        the healing runtime took to start)."""
+        # The recovery bound runs from here and covers the start: a start allowed to take
+        # longer than the bound would leave the probes no time at all, and a slow start would
+        # be reported as probes "still running" instead of as what it is.
         try:
             healer = Understudy.start(
-                store, self.scenario.definitions, participants, timeout=120.0, **options
+                store,
+                self.scenario.definitions,
+                participants,
+                timeout=self.recovery_bound,
+                **options,
             )
         except UnderstudyError as exc:
-            return f"{type(exc).__name__}: {exc}", 0, time.monotonic() - since
+            took = time.monotonic() - since
+            return f"{type(exc).__name__}: {exc}", 0, took, took
+        started = time.monotonic() - since
         try:
             for start in starts:
                 if start.saga_id not in acknowledged:
@@ -284,7 +304,7 @@ class ChaosRunner:
             recovery = self._quiesce(store, [s.saga_id for s in starts], since)
         finally:
             healer.shutdown()
-        return None, healer.resumed, recovery
+        return None, healer.resumed, recovery, started
 
     def _faulty_phase(
         self,
@@ -431,6 +451,48 @@ def _last_event(db: sqlite3.Connection) -> int:
 
 def _reply(future: concurrent.futures.Future[Any]) -> Any:
     return future.exception() or future.result()
+
+
+def _diagnosis(store_path: Path, held_before: list[str], healer_start: float) -> str:
+    """What a failed heal needs to be understood: how long the healing runtime took to start,
+    who held a shard before it started and after it stopped, and where each unfinished
+    saga stopped (its last event and how long before the check)."""
+    lines = [f"the healing runtime took {healer_start:.1f} s to start"]
+    if held_before:
+        lines.append("shards held when the heal started: " + "; ".join(held_before))
+    held_after = _lease_holders(store_path)
+    if held_after:
+        lines.append("shards still held after it stopped: " + "; ".join(held_after))
+    now = time.time()
+    try:
+        with contextlib.closing(SQLiteStore(store_path, read_only=True)) as store:
+            for saga_id in store.unfinished():
+                events = store.events(saga_id)
+                last = events[-1] if events else None
+                lines.append(
+                    f"{saga_id}: {len(events)} event(s), the last "
+                    + (f"{last.kind!r} {now - last.at:.1f} s ago" if last else "none")
+                )
+    except UnderstudyError as exc:
+        lines.append(f"(the store could not be read: {exc})")
+    return "".join(f"\n    {line}" for line in lines)
+
+
+def _lease_holders(store_path: Path) -> list[str]:
+    """The shards of ``store_path`` someone still holds, each with its holder's state (a live
+    process, an orphan, a dead one) and how long its lease has to run."""
+    try:
+        with contextlib.closing(open_store(str(store_path), read_only=True)) as store:
+            now = store.now()
+            leases = store.leases()
+    except UnderstudyError:
+        return []
+    return [
+        f"shard {lease.shard} by pid {lease.about.get('pid')} ({holder_state(lease)}), epoch "
+        f"{lease.epoch}, {lease.expires_at - now:.1f} s left"
+        for lease in leases
+        if lease.holder and lease.expires_at > now
+    ]
 
 
 @attrs.frozen

@@ -16,15 +16,25 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import all_effects, order_definition, recorders, start_runtime, timeline
+from conftest import (
+    STORES,
+    all_effects,
+    order_definition,
+    recorders,
+    start_runtime,
+    store_location,
+    timeline,
+)
 from participants import Ticker
 
 from understudy import RestartPolicy, Understudy
 from understudy.actors.watch import is_running
 from understudy.failpoints import Fault
+from understudy.persistence import open_store
 from understudy.persistence.sqlite import SQLiteStore
 
 FORWARD = [("create", "do"), ("reserve", "do"), ("charge", "do")]
@@ -52,8 +62,8 @@ def _run_batch(us: Understudy, prefix: str, count: int = 8) -> dict[str, str]:
     return {saga_id: future.result(90).status for saga_id, future in futures.items()}
 
 
-def _check_invariants(tmp_path: Path, statuses: dict[str, str]) -> None:
-    store = SQLiteStore(tmp_path / "sagas.db")
+def _check_invariants(tmp_path: Path, statuses: dict[str, str], location: str) -> None:
+    store = open_store(location, read_only=True)
     try:
         for saga_id, status in statuses.items():
             record = store.get(saga_id)
@@ -62,18 +72,25 @@ def _check_invariants(tmp_path: Path, statuses: dict[str, str]) -> None:
             expected = "compensated" if int(saga_id.rsplit("-", 1)[1]) % 4 == 0 else "completed"
             assert expected == status, (saga_id, record.reason)
             assert (FORWARD if expected == "completed" else BACKWARD) == timeline(tmp_path, saga_id)
-        integrity = store._conn.execute("PRAGMA integrity_check").fetchone()[0]
-        assert integrity == "ok"
     finally:
         store.close()
+    if "://" not in location:
+        with closing(sqlite3.connect(location)) as db:
+            assert "ok" == db.execute("PRAGMA integrity_check").fetchone()[0]
     for name, rows in all_effects(tmp_path).items():
         duplicates = [k for k, n in collections.Counter(rows).items() if n > 1]
         assert duplicates == [], name
 
 
+@pytest.fixture(params=STORES)
+def saga_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The crashes at each boundary run with the saga store in SQLite and in PostgreSQL."""
+    return store_location(request, tmp_path)
+
+
 @pytest.mark.multiproc
 @pytest.mark.parametrize("point", HOST_POINTS + PARTICIPANT_POINTS)
-def test_sigkill_at_each_boundary(point: str, tmp_path: Path) -> None:
+def test_sigkill_at_each_boundary(point: str, tmp_path: Path, saga_store: str) -> None:
     """A SIGKILL of the saga host (or participant) process at ``point`` is survived."""
     fired = tmp_path / "fired"
     fault = Fault(point, "kill", nth=2, once_file=str(fired))
@@ -83,17 +100,18 @@ def test_sigkill_at_each_boundary(point: str, tmp_path: Path) -> None:
         base="multiprocTCPBase",
         hosts=1,
         faults=[fault],
+        store=saga_store,
     ) as us:
         statuses = _run_batch(us, "k")
         restarts = us.hosts().restarts
     assert fired.exists(), f"the fault at {point} never fired"
     if point.startswith("host."):
         assert restarts >= 1
-    _check_invariants(tmp_path, statuses)
+    _check_invariants(tmp_path, statuses, saga_store)
 
 
 @pytest.mark.parametrize("point", HOST_POINTS)
-def test_exception_at_each_boundary_in_process(point: str, tmp_path: Path) -> None:
+def test_exception_at_each_boundary_in_process(point: str, tmp_path: Path, saga_store: str) -> None:
     """On the in-process base an exception at ``point`` restarts the saga actor from its
     snapshot, and the saga still ends as it should."""
     fired = tmp_path / "fired"
@@ -102,10 +120,11 @@ def test_exception_at_each_boundary_in_process(point: str, tmp_path: Path) -> No
         tmp_path,
         [order_definition(timeout=1.0)],
         faults=[fault],
+        store=saga_store,
     ) as us:
         statuses = _run_batch(us, "x")
     assert fired.exists(), f"the fault at {point} never fired"
-    _check_invariants(tmp_path, statuses)
+    _check_invariants(tmp_path, statuses, saga_store)
 
 
 WORKER = """

@@ -49,6 +49,37 @@ def assert_all_checks_passed(output: str) -> None:
 
 
 @pytest.mark.multiproc
+def test_demo_runs_on_postgresql_and_passes_its_ledger_checks(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """``python -m demo --store postgresql://...``: the same orders, a host SIGKILLed, every
+    ledger check passes, and the URL's credentials are never printed."""
+    status, output, _ = run_demo(
+        tmp_path, "--orders", "60", "--kills", "1", "--store", postgres_url
+    )
+    assert status == 0, output
+    assert_all_checks_passed(output)
+    assert "sagas: 60 |" in output, output
+    assert re.search(r"host kills: 1 \| host restarts observed: [1-9]", output), output
+    assert "understudy@" not in output  # the user (and any password) stays out of the output
+
+
+def test_demo_refuses_a_store_that_already_holds_sagas(tmp_path: Path, postgres_url: str) -> None:
+    """The demo checks its ledgers against a store of its own: a used one is refused."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, output, _ = run_demo(
+        tmp_path / "a", "--orders", "5", "--kills", "0", "--store", postgres_url
+    )
+    assert first == 0, output
+    status, output, _ = run_demo(
+        tmp_path / "b", "--orders", "5", "--kills", "0", "--store", postgres_url
+    )
+    assert status == 2, output
+    assert "already holds sagas" in output, output
+
+
+@pytest.mark.multiproc
 def test_demo_survives_a_host_kill_on_tcp(tmp_path: Path) -> None:
     """60 orders with one saga host SIGKILLed: all checks pass and the restart was seen."""
     status, output, _ = run_demo(tmp_path, "--orders", "60", "--kills", "1")

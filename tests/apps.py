@@ -8,6 +8,7 @@ import attrs
 
 from understudy import SagaFinished, SagaRejected, StartSaga
 from understudy.actors.system import ActorTypeDispatcher
+from understudy.messages import QueryStatus, SagaStatus
 
 
 @attrs.frozen
@@ -15,6 +16,12 @@ class PlaceOrder:
     coordinator: Any
     order_id: str
     payload: dict[str, Any]
+
+
+@attrs.frozen
+class AskStatus:
+    coordinator: Any
+    order_id: str
 
 
 class Shop(ActorTypeDispatcher):  # type: ignore[misc]
@@ -32,4 +39,11 @@ class Shop(ActorTypeDispatcher):  # type: ignore[misc]
         self.send(self.asked.pop(msg.saga_id), msg)
 
     def receiveMsg_SagaRejected(self, msg: SagaRejected, sender: Any) -> None:
+        self.send(self.asked.pop(msg.saga_id), msg)
+
+    def receiveMsg_AskStatus(self, msg: AskStatus, sender: Any) -> None:
+        self.asked[msg.order_id] = sender
+        self.send(msg.coordinator, QueryStatus(msg.order_id))
+
+    def receiveMsg_SagaStatus(self, msg: SagaStatus, sender: Any) -> None:
         self.send(self.asked.pop(msg.saga_id), msg)

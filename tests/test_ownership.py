@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from apps import AskStatus, Shop
 from conftest import effects, order_definition, recorders, start_runtime
 
 from understudy import Understudy
@@ -98,6 +99,24 @@ def test_status_queries_do_not_take_the_write_lock(tmp_path: Path) -> None:
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
+
+
+def test_an_app_actors_status_query_does_not_take_the_write_lock(tmp_path: Path) -> None:
+    """The coordinator answers an app actor's QueryStatus while another connection holds the
+    store's write lock: it reads without asking for that lock."""
+    import sqlite3
+
+    with start_runtime(tmp_path) as us:
+        us.run("order-1", "order", {})
+        blocker = sqlite3.connect(tmp_path / "sagas.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            shop = us.asys.createActor(Shop)
+            reply = us.asys.ask(shop, AskStatus(us.address, "order-1"), 30)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    assert ("order-1", "completed", None) == (reply.saga_id, reply.status, reply.reason)
 
 
 @pytest.mark.multiproc

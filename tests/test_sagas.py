@@ -18,6 +18,7 @@ from understudy import (
     SagaAccepted,
     SagaDefinition,
     SagaFinished,
+    SagaRejected,
     Step,
     Understudy,
     UnknownDefinition,
@@ -167,6 +168,14 @@ def test_an_unencodable_payload_is_refused_naming_the_field(
     with pytest.raises(PayloadError, match=r"customer\.since"):
         us.run("o-7", "order", {"customer": {"since": object()}})
     assert stored(saga_store, "o-7")[0] is None
+
+
+def test_a_saga_id_with_a_nul_character_is_refused_on_every_store(start: Start) -> None:
+    """A NUL in a saga id is refused before anything is written, whatever the store (SQLite
+    would take it, PostgreSQL cannot), so an id valid on one store is valid on the other."""
+    us = start()
+    with pytest.raises(SagaRejected, match="NUL"):
+        us.run("o-\x00-8", "order", {})
 
 
 def test_an_unknown_definition_is_refused(start: Start) -> None:

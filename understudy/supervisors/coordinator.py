@@ -331,6 +331,13 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             return SagaRejected(
                 str(msg.saga_id), "SagaRejected", "a saga id must be a non-empty string"
             )
+        if "\x00" in msg.saga_id:
+            return SagaRejected(
+                msg.saga_id,
+                "SagaRejected",
+                "a saga id must not contain NUL characters (PostgreSQL cannot store them); "
+                "use printable text",
+            )
         if msg.definition not in self.latest:
             return SagaRejected(
                 msg.saga_id,

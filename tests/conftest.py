@@ -92,10 +92,10 @@ def saga_store(tmp_path: Path) -> str:
     return str(tmp_path / "sagas.db")
 
 
-def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The saga store for ``request.param``: a SQLite file under ``tmp_path``, or a fresh
-    database on the test PostgreSQL server."""
-    if request.param == "postgres":
+def store_location(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The saga store of ``kind`` (one of :data:`STORES`): a SQLite file under ``tmp_path``, or
+    a fresh database on the test PostgreSQL server."""
+    if kind == "postgres":
         return str(request.getfixturevalue("postgres_url"))
     return str(tmp_path / "sagas.db")
 

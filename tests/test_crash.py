@@ -85,7 +85,7 @@ def _check_invariants(tmp_path: Path, statuses: dict[str, str], location: str) -
 @pytest.fixture(params=STORES)
 def saga_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The crashes at each boundary run with the saga store in SQLite and in PostgreSQL."""
-    return store_location(request, tmp_path)
+    return store_location(request.param, request, tmp_path)
 
 
 @pytest.mark.multiproc

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 from apps import AskStatus, Shop
-from conftest import effects, order_definition, recorders, start_runtime
+from conftest import STORES, effects, order_definition, recorders, start_runtime, store_location
 
 from understudy import Understudy
 from understudy.errors import ShardCountMismatch, StoreError, StoreInUse
+from understudy.persistence import open_store
 from understudy.persistence.sqlite import SQLiteStore
 
 
@@ -120,9 +121,13 @@ def test_an_app_actors_status_query_does_not_take_the_write_lock(tmp_path: Path)
 
 
 @pytest.mark.multiproc
-def test_a_paused_host_that_lost_its_lease_writes_nothing_and_stops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", STORES)
+def test_a_paused_host_that_lost_its_lease_writes_nothing_and_stops(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
     """A saga host stopped with SIGSTOP past its lease, while another holder takes its shard,
     writes nothing when it is resumed with SIGCONT and exits; the new holder's work stands."""
+    location = store_location(backend, request, tmp_path)
     participants = recorders(tmp_path)
     definition = order_definition(timeout=30.0)
     us = start_runtime(
@@ -132,6 +137,7 @@ def test_a_paused_host_that_lost_its_lease_writes_nothing_and_stops(tmp_path: Pa
         base="multiprocTCPBase",
         hosts=1,
         lease_ttl=1.0,
+        store=location,
     )
     try:
         host_pid = us.hosts().host_pids[0]
@@ -143,7 +149,7 @@ def test_a_paused_host_that_lost_its_lease_writes_nothing_and_stops(tmp_path: Pa
         os.kill(host_pid, signal.SIGSTOP)
         try:
             time.sleep(2.5)  # past the 1 s lease
-            with SQLiteStore(tmp_path / "sagas.db") as store:
+            with open_store(location) as store:
                 lease = store.acquire(0, "another-holder", 60.0, {"node": "elsewhere"})
                 assert lease is not None and lease.epoch >= 2
                 before = store.get("order-1")
@@ -154,7 +160,7 @@ def test_a_paused_host_that_lost_its_lease_writes_nothing_and_stops(tmp_path: Pa
         while _alive(host_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(host_pid), "the fenced host did not stop"
-        with SQLiteStore(tmp_path / "sagas.db") as store:
+        with open_store(location) as store:
             after = store.get("order-1")
             assert before == after  # nothing written by the fenced host
             assert events_before == len(store.events("order-1"))

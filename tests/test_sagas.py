@@ -31,7 +31,7 @@ Start = Callable[..., Understudy]
 @pytest.fixture(params=STORES)
 def saga_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The core scenarios run on every store backend (and, through ``start``, every base)."""
-    return store_location(request, tmp_path)
+    return store_location(request.param, request, tmp_path)
 
 
 FORWARD = [("create", "do"), ("reserve", "do"), ("charge", "do")]

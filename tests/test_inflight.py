@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from understudy.persistence.base import EVERYONE
-from understudy.supervisors.host import _blamed
 from understudy.supervisors.inflight import WIDTH, InFlight
+from understudy.supervisors.recovery import blamed_on
 
 
 def successor(marker: InFlight) -> InFlight:
@@ -63,16 +63,16 @@ def test_every_record_has_the_same_width(tmp_path: Path) -> None:
 
 def test_blame_is_the_stored_batch_plus_the_input_the_file_names() -> None:
     """A death while committing blames the batch the store names, and the file's input too."""
-    assert {"a", "b", "c"} == _blamed(("a", "b"), {"c"})
+    assert {"a", "b", "c"} == blamed_on(("a", "b"), {"c"})
 
 
 def test_blame_is_everyone_when_either_source_knows_nothing_narrower() -> None:
     """The store's EVERYONE (a death while recovering, or a store from before blame was kept)
     and the file's recovery record each blame every saga of the shard."""
-    assert None is _blamed(EVERYONE, {"c"})
-    assert None is _blamed(("a",), None)
+    assert None is blamed_on(EVERYONE, {"c"})
+    assert None is blamed_on(("a",), None)
 
 
 def test_a_clean_stop_and_an_idle_file_blame_nobody() -> None:
     """Released cleanly (or died between batches and inputs): nobody is blamed."""
-    assert set() == _blamed((), set())
+    assert set() == blamed_on((), set())

@@ -14,7 +14,7 @@ from apps import AskStatus, Shop
 from conftest import STORES, effects, order_definition, recorders, start_runtime, store_location
 
 from understudy import Understudy
-from understudy.errors import ShardCountMismatch, StoreError, StoreInUse
+from understudy.errors import ShardCountMismatch, StoreError, StoreInUse, StoreUnavailable
 from understudy.persistence import open_store
 from understudy.persistence.sqlite import SQLiteStore
 
@@ -146,16 +146,28 @@ def test_a_paused_host_that_lost_its_lease_writes_nothing_and_stops(
         deadline = time.monotonic() + 30
         while not effects(tmp_path / "orders.db") and time.monotonic() < deadline:
             time.sleep(0.01)
-        os.kill(host_pid, signal.SIGSTOP)
+        # Paused inside a transaction, the host would hold the database's write lock (SQLite)
+        # or the shard row's lock (PostgreSQL) and block every other writer until it resumes:
+        # the test wants it paused between transactions, so a takeover that finds the store
+        # locked lets the host run on for a moment and pauses it again.
+        quick = {"busy_timeout": 0.5} if "://" not in location else {"statement_timeout": 0.5}
+        lease = None
         try:
-            time.sleep(2.5)  # past the 1 s lease
-            with open_store(location) as store:
-                lease = store.acquire(0, "another-holder", 60.0, {"node": "elsewhere"})
-                assert lease is not None and lease.epoch >= 2
-                before = store.get("order-1")
-                events_before = len(store.events("order-1"))
+            for _ in range(20):
+                os.kill(host_pid, signal.SIGSTOP)
+                time.sleep(2.5)  # past the 1 s lease
+                try:
+                    with open_store(location, **quick) as store:
+                        lease = store.acquire(0, "another-holder", 60.0, {"node": "elsewhere"})
+                        before = store.get("order-1")
+                        events_before = len(store.events("order-1"))
+                    break
+                except StoreUnavailable:
+                    os.kill(host_pid, signal.SIGCONT)
+                    time.sleep(0.05)
         finally:
             os.kill(host_pid, signal.SIGCONT)
+        assert lease is not None and lease.epoch >= 2
         deadline = time.monotonic() + 30
         while _alive(host_pid) and time.monotonic() < deadline:
             time.sleep(0.05)

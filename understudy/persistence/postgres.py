@@ -90,6 +90,8 @@ from understudy.persistence.rows import (
 SCHEMA_VERSION: Final = 2
 #: The PostgreSQL versions the statements need (identity columns: 10).
 MIN_SERVER_VERSION: Final = 100000
+#: Seconds a write session may sit idle inside a transaction before the server ends it.
+IDLE_IN_TRANSACTION_TIMEOUT = 30
 
 #: The options :func:`open_postgres` takes, with what each is.
 OPTIONS: Final = {
@@ -345,6 +347,15 @@ class PostgresStore(SagaStore):
             )
         if self.read_only:
             conn.execute("SET default_transaction_read_only = on")
+        else:
+            # A store's transactions are a few statements in one pipeline: a session idle
+            # inside one is a holder that was paused or cut off mid-commit. The server ends it
+            # after this long, so its row locks (the shard's, above all) cannot keep the next
+            # holder from taking the shard over for longer.
+            conn.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (f"{IDLE_IN_TRANSACTION_TIMEOUT * 1000:.0f}ms",),
+            )
         if self._statement_timeout is not None:
             conn.execute(
                 "SELECT set_config('statement_timeout', %s, false)",
@@ -624,15 +635,36 @@ class PostgresStore(SagaStore):
             # Second round trip: the whole batch's timeline rows and the COMMIT, together.
             if events:
                 conn.execute(_INSERT_EVENTS, _event_columns(events))
-            failpoints.hit("store.in_transaction")
+            _server_fault(conn, pipe, failpoints.hit("store.in_transaction"))
             return lambda: results
 
         if not writes and lease is None:
             self._connection()  # a closed store still says so
             return []
-        results = self._run(f"writing {len(writes)} saga record(s)", body)
-        failpoints.hit("store.after_commit")
+        doing = f"writing {len(writes)} saga record(s)"
+        results = self._run(doing, body)
+        self._after_commit(doing)
         return results
+
+    def _after_commit(self, doing: str) -> None:
+        """The failpoint after a batch's commit. A lost connection is real (the store's own
+        backend terminated): the caller hears what it hears when a connection drops as the
+        COMMIT returns, and the next call reconnects. SQLite's errors stand for the server
+        failing the same way."""
+        try:
+            action = failpoints.hit("store.after_commit")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(
+                f"saga store {self.where} failed while {doing}: {exc} (an injected fault)"
+            ) from None
+        if action == "connection_lost" and self._conn is not None:
+            conn = self._conn
+            try:
+                conn.execute(_SERVER_FAULTS[action][0])
+                _wait_gone(conn)
+            except psycopg.Error as exc:
+                self._drop()
+                raise self._translate(exc, doing, lost=True, commit_unknown=True) from None
 
     def claim_all(
         self,
@@ -676,7 +708,7 @@ class PostgresStore(SagaStore):
             events = claimed_event_rows(list(claimed.values()), recovery, at)
             if events:
                 conn.execute(_INSERT_EVENTS, _event_columns(events))
-            failpoints.hit("store.claim")
+            _server_fault(conn, pipe, failpoints.hit("store.claim"))
             return lambda: claimed
 
         if not saga_ids and lease is None:
@@ -881,6 +913,13 @@ class PostgresStore(SagaStore):
         )
         return [event_record(row) for row in rows]
 
+    def last_seq(self) -> int:
+        # max() of the primary key: one step down its index (an identity column hands out
+        # numbers in the order transactions ask, so a write can commit a number below the
+        # latest; the next one moves it on again).
+        rows = self._read("SELECT coalesce(max(seq), 0) FROM understudy_events")
+        return int(rows[0][0])
+
     def close(self) -> None:
         self._closed = True
         self._drop()
@@ -960,6 +999,48 @@ def _pipeline(conn: Connection) -> Iterator[_Pipe]:
             yield _Pipe(pipeline)
     else:
         yield _Pipe(None)
+
+
+#: What the store runs to make a server fault (:data:`understudy.failpoints.SERVER_ACTIONS`)
+#: happen for real on its own connection, inside the transaction: the server itself ends the
+#: connection, raises the error with its SQLSTATE, or cancels a statement past its timeout.
+_SERVER_FAULTS: Final[dict[str, tuple[str, ...]]] = {
+    "connection_lost": ("SELECT pg_terminate_backend(pg_backend_pid())",),
+    "serialization_failure": (
+        "DO $$ BEGIN RAISE EXCEPTION 'injected serialization failure' "
+        "USING ERRCODE = 'serialization_failure'; END $$",
+    ),
+    "deadlock": (
+        "DO $$ BEGIN RAISE EXCEPTION 'injected deadlock' USING ERRCODE = 'deadlock_detected'; "
+        "END $$",
+    ),
+    "statement_timeout": ("SET LOCAL statement_timeout = '1ms'", "SELECT pg_sleep(1)"),
+}
+
+
+def _server_fault(conn: Connection, pipe: _Pipe, action: str | None) -> None:
+    """At a store failpoint inside a transaction: carry out the server fault ``action`` that
+    :func:`understudy.failpoints.hit` returned (nothing for None), and make the server answer
+    now, before the COMMIT is queued, so that the store's real error paths run: a terminated
+    backend is reconnected and the transaction run again, a serialization failure or deadlock
+    retried, a statement timeout reported as :class:`StoreUnavailable`."""
+    if action not in _SERVER_FAULTS:
+        return
+    for statement in _SERVER_FAULTS[action]:
+        conn.execute(statement)
+    pipe.sync()
+    if action == "connection_lost":
+        _wait_gone(conn)
+
+
+def _wait_gone(conn: Connection) -> None:
+    """After the backend terminated itself: wait (a little) for the server to close the
+    connection, and read what it says, so that the error surfaces here as the driver's."""
+    deadline = time.monotonic() + 5.0
+    while not (conn.closed or conn.broken) and time.monotonic() < deadline:
+        if _went_away(conn):
+            raise psycopg.OperationalError("the server closed the connection (terminated)")
+        time.sleep(0.001)
 
 
 def _went_away(conn: Connection) -> bool:

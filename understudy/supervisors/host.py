@@ -23,44 +23,32 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import time
 import traceback
-import zlib
 from typing import Any
-
-import attrs
 
 from understudy import codec, failpoints
 from understudy.actors.batching import GroupCommit, Outbox
 from understudy.actors.plumbing import Batch, Flush, Stop, Stopped
 from understudy.actors.saga import DO, Finish, Saga, Send, Timer
 from understudy.actors.system import (
-    ActorExitRequest,
     ActorTypeDispatcher,
     PoisonMessage,
     WakeupMessage,
 )
 from understudy.actors.watch import OwnerWatch
 from understudy.definitions import SagaDefinition
-from understudy.errors import CorruptRecord, LeaseLost, StoreError, UnderstudyError
+from understudy.errors import LeaseLost, StoreError
 from understudy.messages import SagaFinished, StepReply, StepRequest
-from understudy.persistence import SagaStore, open_store
+from understudy.persistence import SagaStore
 from understudy.persistence.base import (
-    EVERYONE,
-    FAILED,
-    Event,
     Lease,
     NewSaga,
-    SagaRecord,
     Transition,
 )
-from understudy.supervisors.inflight import InFlight, marker_path
-from understudy.supervisors.leases import about_me, renew_every, take_over_dead
+from understudy.supervisors.inflight import InFlight
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
-    HostLeaseLost,
-    HostReady,
     HostSetup,
     HostStart,
     HostStarted,
@@ -72,17 +60,20 @@ from understudy.supervisors.protocol import (
     SagaTimer,
     Tick,
 )
+from understudy.supervisors.recovery import (
+    ShardRecovery,
+    finished_from_record,
+    seconds,
+    shard_of,
+)
+
+__all__ = ["SagaHost", "shard_of"]
 
 log = logging.getLogger("understudy.host")
 
 STORE_RETRY_DELAY = 0.2
 SETUP_RETRY_DELAY = 1.0
 RECOVERY_CHUNK = 500  # sagas claimed per transaction by the startup scan
-
-
-def shard_of(saga_id: str, shards: int) -> int:
-    """The host shard that owns ``saga_id`` (stable across processes, unlike ``hash``)."""
-    return zlib.crc32(saga_id.encode()) % shards
 
 
 class _Staged:
@@ -97,7 +88,7 @@ class _Staged:
         self.new = new
 
 
-class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
+class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.setup: HostSetup | None = None
@@ -125,7 +116,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         # Messages gathered while handling one input, sent together at its end.
         self.outbox = Outbox()
 
-    # --- setup and recovery -----------------------------------------------------------------
+    # --- setup (recovery: see understudy.supervisors.recovery) -----------------------------
 
     def receiveMsg_HostSetup(self, msg: HostSetup, sender: Any) -> None:
         self.setup = msg
@@ -136,255 +127,6 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self.participants = dict(msg.participants)
         self.watch_parent(msg.watch_interval)
         self._open_and_recover()
-
-    def _open_and_recover(self) -> None:
-        """Open the store and resume this shard's sagas; on a store error, report it and try
-        again shortly (a host restarted while the store is busy must not stay idle)."""
-        assert self.setup is not None
-        shard = self.setup.shard
-        if self.lost or self.stopped:
-            return
-        try:
-            if self.store is None:
-                self.store = open_store(self.setup.store.location, **self.setup.store.options)
-            if self.lease is None:
-                self.lease = self._adopt_or_acquire(self.store)
-                if self.lease is None:
-                    # Another holder's lease runs: an earlier runtime's host whose owner just
-                    # died and that has not noticed yet (it releases the shard when it does),
-                    # or a holder on another machine (its lease expires unless renewed). Wait
-                    # rather than work the same sagas in parallel.
-                    log.warning("saga host %d waits: its shard is held by another holder", shard)
-                    self.wakeupAfter(_seconds(SETUP_RETRY_DELAY), RetrySetup())
-                    return
-                self.wakeupAfter(_seconds(renew_every(self.setup.lease_ttl)), RenewLease())
-            resumed = self._recover()
-        except LeaseLost as exc:
-            self._lose_lease(exc)
-            return
-        except UnderstudyError as exc:
-            log.error("saga host %d cannot recover yet (%s); retrying", shard, exc)
-            self.send(self.coordinator, HostReady(shard, os.getpid(), 0, error=str(exc)))
-            self.wakeupAfter(_seconds(SETUP_RETRY_DELAY), RetrySetup())
-            return
-        self.send(self.coordinator, HostReady(shard, os.getpid(), resumed))
-
-    def _adopt_or_acquire(self, store: SagaStore) -> Lease | None:
-        """The lease the runtime's start took for this shard (renewed now: the start may have
-        been slow), or, for a host restarted later, the shard's lease taken anew: at once from
-        a holder of this runtime or one whose process has exited."""
-        assert self.setup is not None
-        if self.setup.lease is not None:
-            start_lease, self.setup = self.setup.lease, attrs.evolve(self.setup, lease=None)
-            # The lease says who holds it from now on: this process, not the application's.
-            return store.renew(start_lease, self.setup.lease_ttl, about_me(self.setup.app))
-        shard, holder, ttl = self.setup.shard, self.setup.runtime, self.setup.lease_ttl
-        about = about_me(self.setup.app)
-        lease = store.acquire(shard, holder, ttl, about)
-        if lease is None and take_over_dead(store, store.leases()[shard]):
-            lease = store.acquire(shard, holder, ttl, about)
-        return lease
-
-    def _recover(self) -> int:
-        """Load every unfinished saga of this shard: the startup scan after any crash."""
-        assert self.setup is not None and self.store is not None and self.lease is not None
-        path = marker_path(self.setup.store.location, self.setup.shard)
-        if self.inflight is None and path is not None:
-            self.inflight = InFlight(path, self.lease.epoch)
-        blamed = _blamed(
-            self.lease.blamed, self.inflight.blamed() if self.inflight is not None else set()
-        )
-        if self.inflight is not None:
-            self.inflight.recovering()
-        mine = [
-            sid
-            for sid in self.store.unfinished()
-            if shard_of(sid, self.setup.shards) == self.setup.shard
-        ]
-        for chunk in range(0, len(mine), RECOVERY_CHUNK):
-            self._load(mine[chunk : chunk + RECOVERY_CHUNK], blamed, scan=True)
-        # The scan is over: from now on a death blames only the batch or input it names.
-        self.store.blame(self.lease, ())
-        if self.inflight is not None:
-            self.inflight.idle()
-        return len(mine)
-
-    def _renew(self) -> None:
-        if self.store is None or self.lease is None or self.setup is None:
-            return
-        try:
-            self.lease = self.store.renew(self.lease, self.setup.lease_ttl)
-        except LeaseLost as exc:
-            self._lose_lease(exc)
-            return
-        except StoreError as exc:
-            # Not lost, only not renewed (a busy store): the lease may still run out, and then
-            # the next write finds out whether another holder took the shard.
-            log.warning("saga host %d could not renew its lease (%s)", self.setup.shard, exc)
-        self.wakeupAfter(_seconds(renew_every(self.setup.lease_ttl)), RenewLease())
-
-    def _lose_lease(self, exc: LeaseLost) -> None:
-        """Another holder owns this shard now: drop everything in memory (nothing staged was
-        sent: requests leave only after their commit), write nothing more, and stop."""
-        shard = self.setup.shard if self.setup is not None else -1
-        log.error("saga host %d stops: %s", shard, exc)
-        self.lost = True
-        self.sagas.clear()
-        self.batch = []
-        self.timers = []
-        self.held.clear()
-        self.outbox = Outbox()
-        self.lease = None
-        if self.inflight is not None:
-            self.inflight.close()  # the file is the new holder's now: leave it as it is
-            self.inflight = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        self.send(self.coordinator, HostLeaseLost(shard, str(exc)))
-        self.send(self.myAddress, ActorExitRequest())
-
-    def _load(
-        self, saga_ids: list[str], blamed: set[str] | None = None, scan: bool = False
-    ) -> None:
-        """Claim stored sagas (new incarnations, one transaction) and resume them, or park
-        those that cannot run."""
-        assert self.store is not None
-        now = time.time()
-        runnable: list[str] = []
-        records = self.store.get_many(saga_ids)  # one query, not one per saga
-        for saga_id in saga_ids:
-            record = records.get(saga_id)
-            failure = self.unanswered.pop(saga_id, None)
-            if failure is not None:
-                self._answer_start(saga_id, record, failure)
-            if record is None:
-                continue
-            if record.terminal:
-                # A crash between the terminal commit and the report to the coordinator
-                # must not leave the caller waiting.
-                self.send(self.coordinator, _finished_from_record(record))
-            elif (record.definition, record.version) not in self.definitions:
-                self._suspend(record)
-            else:
-                runnable.append(saga_id)
-        if self.inflight is not None:
-            self.inflight.recovering()  # a crash while loading these is the scan's, not theirs
-        # Only the sagas blamed for the crash get a recovery counted (None: all of them).
-        counted = runnable if blamed is None else [s for s in runnable if s in blamed]
-        claimed = self.store.claim_all(counted, recovery=True, at=now, lease=self.lease)
-        if len(counted) < len(runnable):
-            rest = [s for s in runnable if s not in blamed]  # type: ignore[operator]
-            claimed.update(self.store.claim_all(rest, recovery=False, at=now, lease=self.lease))
-        for saga_id in runnable:
-            record = claimed.get(saga_id)
-            if record is None:  # ended meanwhile (another incarnation finished it)
-                ended = self.store.get(saga_id)
-                if ended is not None and ended.terminal:
-                    self.send(self.coordinator, _finished_from_record(ended))
-                continue
-            self._working_on(saga_id)
-            self._resume_record(record, now)
-        if scan and self.inflight is not None:
-            self.inflight.recovering()
-        else:
-            self._idle()
-
-    def _answer_start(
-        self, saga_id: str, record: SagaRecord | None, failure: tuple[str, str]
-    ) -> None:
-        """Answer a start whose commit failed, now that the store says whether it exists."""
-        if record is None:
-            self.send(self.coordinator, HostStartFailed(saga_id, *failure))
-        else:
-            self.send(self.coordinator, HostStarted(saga_id, existing=False))
-
-    def _suspend(self, record: SagaRecord) -> None:
-        """I15: a saga pinned to a definition version this runtime lacks is left as it is
-        stored (not claimed, not changed), to resume under a runtime that has that version."""
-        known = sorted(f"{n} v{v}" for n, v in self.definitions)
-        log.error(
-            "saga %s was started under definition %r v%d, which this runtime does not have "
-            "(it has: %s); it stays %s, untouched, and resumes when understudy starts with "
-            "that version registered",
-            record.saga_id,
-            record.definition,
-            record.version,
-            ", ".join(known) or "none",
-            record.status,
-        )
-
-    def _resume_record(self, record: SagaRecord, now: float) -> None:
-        assert self.setup is not None
-        definition = self.definitions[(record.definition, record.version)]
-        if record.recovery_attempts > self.setup.policy.max_recovery_attempts:
-            self._park_record(
-                record,
-                f"recovered {record.recovery_attempts} times without "
-                "progress (cap max_recovery_attempts="
-                f"{self.setup.policy.max_recovery_attempts})",
-                now,
-            )
-            return
-        saga = self._restore(record, definition)
-        if saga is None:
-            return
-        self.sagas[record.saga_id] = saga
-        self._run(saga, lambda: saga.resume(now))
-
-    def _restore(self, record: SagaRecord, definition: SagaDefinition) -> Saga | None:
-        """The saga as stored, or None after parking it when its payload or snapshot is
-        unreadable, fails its checksum, or makes no sense for its definition."""
-        if record.corrupt is not None:
-            self._park_unreadable(record, record.corrupt, time.time())
-            return None
-        try:
-            payload = codec.decode(record.payload, f"payload of saga {record.saga_id!r}")
-            return Saga.restore(
-                record.saga_id,
-                definition,
-                payload,
-                record.incarnation,
-                record.snapshot,
-                record.snapshot_version,
-                record.recovery_attempts,
-            )
-        except CorruptRecord as exc:
-            self._park_unreadable(record, str(exc), time.time())
-            return None
-
-    def _park_record(self, record: SagaRecord, reason: str, now: float) -> None:
-        """Park a saga as failed-needs-attention, listing what is outstanding (I2)."""
-        saga = self._restore(record, self.definitions[(record.definition, record.version)])
-        if saga is None:
-            return
-        log.error("parking saga %s: %s", record.saga_id, reason)
-        self.sagas[record.saga_id] = saga
-        self._run(saga, lambda: saga.park(reason, now))
-
-    def _park_unreadable(self, record: SagaRecord, reason: str, now: float) -> None:
-        """Park a saga whose stored state cannot be read, keeping its bytes for a person."""
-        log.error("parking saga %s: %s", record.saga_id, reason)
-        outstanding = (
-            f"everything: the saga's state cannot be read; compare each participant's ledger "
-            f"entries for keys {record.saga_id}:<step>:do and :undo",
-        )
-        detail = {"reason": reason, "outstanding": list(outstanding)}
-        self._stage_raw(
-            record.saga_id,
-            Transition(
-                record.saga_id,
-                record.incarnation,
-                FAILED,
-                record.snapshot or b"",
-                record.snapshot_version + 1,
-                record.recovery_attempts,
-                now,
-                reason,
-                (Event(FAILED, now, detail=detail),),
-            ),
-            SagaFinished(record.saga_id, FAILED, reason, outstanding),
-        )
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -427,7 +169,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 return
             self.send(self.coordinator, HostStarted(saga_id, existing=True))
             if record.terminal:
-                self.send(self.coordinator, _finished_from_record(record))
+                self.send(self.coordinator, finished_from_record(record))
             else:
                 self._guarded_load(saga_id)
             return
@@ -510,7 +252,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         heapq.heappush(self.timers, (due, next(self.timer_seq), timer))
         if self.tick_at is None or due < self.tick_at:
             self.tick_at = due
-            self.wakeupAfter(_seconds(max(0.0, due - time.time())), Tick(due))
+            self.wakeupAfter(seconds(max(0.0, due - time.time())), Tick(due))
 
     def _tick(self, tick: Tick) -> None:
         if tick.at == self.tick_at:
@@ -525,7 +267,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self._idle()
         if self.timers and (self.tick_at is None or self.timers[0][0] < self.tick_at):
             self.tick_at = self.timers[0][0]
-            self.wakeupAfter(_seconds(max(0.0, self.tick_at - now)), Tick(self.tick_at))
+            self.wakeupAfter(seconds(max(0.0, self.tick_at - now)), Tick(self.tick_at))
 
     def receiveMsg_ParticipantTable(self, msg: ParticipantTable, sender: Any) -> None:
         replaced = {
@@ -615,7 +357,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             return
         except StoreError as store_error:
             log.error("could not park saga %s (%s); retrying", saga_id, store_error)
-            self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
+            self.wakeupAfter(seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
             return
         if record is not None:
             self._park_record(
@@ -640,7 +382,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             # The store is busy or failing: wait for it as long as it takes.
             log.error("could not reload saga %s (%s); retrying", saga_id, exc)
             self.sagas.pop(saga_id, None)
-            self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
+            self.wakeupAfter(seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
         except Exception as exc:
             # A bug in loading: retry within the restart intensity, then leave the saga as it
             # is stored for the next start of understudy instead of looping here.
@@ -649,7 +391,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             window = self.windows.setdefault(saga_id, RestartWindow(self.setup.policy))
             if window.allow(time.time()):
                 log.error("could not reload saga %s (%s); retrying", saga_id, exc)
-                self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
+                self.wakeupAfter(seconds(STORE_RETRY_DELAY), Reload((saga_id,)))
             else:
                 log.error(
                     "could not reload saga %s (%s) %d times within %s s; it stays as stored "
@@ -797,7 +539,7 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             if saga.saga_id not in reload:
                 reload.append(saga.saga_id)
         if reload:
-            self.wakeupAfter(_seconds(STORE_RETRY_DELAY), Reload(tuple(reload)))
+            self.wakeupAfter(seconds(STORE_RETRY_DELAY), Reload(tuple(reload)))
 
     def _working_on(self, saga_id: str) -> None:
         if self.inflight is not None:
@@ -831,31 +573,3 @@ class SagaHost(GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 self.lease = None
             self.store.close()
             self.store = None
-
-
-def _blamed(stored: tuple[str, ...] | None, local: set[str] | None) -> set[str] | None:
-    """Whom a predecessor's death is blamed on: the batch the store names, plus the input the
-    marker file names; None (everyone) when either knows nothing narrower."""
-    if stored is EVERYONE or local is None:
-        return None
-    return set(stored) | local
-
-
-def _finished_from_record(record: SagaRecord) -> SagaFinished:
-    """The terminal reply for a saga that already ended, rebuilt from its stored snapshot."""
-    outstanding: tuple[str, ...] = ()
-    results: dict[str, Any] = {}
-    try:
-        state = codec.decode(record.snapshot or b"\xc0", f"snapshot of saga {record.saga_id!r}")
-        if isinstance(state, dict):
-            outstanding = tuple(state.get("outstanding") or ())
-            results = dict(state.get("results") or {})
-    except CorruptRecord:
-        pass  # a parked corrupt saga: its reason says so
-    return SagaFinished(record.saga_id, record.status, record.reason, outstanding, results)
-
-
-def _seconds(value: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=value)

@@ -80,8 +80,7 @@ class Echo(Participant):
     on a multi-process base gets them in batches as it would from a real participant."""
 
     def receiveMsg_StepRequest(self, msg: StepRequest, sender: Any) -> None:
-        self.staged.append((msg, sender, ok(msg), False))
-        self.schedule_flush()
+        self.stage_reply(msg, sender, ok(msg))
 
 
 class Delayed(Participant):

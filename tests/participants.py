@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from contextlib import closing
 from typing import Any
 
 from understudy import Participant, Reject, StepContext, action, compensation
@@ -20,6 +21,8 @@ class Recorder(Participant):
     """Applies any action or compensation by recording it in an ``effects`` table."""
 
     def setup(self, db: sqlite3.Connection, options: dict[str, Any]) -> None:
+        # Failures are counted per ledger: two tests in one process may reuse a saga id.
+        self.ledger_path = str(options.get("database"))
         time.sleep(float(options.get("setup_delay", 0)))  # a slow migration or warm-up
         db.execute(
             "CREATE TABLE IF NOT EXISTS effects (seq INTEGER PRIMARY KEY, saga_id TEXT, "
@@ -35,7 +38,7 @@ class Recorder(Participant):
         if fail:
             # Counted in memory (the handler's writes roll back when it raises), per process:
             # a forked process inherits its parent's counts.
-            counter = (os.getpid(), step.key)
+            counter = (os.getpid(), self.ledger_path, step.key)
             seen = _FAILURES.get(counter, 0)
             if fail < 0 or seen < fail:
                 _FAILURES[counter] = seen + 1
@@ -77,7 +80,7 @@ class Recorder(Participant):
         return self._apply(step, db)
 
 
-_FAILURES: dict[tuple[int, str], int] = {}
+_FAILURES: dict[tuple[int, str, str], int] = {}
 
 
 class Silent(Participant):
@@ -92,3 +95,106 @@ class Ticker(Recorder):
 
     def receiveMsg_WakeupMessage(self, msg: Any, sender: Any) -> None:
         return None
+
+
+class PgRecorder(Recorder):
+    """A Recorder whose database is PostgreSQL (its ``database`` option is a postgresql:// URL):
+    effects go to a PostgreSQL ``effects`` table, in the ledger's transaction. Several may share
+    one database (each row names its participant). A failing handler writes its effect first
+    and then raises, so that a test sees its savepoint undo that write."""
+
+    def setup(self, db: Any, options: dict[str, Any]) -> None:
+        self.ledger_path = str(options.get("database"))  # failures are counted per ledger
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS effects (seq BIGINT GENERATED ALWAYS AS IDENTITY "
+            "PRIMARY KEY, participant TEXT, saga_id TEXT, step TEXT, kind TEXT, action TEXT, "
+            "key TEXT, at DOUBLE PRECISION)"
+        )
+
+    def _apply(self, step: StepContext, db: Any) -> dict[str, Any]:
+        payload = step.payload
+        if step.kind == "do" and payload.get("reject") == step.action:
+            raise Reject(f"{step.action} refused by the test")
+        db.execute(
+            "INSERT INTO effects (participant, saga_id, step, kind, action, key, at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (self.name, step.saga_id, step.step, step.kind, step.action, step.key, time.time()),
+        )
+        fail = payload.get("fail", {}).get(step.action, 0)
+        if fail:
+            counter = (os.getpid(), self.ledger_path, step.key)
+            seen = _FAILURES.get(counter, 0)
+            if fail < 0 or seen < fail:
+                _FAILURES[counter] = seen + 1
+                raise RuntimeError(f"{step.action} failing on purpose after writing ({seen + 1})")
+        return {"by": step.action}
+
+
+class FakeProvider(Participant):
+    """A payment provider's API reached by external handlers. The "API" is a SQLite file (the
+    ``provider`` option) that logs every call (key, kind, start and end times, the forward
+    outcome a refund was told) and applies charges and refunds once per idempotency key, as a
+    real provider deduplicates. Each call takes ``latency`` seconds (0.3 by default).
+
+    Payload: ``{"reject": "charge"}`` declines the card; ``{"raise_after_call": "charge"}``
+    makes the handler raise after the provider took the charge (a timeout on the way back)."""
+
+    def setup(self, db: sqlite3.Connection, options: dict[str, Any]) -> None:
+        self.provider = str(options["provider"])
+        self.latency = float(options.get("latency", 0.3))
+        with closing(provider_api(self.provider)) as api:
+            api.execute(
+                "CREATE TABLE IF NOT EXISTS calls (seq INTEGER PRIMARY KEY, key TEXT, "
+                "saga_id TEXT, action TEXT, kind TEXT, forward_key TEXT, forward_outcome TEXT, "
+                "forward_result TEXT, pid INTEGER, started REAL, ended REAL)"
+            )
+            api.execute(
+                "CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, saga_id TEXT, "
+                "kind TEXT, at REAL)"
+            )
+
+    def _call(self, step: StepContext, db: None) -> dict[str, Any]:
+        assert db is None  # an external handler holds no transaction
+        with closing(provider_api(self.provider)) as api:
+            seq = api.execute(
+                "INSERT INTO calls (key, saga_id, action, kind, forward_key, forward_outcome, "
+                "forward_result, pid, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    step.key,
+                    step.saga_id,
+                    step.action,
+                    step.kind,
+                    step.forward_key,
+                    step.forward_outcome,
+                    None if step.forward_result is None else repr(step.forward_result),
+                    os.getpid(),
+                    time.time(),
+                ),
+            ).lastrowid
+            time.sleep(self.latency)
+            if step.kind == "do" and step.payload.get("reject") == step.action:
+                api.execute("UPDATE calls SET ended = ? WHERE seq = ?", (time.time(), seq))
+                raise Reject("card declined")
+            api.execute(
+                "INSERT OR IGNORE INTO effects (key, saga_id, kind, at) VALUES (?, ?, ?, ?)",
+                (step.key, step.saga_id, step.kind, time.time()),
+            )
+            api.execute("UPDATE calls SET ended = ? WHERE seq = ?", (time.time(), seq))
+        if step.kind == "do" and step.payload.get("raise_after_call") == step.action:
+            raise TimeoutError("the provider took the charge, but its answer never came back")
+        return {"charged": step.key} if step.kind == "do" else {"refunded": step.key}
+
+    @action("charge", external=True)
+    def charge(self, step: StepContext, db: None) -> Any:
+        return self._call(step, db)
+
+    @compensation("refund", external=True)
+    def refund(self, step: StepContext, db: None) -> Any:
+        return self._call(step, db)
+
+
+def provider_api(path: str) -> sqlite3.Connection:
+    """A connection to FakeProvider's "API" file (autocommit, several threads and processes)."""
+    api = sqlite3.connect(path, timeout=30, isolation_level=None)
+    api.execute("PRAGMA journal_mode=WAL")
+    return api

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from understudy import codec
-from understudy.actors.participant import _LEDGER_SCHEMA
+from understudy.actors.ledger import SQLITE_SCHEMA as _LEDGER_SCHEMA
 from understudy.definitions import SagaDefinition, Step
 from understudy.persistence.base import Event, NewSaga, Transition
 from understudy.persistence.sqlite import SQLiteStore

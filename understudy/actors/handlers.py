@@ -43,6 +43,9 @@ class StepContext:
     # For a compensation: "applied" (the forward returned ``forward_result``) or "unknown"
     # (an external forward that may or may not have taken effect; ``forward_result`` is None).
     forward_outcome: str | None = None
+    # For a compensation: the key the forward request carried (what an external API knows the
+    # forward's effect by, when its outcome is unknown here).
+    forward_key: str | None = None
 
 
 def action(name: str, *, external: bool = False) -> Callable[[F], F]:

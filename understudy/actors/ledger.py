@@ -252,10 +252,15 @@ class Ledger:
         started = False
         row = self._lookup(msg.key)
         if row is not None:
-            if row.outcome in (TOMBSTONE, ABANDONED):
+            if row.outcome == TOMBSTONE:
                 return Answer(
                     "rejected",
                     reason="refused: this step was already compensated before the request arrived",
+                )
+            if row.outcome == ABANDONED:
+                return Answer(
+                    "rejected",
+                    reason="refused: the step's outcome was unknown and its compensation has begun",
                 )
             if row.digest != digest:
                 return Answer(

@@ -216,6 +216,12 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         # transaction, so one FULL commit covers them all (as in the saga host).
         self.schedule_flush()
 
+    def stage_reply(self, msg: StepRequest, sender: Any, reply: StepReply) -> None:
+        """Send ``reply`` to ``msg`` with the others of this batch, once it commits (for
+        participants that answer some requests themselves)."""
+        self.staged.append(_Staged(msg, sender, reply))
+        self.schedule_flush()
+
     def receiveMsg_Batch(self, msg: Batch, sender: Any) -> None:
         """Requests a saga host sent together: each handled as if it had come alone,
         including what Thespian does when a handler raises (once more, then an error)."""
@@ -290,6 +296,7 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             msg.results,
             verdict.forward_result,
             verdict.forward_outcome,
+            msg.forward_key if msg.kind == "undo" else None,
         )
         if handler.external:
             if not verdict.started:

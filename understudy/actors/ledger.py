@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ from understudy import codec
 from understudy.actors.handlers import FORWARD_APPLIED, FORWARD_UNKNOWN
 from understudy.errors import LedgerError
 from understudy.messages import StepRequest
-from understudy.persistence import POSTGRES_SCHEMES
+from understudy.persistence import POSTGRES_SCHEMES, secrets_in
 
 APPLIED = "applied"
 REJECTED = "rejected"
@@ -386,7 +385,7 @@ class PostgresLedger(Ledger):
         super().__init__(redact(url))
         self._url = url  # may hold a password: never shown
         self._connect_timeout = connect_timeout
-        self._secrets = _secrets(url)
+        self._secrets = secrets_in(url)
 
     def _connect(self) -> Any:
         import psycopg
@@ -430,23 +429,6 @@ class PostgresLedger(Ledger):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _secrets(url: str) -> tuple[str, ...]:
-    """The passwords ``url`` carries (user info or query), longest first."""
-    from urllib.parse import parse_qsl, unquote, urlsplit
-
-    found: list[str] = []
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            found += [parts.password, unquote(parts.password)]
-        found += [v for k, v in parse_qsl(parts.query) if k in ("password", "sslpassword") and v]
-    except ValueError:
-        pass
-    if os.environ.get("PGPASSWORD"):
-        found.append(os.environ["PGPASSWORD"])
-    return tuple(sorted({s for s in found if len(s) >= 3}, key=len, reverse=True))
 
 
 def open_ledger(database: str, options: Mapping[str, Any]) -> Ledger:

@@ -35,6 +35,23 @@ def redact(location: str | os.PathLike[str]) -> str:
     return f"{parts.scheme}://{netloc}{unquote(parts.path) or '/'}" + (f"?{query}" if query else "")
 
 
+def secrets_in(url: str) -> tuple[str, ...]:
+    """Every password a connection to ``url`` may use (the URL's user info and query, and
+    ``PGPASSWORD``), longest first: what to scrub from a driver's text before quoting it."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+        found += [v for k, v in parse_qsl(parts.query) if k in ("password", "sslpassword") and v]
+    except ValueError:
+        pass
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    # A secret of a character or two would blank out half a message; libpq never quotes one.
+    return tuple(sorted({s for s in found if len(s) >= 3}, key=len, reverse=True))
+
+
 def open_store(location: str | os.PathLike[str], **options: object) -> SagaStore:
     """Open the store at ``location``: a SQLite file path (or ``sqlite:///path``), a PostgreSQL
     URL (``postgresql://user@host:port/db`` or ``postgres://...``; needs the ``postgres``
@@ -61,4 +78,4 @@ def open_store(location: str | os.PathLike[str], **options: object) -> SagaStore
     return SQLiteStore(text, **options)  # type: ignore[arg-type]
 
 
-__all__ = ["POSTGRES_SCHEMES", "SagaStore", "open_store", "redact"]
+__all__ = ["POSTGRES_SCHEMES", "SagaStore", "open_store", "redact", "secrets_in"]

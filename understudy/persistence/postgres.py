@@ -40,7 +40,6 @@ the newest row version) and applies nothing.
 
 from __future__ import annotations
 
-import os
 import random
 import select
 import sqlite3
@@ -48,7 +47,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 import psycopg
@@ -57,7 +55,7 @@ from psycopg.rows import TupleRow
 
 from understudy import failpoints
 from understudy.errors import CorruptRecord, LeaseLost, StoreError, StoreUnavailable
-from understudy.persistence import integrity, redact
+from understudy.persistence import integrity, redact, secrets_in
 from understudy.persistence.base import (
     ACTIVE_STATUSES,
     RUNNING,
@@ -211,22 +209,6 @@ _CORRUPT_STATES: Final = frozenset({"XX001", "XX002"})  # data corrupted, index 
 _ATTEMPTS: Final = 4  # tries of one transaction that keeps meeting serialization failures
 
 
-def _secrets(url: str) -> tuple[str, ...]:
-    """Every password this store may connect with, to scrub from driver text."""
-    found: list[str] = []
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            found += [parts.password, unquote(parts.password)]
-        found += [v for k, v in parse_qsl(parts.query) if k in ("password", "sslpassword") and v]
-    except ValueError:
-        pass
-    if os.environ.get("PGPASSWORD"):
-        found.append(os.environ["PGPASSWORD"])
-    # A secret of a character or two would blank out half a message; libpq never quotes one.
-    return tuple(sorted({s for s in found if len(s) >= 3}, key=len, reverse=True))
-
-
 def open_postgres(url: str, options: Mapping[str, object]) -> PostgresStore:
     """A :class:`PostgresStore` for ``open_store``: unknown options are refused by name, with
     the ones this backend takes (SQLite's ``synchronous`` and ``busy_timeout`` are not
@@ -301,7 +283,7 @@ class PostgresStore(SagaStore):
     ) -> None:
         self._url = url  # holds the password, when the URL has one: never shown
         self.where = redact(url)
-        self._secrets = _secrets(url)
+        self._secrets = secrets_in(url)
         self.read_only = read_only
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout

@@ -13,41 +13,38 @@ its own, such as the incarnation a claim bumps):
 - the snapshot: saga id, status, snapshot version, snapshot bytes and reason;
 - an event: saga id, kind, step, attempt, incarnation and detail bytes.
 
-BLAKE2b cut to 64 bits (stored as a signed integer, which every SQL database holds natively):
-it catches every single-byte flip and, unlike a CRC, a row copied from another saga.
+CRC-32 (zlib's, in C): it catches every single-byte flip and every burst of damage up to 32
+bits long, and a row copied from another saga (the id is in the sum) but for a chance of one in
+four billion. It guards against damage, not against someone who can write the database (they
+could rewrite the sum as well). It runs on every step of every saga, so it must cost little: one
+call over a short header and one over the bytes, about a microsecond (a BLAKE2b built field by
+field in Python cost 30 µs a saga, a tenth of all the CPU a saga takes).
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
-
-_FIELD = struct.Struct(">q")
+import zlib
 
 
-def checksum(*parts: str | bytes | int | None) -> int:
-    """A signed 64-bit checksum over ``parts``, each length-prefixed so fields cannot shift."""
-    digest = hashlib.blake2b(digest_size=8)
-    for part in parts:
-        if part is None:
-            digest.update(b"\x00")
-            continue
-        if isinstance(part, int):
-            digest.update(b"\x01" + _FIELD.pack(part))
-            continue
-        data = part.encode() if isinstance(part, str) else part
-        digest.update(b"\x02" + _FIELD.pack(len(data)) + data)
-    return int.from_bytes(digest.digest(), "big", signed=True)
+def checksum(data: bytes) -> int:
+    """The CRC-32 of ``data``."""
+    return zlib.crc32(data)
+
+
+def _sum(header: str, data: bytes | None) -> int:
+    # The header says whether there are bytes at all, so None and b"" differ.
+    crc = zlib.crc32(f"{header}\x1f{data is None}".encode())
+    return crc if data is None else zlib.crc32(data, crc)
 
 
 def payload_sum(saga_id: str, definition: str, version: int, payload: bytes) -> int:
-    return checksum(saga_id, definition, version, payload)
+    return _sum(f"payload\x1f{saga_id}\x1f{definition}\x1f{version}", payload)
 
 
 def snapshot_sum(
     saga_id: str, status: str, snapshot_version: int, snapshot: bytes | None, reason: str | None
 ) -> int:
-    return checksum(saga_id, status, snapshot_version, snapshot, reason)
+    return _sum(f"snapshot\x1f{saga_id}\x1f{status}\x1f{snapshot_version}\x1f{reason!r}", snapshot)
 
 
 def event_sum(
@@ -58,7 +55,7 @@ def event_sum(
     incarnation: int,
     detail: bytes | None,
 ) -> int:
-    return checksum(saga_id, kind, step, attempt, incarnation, detail)
+    return _sum(f"event\x1f{saga_id}\x1f{kind}\x1f{step}\x1f{attempt}\x1f{incarnation}", detail)
 
 
 def saga_row_damage(

@@ -7,6 +7,12 @@ drift from one minute to the next. Prints a table, and writes ``results.json`` a
 
 The peers (DBOS, Temporal) and the chart need the ``bench`` extra:
 ``pip install -e '.[bench]'``. Without it their rows say so and the rest still runs.
+
+The PostgreSQL rows (understudy's saga store and DBOS's system database on PostgreSQL, and
+PostgreSQL's own ceiling) run on the server given by ``--postgres URL`` or
+``UNDERSTUDY_BENCH_POSTGRES_URL``, else on a throwaway server the suite starts with
+``.ci/postgres`` and stops at the end; each run gets a database of its own. Without a server or
+the PostgreSQL binaries, those rows say why and the rest still runs.
 """
 
 from __future__ import annotations
@@ -23,13 +29,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import floor, understudy_crash, understudy_saga
-from bench.common import BASES, LABELS, Throughput
+from bench import checksums, floor, understudy_crash, understudy_saga
+from bench import postgres as pg
+from bench.common import BASES, LABELS, PG_LABELS, Throughput
 from bench.peers import dbos_saga, temporal_saga
 from bench.report import render_chart, render_table
 
 CONCURRENCY = (1, 10, 50, 1000)
 PEERS = (dbos_saga, temporal_saga)
+SECTIONS = ("storage", "throughput", "checksums", "overhead", "steps", "memory", "recovery")
+#: What a run on PostgreSQL is called in the results when there is no server for it.
+POSTGRES = "PostgreSQL"
 
 
 class Sizes:
@@ -61,6 +71,9 @@ class Sizes:
             "simpleSystemBase": 20 if quick else 1000,
             "multiprocTCPBase": 10 if quick else 300,
         }
+        # The store's integrity micro-benchmark: rounds of the three modes, sagas per loop.
+        self.checksum_rounds = 1 if quick else 7
+        self.checksum_sagas = 120 if quick else 600
         self.in_flight = 300 if quick else 10_000
         self.unfinished = 300 if quick else 10_000
         self.peer_unfinished = 10 if quick else 500
@@ -84,7 +97,24 @@ def _attempt(errors: list[str], what: str, run: Callable[[], Any]) -> Any:
     return value
 
 
-def run_suite(sizes: Sizes, root: Path, only: set[str] | None = None) -> dict[str, Any]:
+def run_suite(
+    sizes: Sizes,
+    root: Path,
+    only: set[str] | None = None,
+    postgres: str | None = None,
+) -> dict[str, Any]:
+    """Every wanted section, on ``postgres`` (a server's URL) or a throwaway PostgreSQL server
+    for the PostgreSQL rows (see :mod:`bench.postgres`)."""
+    wants_server = only is None or bool({"storage", "throughput"} & only)
+    if not wants_server:
+        return _run_suite(sizes, root, only, None)
+    with pg.server(postgres) as server:
+        return _run_suite(sizes, root, only, server)
+
+
+def _run_suite(
+    sizes: Sizes, root: Path, only: set[str] | None, server: pg.Server | str | None
+) -> dict[str, Any]:
     errors: list[str] = []
     results: dict[str, Any] = {
         "quick": sizes.quick,
@@ -102,6 +132,28 @@ def run_suite(sizes: Sizes, root: Path, only: set[str] | None = None) -> dict[st
     def tmp() -> Path:
         return Path(tempfile.mkdtemp(dir=root))
 
+    # The PostgreSQL server, what it is, and its postmaster (whose CPU counts in the runs').
+    postgres: pg.Server | None = None
+    server_pid: int | None = None
+    if isinstance(server, str):
+        results["unavailable"][POSTGRES] = server
+    elif server is not None:
+        described = _attempt(errors, "PostgreSQL server", server.describe)
+        if described is not None:
+            postgres = server
+            server_pid = server.postmaster_pid()
+            results["postgres"] = {**described, "postmaster_cpu_counted": server_pid is not None}
+
+    def on_postgres(label: str, run: Callable[[str], Throughput]) -> Callable[[], Throughput]:
+        """``run`` on a database created for it alone on the server, dropped after."""
+        assert postgres is not None
+
+        def measure() -> Throughput:
+            with postgres.database(label) as url:
+                return run(url)
+
+        return measure
+
     if wanted("storage"):
         print("storage ceiling", file=sys.stderr)
         results["storage"] = _attempt(errors, "SQLite FULL commits", lambda: floor.ceiling(tmp()))
@@ -110,6 +162,10 @@ def run_suite(sizes: Sizes, root: Path, only: set[str] | None = None) -> dict[st
         if results["storage"] is not None:
             results["storage"]["thread_round_trip_ms"] = None if rtt is None else rtt * 1000
             results["storage"]["aiosqlite_over_sqlite3"] = aio
+        if postgres is not None:
+            results["postgres_storage"] = _attempt(
+                errors, "PostgreSQL commits (psycopg)", lambda: pg.ceiling(postgres)
+            )
 
     if wanted("throughput"):
         runs: list[dict[str, Any]] = []
@@ -125,18 +181,54 @@ def run_suite(sizes: Sizes, root: Path, only: set[str] | None = None) -> dict[st
                         partial(understudy_saga.throughput, base, tmp(), c, n),
                     )
                 )
+            if postgres is not None:
+                for base in BASES:
+                    n = sizes.total(base, c)
+                    candidates.append(
+                        (
+                            PG_LABELS[base],
+                            on_postgres(
+                                f"understudy_{base}_c{c}",
+                                partial(_understudy_on, base, tmp(), c, n, server_pid=server_pid),
+                            ),
+                        )
+                    )
             for name, peer in peers.items():
                 n = sizes.total("peer", c)
                 candidates.append((name, partial(peer.throughput, tmp(), c, n)))
+                if peer is dbos_saga and postgres is not None:
+                    candidates.append(
+                        (
+                            dbos_saga.PG_NAME,
+                            on_postgres(
+                                f"dbos_c{c}",
+                                partial(_dbos_on, tmp(), c, n, server_pid=server_pid),
+                            ),
+                        )
+                    )
             if c == 1:
                 n = sizes.total("floor", 1)
                 candidates.append(("floor: plain functions", partial(floor.plain, tmp(), n)))
             n = sizes.total("floor", c)
             candidates.append(("floor: group commit", partial(floor.group_commit, tmp(), c, n)))
             for label, measure in candidates:
-                result = _attempt(errors, f"{label} c={c}", measure)
+                # A run that lost or misrouted a saga is a failure, not a figure.
+                result = _attempt(errors, f"{label} c={c}", lambda m=measure: m().check())
                 if result is not None:
                     runs.append(result.summary())
+
+    if wanted("checksums"):
+        print("the SQLite store's checksums and lease check", file=sys.stderr)
+        results["checksums"] = _attempt(
+            errors,
+            f"SQLiteStore.apply, {sizes.checksum_rounds} round(s) of 3 modes",
+            lambda: checksums.measure(
+                tmp(),
+                rounds=sizes.checksum_rounds,
+                sagas=sizes.checksum_sagas,
+                end_to_end_sagas=sizes.total("simpleSystemBase", 50),
+            ),
+        )
 
     def per_base(label: str, measure: Callable[[str], Any]) -> list[Any]:
         found = [_attempt(errors, f"{label} {base}", partial(measure, base)) for base in BASES]
@@ -186,6 +278,16 @@ def run_suite(sizes: Sizes, root: Path, only: set[str] | None = None) -> dict[st
     return results
 
 
+def _understudy_on(
+    base: str, workdir: Path, c: int, n: int, url: str, server_pid: int | None
+) -> Throughput:
+    return understudy_saga.throughput(base, workdir, c, n, store=url, server_pid=server_pid)
+
+
+def _dbos_on(workdir: Path, c: int, n: int, url: str, server_pid: int | None) -> Throughput:
+    return dbos_saga.throughput(workdir, c, n, database_url=url, server_pid=server_pid)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke run (a minute or two)")
@@ -195,14 +297,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("storage", "throughput", "overhead", "steps", "memory", "recovery"),
+        choices=SECTIONS,
         help="run only these sections (repeatable)",
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help=f"a PostgreSQL server for the PostgreSQL rows (a role that may create databases; "
+        f"default: ${pg.URL_VARIABLE}, else a throwaway server started with .ci/postgres)",
     )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="understudy-bench-") as root:
-        results = run_suite(Sizes(args.quick), Path(root), set(args.only) if args.only else None)
+        results = run_suite(
+            Sizes(args.quick),
+            Path(root),
+            set(args.only) if args.only else None,
+            postgres=args.postgres,
+        )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(render_table(results))
     chart = render_chart(results, out / "figures.png")

@@ -11,6 +11,7 @@ starts. Latency is from the start call to the moment the terminal outcome is see
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -23,6 +24,14 @@ from typing import Any
 #: The understudy bases every figure is measured on, and their labels in tables.
 BASES = ("simpleSystemBase", "multiprocTCPBase")
 LABELS = {"simpleSystemBase": "understudy in-process", "multiprocTCPBase": "understudy TCP"}
+#: The same, with the saga store in PostgreSQL instead of a SQLite file.
+PG_LABELS = {base: f"{label}, PostgreSQL" for base, label in LABELS.items()}
+
+#: Where a child finds the PostgreSQL server's postmaster, to count the server's CPU.
+SERVER_PID_VARIABLE = "UNDERSTUDY_BENCH_PG_PID"
+#: Where an understudy child finds the URL of its saga store's PostgreSQL database (never on
+#: its command line: a URL may carry a password).
+STORE_VARIABLE = "UNDERSTUDY_BENCH_STORE"
 
 STEPS = ("create_order", "reserve_inventory", "charge_payment")
 COMPENSATIONS = ("cancel_order", "release_inventory", "refund_payment")
@@ -57,6 +66,11 @@ class Throughput:
     latencies: list[float] = field(repr=False, default_factory=list)
     cpu_seconds: float | None = None  # CPU of every process of the system, when known
     compensated: int = 0  # how many ended compensated (expect one in ten)
+    # How many ended otherwise than their index says (compensated though not declined, not
+    # compensated though declined, or neither completed nor compensated): must be 0.
+    misrouted: int = 0
+    # Of cpu_seconds, what the PostgreSQL server's processes spent (rows on PostgreSQL only).
+    server_cpu_seconds: float | None = None
 
     @property
     def sagas_per_s(self) -> float:
@@ -77,7 +91,25 @@ class Throughput:
                 else None
             ),
             "compensated": self.compensated,
+            "misrouted": self.misrouted,
+            **(
+                {"server_cpu_ms_per_saga": round(self.server_cpu_seconds * 1000 / self.sagas, 3)}
+                if self.server_cpu_seconds is not None and self.sagas
+                else {}
+            ),
         }
+
+    def check(self) -> Throughput:
+        """Raise unless every saga of the run ended and exactly the declined ones (index % 10
+        == 9) compensated: a figure from a run that lost or misrouted sagas would mean nothing."""
+        expected = sum(1 for index in range(self.sagas) if fails(index))
+        if self.misrouted or self.compensated != expected:
+            raise RuntimeError(
+                f"{self.system} c={self.concurrency}: {self.compensated} of {self.sagas} sagas "
+                f"compensated (expected {expected}), {self.misrouted} ended otherwise than "
+                "their index says"
+            )
+        return self
 
 
 @dataclass
@@ -105,19 +137,23 @@ def closed_loop(
     system: str,
     concurrency: int,
     total: int,
-    start: Callable[[int, Callable[[bool], None]], None],
+    start: Callable[[int, Callable[[bool | None], None]], None],
+    declined: Callable[[int], bool] | None = fails,
 ) -> Throughput:
     """Drive ``total`` sagas, ``concurrency`` at a time.
 
     ``start(index, done)`` must start saga ``index`` without blocking for its end and arrange
-    for ``done(compensated)`` to be called once (from any thread) when it is terminal. A
-    system whose start call blocks can run it in its own threads.
+    for ``done(compensated)`` to be called once (from any thread) when it is terminal:
+    ``compensated`` is True when it ended compensated, False when completed, None when it
+    ended any other way (failed). A system whose start call blocks can run it in its own
+    threads. Each ending is checked against ``declined(index)`` (None: not checked), and the
+    sagas that ended otherwise are counted in ``misrouted``.
     """
     lock = threading.Lock()
     finished = threading.Event()
     started_at: dict[int, float] = {}
     latencies: list[float] = []
-    state = {"next": 0, "ended": 0, "compensated": 0}
+    state = {"next": 0, "ended": 0, "compensated": 0, "misrouted": 0}
 
     def launch() -> None:
         with lock:
@@ -128,12 +164,14 @@ def closed_loop(
             started_at[index] = time.perf_counter()
         start(index, lambda compensated, i=index: ended(i, compensated))
 
-    def ended(index: int, compensated: bool) -> None:
+    def ended(index: int, compensated: bool | None) -> None:
         now = time.perf_counter()
         with lock:
             latencies.append(now - started_at.pop(index))
             state["ended"] += 1
-            state["compensated"] += int(compensated)
+            state["compensated"] += int(bool(compensated))
+            if declined is not None and compensated is not declined(index):
+                state["misrouted"] += 1
             last = state["ended"] >= total
         if last:
             finished.set()
@@ -145,7 +183,16 @@ def closed_loop(
         launch()
     finished.wait()
     seconds = time.perf_counter() - began
-    return Throughput(system, concurrency, total, seconds, latencies, None, state["compensated"])
+    return Throughput(
+        system,
+        concurrency,
+        total,
+        seconds,
+        latencies,
+        None,
+        state["compensated"],
+        state["misrouted"],
+    )
 
 
 def emit(result: Any) -> None:
@@ -173,6 +220,39 @@ def cpu_of(pids: list[int]) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total
+
+
+def tree_cpu(pid: int) -> float:
+    """User+system CPU seconds of process ``pid``, of its children that exited (as the kernel
+    adds them to it when it reaps them) and of its live children: a PostgreSQL server's whole
+    CPU, backends included, when ``pid`` is its postmaster."""
+    tick = 100.0
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += sum(int(f) for f in fields[11:15]) / tick
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def server_cpu() -> float | None:
+    """The PostgreSQL server's CPU so far (:func:`tree_cpu` of the postmaster the suite names
+    in ``UNDERSTUDY_BENCH_PG_PID``); None when it named none (the server is not on this
+    machine, or the run is not on PostgreSQL)."""
+    pid = os.environ.get(SERVER_PID_VARIABLE)
+    return tree_cpu(int(pid)) if pid else None
 
 
 def rss_kib(pid: int) -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.common import LABELS
+from bench.common import LABELS, PG_LABELS
 
 IN_PROCESS = LABELS["simpleSystemBase"]
 TCP = LABELS["multiprocTCPBase"]
+IN_PROCESS_PG = PG_LABELS["simpleSystemBase"]
+DBOS_PG = "DBOS, PostgreSQL"
 GROUP_FLOOR = "floor: group commit"
 
 
@@ -55,6 +57,43 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         0.5,
     )
     ratio("TCP ÷ DBOS, sagas/s at c=50", _rate(results, TCP, 50), _rate(results, "DBOS", 50), 10)
+    ratio(
+        "in-process on PostgreSQL ÷ DBOS on PostgreSQL, sagas/s at c=50",
+        _rate(results, IN_PROCESS_PG, 50),
+        _rate(results, DBOS_PG, 50),
+        10,
+    )
+    ratio(
+        "in-process on PostgreSQL ÷ in-process on SQLite, sagas/s at c=50",
+        _rate(results, IN_PROCESS_PG, 50),
+        _rate(results, IN_PROCESS, 50),
+        0.5,
+    )
+    integrity = results.get("checksums")
+    if integrity:
+        for row in integrity["rows"]:
+            if row["sync"] == "FULL":
+                ratio(
+                    f"SQLite apply, {row['k']} saga(s) a batch: checksums ÷ constant, time",
+                    row["us_per_batch"]["committed"],
+                    row["us_per_batch"]["constant"],
+                    1.05,
+                    at_most=True,
+                )
+        whole = integrity["end_to_end"]
+        ratio(
+            "checksum CPU per saga ÷ in-process CPU per saga at c=50",
+            integrity["checksum_us_per_saga"] / 1000,
+            whole["cpu_ms_per_saga"]["committed"],
+            0.05,
+            at_most=True,
+        )
+        ratio(
+            "in-process c=50, sagas/s: checksums ÷ constant",
+            whole["sagas_per_s"]["committed"],
+            whole["sagas_per_s"]["constant"],
+            0.95,
+        )
     for row in results.get("memory") or []:
         ratio(
             f"{row['base']}: total RSS with {row['sagas']:,} in flight ÷ 1 GiB",
@@ -115,6 +154,25 @@ def render_table(results: dict[str, Any]) -> str:
                 ],
             )
         )
+    pg_storage = results.get("postgres_storage")
+    if pg_storage:
+        server = results.get("postgres") or {}
+        parts.append(
+            _table(
+                f"Storage ceiling (PostgreSQL {server.get('server_version', '?')}, "
+                f"fsync={server.get('fsync', '?')}, "
+                f"synchronous_commit={server.get('synchronous_commit', '?')}, psycopg, loopback)",
+                ["figure", "value"],
+                [
+                    ["single-row commits/s", _num(pg_storage["single_row_commits_per_s"])],
+                    [
+                        "rows/s at 100 rows per commit",
+                        _num(pg_storage["rows_per_s_at_100_per_commit"]),
+                    ],
+                    ["median commit", f"{pg_storage['commit_ms']:.3f} ms"],
+                ],
+            )
+        )
     runs = results.get("throughput") or []
     if runs:
         levels = sorted({r["concurrency"] for r in runs})
@@ -149,6 +207,51 @@ def render_table(results: dict[str, Any]) -> str:
                 ["system", *[f"c={c}" for c in levels], f"CPU ms/saga at c={max(levels)}"],
                 rows,
             )
+        )
+        if any("server_cpu_ms_per_saga" in r for r in runs):
+            parts.append(
+                "(PostgreSQL rows: CPU includes the PostgreSQL server's processes; the "
+                "participants' ledgers stay in SQLite files)"
+            )
+    integrity = results.get("checksums")
+    if integrity:
+        parts.append(
+            _table(
+                f"SQLiteStore.apply, us per batch (median of {integrity['rounds']} rounds): "
+                "checksums and lease check",
+                [
+                    "sagas/batch",
+                    "synchronous",
+                    "as committed",
+                    "checksums constant",
+                    "no lease, no blame",
+                    "checksums cost",
+                    "lease cost",
+                ],
+                [
+                    [
+                        str(r["k"]),
+                        r["sync"],
+                        f"{r['us_per_batch']['committed']:.0f}",
+                        f"{r['us_per_batch']['constant']:.0f}",
+                        f"{r['us_per_batch']['no-lease']:.0f}",
+                        f"{(r['checksums_ratio'] - 1) * 100:+.1f}%",
+                        f"{(r['lease_ratio'] - 1) * 100:+.1f}%",
+                    ]
+                    for r in integrity["rows"]
+                ],
+            )
+        )
+        whole = integrity["end_to_end"]
+        parts.append(
+            f"checksums computed per saga: {integrity['checksum_us_per_saga']:.1f} us of CPU\n"
+            f"in-process order saga at c={whole['concurrency']} (median of "
+            f"{len(whole['runs']['committed'])} turns each): "
+            f"{whole['sagas_per_s']['committed']:,.0f} sagas/s as committed "
+            f"({whole['cpu_ms_per_saga']['committed']:.3f} CPU ms/saga), "
+            f"{whole['sagas_per_s']['constant']:,.0f} with constant checksums "
+            f"({whole['cpu_ms_per_saga']['constant']:.3f}): "
+            f"{(whole['rate_ratio'] - 1) * 100:+.1f}%"
         )
     if results.get("overhead"):
         parts.append(
@@ -251,7 +354,10 @@ def render_chart(results: dict[str, Any], path: Path) -> Path | None:
     runs = results.get("throughput") or []
     for system in dict.fromkeys(r["system"] for r in runs):
         points = sorted((r["concurrency"], r["sagas_per_s"]) for r in runs if r["system"] == system)
-        style = "o-" if system.startswith("understudy") else ("s--" if "floor" in system else "^:")
+        if system.startswith("understudy"):
+            style = "o--" if "PostgreSQL" in system else "o-"
+        else:
+            style = "s--" if "floor" in system else ("v-." if "PostgreSQL" in system else "^:")
         ax.plot([p[0] for p in points], [p[1] for p in points], style, label=system)
     ax.set(xscale="log", yscale="log", xlabel="sagas in flight", ylabel="sagas/s")
     ax.set_title("Order saga throughput (closed loop)")

@@ -9,6 +9,7 @@ from /proc at the start and end of the measured window.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -20,6 +21,9 @@ from typing import Any
 
 from bench.common import (
     LABELS,
+    PG_LABELS,
+    SERVER_PID_VARIABLE,
+    STORE_VARIABLE,
     Throughput,
     closed_loop,
     cpu_of,
@@ -27,6 +31,7 @@ from bench.common import (
     full_sync,
     parse,
     percentile,
+    server_cpu,
 )
 from bench.participants import (
     Echo,
@@ -42,14 +47,22 @@ from understudy.actors.system import ActorTypeDispatcher, start_actor_system
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _child(args: list[str], timeout: float = 900.0) -> Any:
+#: Set in a child's environment: the store's checksums are replaced by a constant there.
+CONSTANT_CHECKSUMS_VARIABLE = "UNDERSTUDY_BENCH_CONSTANT_CHECKSUMS"
+
+#: A saga's terminal status as ``closed_loop`` counts it: compensated, completed, or neither.
+ENDINGS = {"compensated": True, "completed": False}
+
+
+def _child(args: list[str], timeout: float = 900.0, env: dict[str, str] | None = None) -> Any:
     done = subprocess.run(
         [sys.executable, "-m", "bench.understudy_saga", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
-    )
+        env={**os.environ, **env} if env else None,
+    )  # the children of a PostgreSQL run (and only those) learn the server from ``env``
     if done.returncode != 0:
         raise RuntimeError(
             f"bench child {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-4000:]}"
@@ -60,14 +73,44 @@ def _child(args: list[str], timeout: float = 900.0) -> Any:
 # --- throughput -------------------------------------------------------------------------------
 
 
-def throughput(base: str, workdir: Path, concurrency: int, total: int) -> Throughput:
-    data = _child(["throughput", base, str(workdir), str(concurrency), str(total)])
-    return Throughput(**data)
+def throughput(
+    base: str,
+    workdir: Path,
+    concurrency: int,
+    total: int,
+    store: str | None = None,
+    server_pid: int | None = None,
+    constant_checksums: bool = False,
+) -> Throughput:
+    """``total`` sagas at ``concurrency`` on ``base``, the saga store in ``workdir/sagas.db``
+    or, with ``store`` (a fresh PostgreSQL database's URL), there; the participants' ledgers
+    are SQLite files in ``workdir`` either way. ``server_pid``: the PostgreSQL server's
+    postmaster, whose CPU then counts in the run's. ``constant_checksums``: the store's checksum
+    functions return a constant in the child (``bench.checksums``; on the in-process base only,
+    where the store runs in the child itself)."""
+    args = ["throughput", base, str(workdir), str(concurrency), str(total)]
+    env = {}
+    if constant_checksums:
+        if base != "simpleSystemBase":
+            raise ValueError("constant checksums reach the store only on the in-process base")
+        env[CONSTANT_CHECKSUMS_VARIABLE] = "1"
+    if store:
+        env[STORE_VARIABLE] = store
+        if server_pid:
+            env[SERVER_PID_VARIABLE] = str(server_pid)
+    return Throughput(**_child(args, env=env))
 
 
 def _throughput(base: str, workdir: Path, concurrency: int, total: int) -> dict[str, Any]:
+    store = os.environ.get(STORE_VARIABLE)
+    label = PG_LABELS[base] if store else LABELS[base]
+    if os.environ.get(CONSTANT_CHECKSUMS_VARIABLE):
+        from bench.checksums import constant_checksums
+
+        constant_checksums()
+        label += ", checksums constant"
     with Understudy.start(
-        workdir / "sagas.db", [order_definition()], order_participants(workdir), base=base
+        store or workdir / "sagas.db", [order_definition()], order_participants(workdir), base=base
     ) as us:
         for i in range(20):  # warm up: imports, caches, every participant's first commit
             us.run(f"warm-{i}", "order", payload(i))
@@ -77,11 +120,16 @@ def _throughput(base: str, workdir: Path, concurrency: int, total: int) -> dict[
 
         def start(index: int, done: Any) -> None:
             future = us.submit_future(f"s-{index}", "order", payload(index))
-            future.add_done_callback(lambda f: done(f.result().status == "compensated"))
+            future.add_done_callback(lambda f: done(ENDINGS.get(f.result().status)))
 
-        cpu_before = cpu_of(pids)
-        result = closed_loop(LABELS[base], concurrency, total, start)
+        cpu_before, server_before = cpu_of(pids), server_cpu()
+        result = closed_loop(label, concurrency, total, start)
         result.cpu_seconds = cpu_of(pids) - cpu_before
+        server_after = server_cpu()
+        if server_before is not None and server_after is not None:
+            # The saga store's server works for this system: its CPU counts as the system's.
+            result.server_cpu_seconds = server_after - server_before
+            result.cpu_seconds += result.server_cpu_seconds
     return result.__dict__
 
 
@@ -206,7 +254,7 @@ def _step_scaling(
                 future = us.submit_future(f"{name}-{index}", name, {})
                 future.add_done_callback(lambda f: done(False))
 
-            result = closed_loop(name, concurrency, sagas, start)
+            result = closed_loop(name, concurrency, sagas, start, declined=None)
             steps = len(definition.steps)
             rows.append(
                 {

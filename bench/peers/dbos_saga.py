@@ -1,4 +1,4 @@
-"""DBOS Transact peer: the order saga as a DBOS workflow, on a SQLite system database.
+"""DBOS Transact peer: the order saga as a DBOS workflow, on a SQLite or PostgreSQL system database.
 
 The saga is written the way DBOS documents durable workflows: a ``@DBOS.workflow`` calls
 ``@DBOS.step`` functions, catches the business error of the failing step and runs the
@@ -9,6 +9,12 @@ process), so every measurement runs in a fresh child process
 (``python -m bench.peers.dbos_saga <mode> ...``) that prints its figures with ``common.emit``;
 the parent rebuilds them with ``common.parse``. The parent never imports ``dbos``, so importing
 this module works whether or not DBOS is installed (``available()`` says which).
+
+The system database is a SQLite file (DBOS's default, switched to WAL + synchronous=FULL like
+every system of the suite) or, for :data:`PG_NAME`, a PostgreSQL database: DBOS's production
+configuration (its documentation recommends a Postgres system database for production; every
+other setting stays at DBOS's defaults). The PostgreSQL URL reaches the child in
+``DBOS_SYSTEM_DATABASE_URL``, never on its command line.
 
 Run the self-check by hand from the repository root:
 ``python -m bench.peers.dbos_saga selftest``
@@ -35,6 +41,7 @@ from typing import Any
 
 from bench.common import (
     COMPENSATIONS,
+    SERVER_PID_VARIABLE,
     STEPS,
     Recovery,
     Throughput,
@@ -43,9 +50,12 @@ from bench.common import (
     fails,
     full_sync,
     parse,
+    server_cpu,
 )
 
 NAME = "DBOS"
+PG_NAME = "DBOS, PostgreSQL"
+URL_VARIABLE = "DBOS_SYSTEM_DATABASE_URL"  # how the child learns a PostgreSQL system database
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the parent of bench/
 MODULE = "bench.peers.dbos_saga"
@@ -81,11 +91,26 @@ def available() -> str | None:
 # --- the parent's side ----------------------------------------------------------------------
 
 
-def throughput(workdir: Path, concurrency: int, total: int) -> Throughput:
-    database = _fresh_database(workdir)
+def throughput(
+    workdir: Path,
+    concurrency: int,
+    total: int,
+    database_url: str | None = None,
+    server_pid: int | None = None,
+) -> Throughput:
+    """``total`` sagas at ``concurrency``, the system database a fresh SQLite file in
+    ``workdir`` or, with ``database_url``, that (fresh, empty) PostgreSQL database;
+    ``server_pid``, its server's postmaster, whose CPU then counts in the run's."""
+    database = "postgresql" if database_url else str(_fresh_database(workdir))
+    env: dict[str, str] = {}
+    if database_url:
+        env[URL_VARIABLE] = database_url
+        if server_pid:
+            env[SERVER_PID_VARIABLE] = str(server_pid)
     output = _run_child(
-        ["throughput", str(database), str(concurrency), str(total)],
+        ["throughput", database, str(concurrency), str(total)],
         timeout=300.0 + total * 1.0,
+        env=env,
     )
     return Throughput(**parse(output))
 
@@ -109,7 +134,7 @@ def _child_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", MODULE, *args]
 
 
-def _run_child(args: list[str], timeout: float) -> str:
+def _run_child(args: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
     try:
         done = subprocess.run(
             _child_command(args),
@@ -118,6 +143,7 @@ def _run_child(args: list[str], timeout: float) -> str:
             text=True,
             timeout=timeout,
             check=False,
+            env={**os.environ, **env} if env else None,
         )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(
@@ -273,21 +299,31 @@ def _full_sync_on_connect(dbapi_connection: Any, _record: Any) -> None:
         raise RuntimeError(f"SQLite runs with journal_mode={mode}, synchronous={synchronous}")
 
 
+def _system_database_url(database: Path | str) -> str:
+    """The child's system database: the PostgreSQL URL in ``DBOS_SYSTEM_DATABASE_URL`` when
+    ``database`` is ``postgresql``, else the SQLite file ``database``."""
+    if str(database) == "postgresql":
+        return os.environ[URL_VARIABLE]
+    return f"sqlite:///{database}"
+
+
 def _launch(database: Path) -> None:
     import sqlalchemy
     from dbos import DBOS, DBOSConfig
 
-    # Pool-wide, so it also covers the engine DBOS creates inside launch().
+    # Pool-wide, so it also covers the engine DBOS creates inside launch(). It touches SQLite
+    # connections only: on PostgreSQL, DBOS runs exactly as configured below.
     sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", _full_sync_on_connect)
     config: DBOSConfig = {
         "name": APP_NAME,
-        "system_database_url": f"sqlite:///{database}",
+        "system_database_url": _system_database_url(database),
         "application_version": APP_VERSION,
         "executor_id": EXECUTOR_ID,
         "log_level": "WARNING",
         # No max_executor_threads: DBOS 3.4 then sizes its workflow executor at sys.maxsize
         # threads, so 1000 concurrent workflows are not capped. The system database pool stays at
-        # DBOS's default (20 connections, 30 s checkout timeout): SQLite serialises writers anyway.
+        # DBOS's default (20 connections, 30 s checkout timeout), on SQLite (which serialises
+        # writers anyway) and on PostgreSQL alike.
     }
     DBOS(config=config)
     DBOS.launch()
@@ -333,9 +369,15 @@ def _child_throughput(database: Path, concurrency: int, total: int) -> None:
         handle = _run_one(saga, f"s-{index}", fails(index))
         waiters.submit(wait, handle, done)
 
-    cpu_before = time.process_time()
-    result = closed_loop(NAME, concurrency, total, start)
+    name = PG_NAME if str(database) == "postgresql" else NAME
+    cpu_before, server_before = time.process_time(), server_cpu()
+    result = closed_loop(name, concurrency, total, start)
     result.cpu_seconds = time.process_time() - cpu_before  # DBOS runs in this process only
+    server_after = server_cpu()
+    if server_before is not None and server_after is not None:
+        # The system database's server works for DBOS: its CPU counts as DBOS's.
+        result.server_cpu_seconds = server_after - server_before
+        result.cpu_seconds += result.server_cpu_seconds
     emit(asdict(result))
     waiters.shutdown()
     DBOS.destroy()

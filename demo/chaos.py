@@ -63,9 +63,12 @@ class DemoScenario(Scenario):
 
 
 def demo_ledger_checks(view: RunView) -> list[str]:
-    """The demo's ledger checks, read from the run's files."""
+    """The demo's ledger checks, read from the run's files and its saga store (a SQLite file
+    or a PostgreSQL database)."""
     orders = _orders(list(view.submitted))
-    report = check_ledgers(view.directory, orders, opening_stock(orders), (COMPLETED, FAILED))
+    report = check_ledgers(
+        view.directory, orders, opening_stock(orders), (COMPLETED, FAILED), store=str(view.store)
+    )
     return [f"{c.name}: {c.detail}" for c in report.checks if not c.ok and c.name not in _COVERED]
 
 

@@ -28,6 +28,7 @@ from understudy.failpoints import (
     MESSAGE_ACTIONS,
     POINT_KINDS,
     POINTS,
+    SERVER_ACTIONS,
     STORE_ACTIONS,
     Fault,
     InjectedFault,
@@ -76,7 +77,9 @@ def _events(tmp_path: Path, saga_id: str) -> list[str]:
 def test_every_point_has_a_known_kind_and_the_actions_of_that_kind() -> None:
     assert set(POINT_KINDS.values()) == {failpoints.CODE, failpoints.MESSAGE, failpoints.STORE}
     assert POINTS == tuple(POINT_KINDS)
-    assert set(ACTIONS) == set(CRASHES) | set(MESSAGE_ACTIONS) | set(STORE_ACTIONS)
+    assert set(ACTIONS) == (
+        set(CRASHES) | set(MESSAGE_ACTIONS) | set(STORE_ACTIONS) | set(SERVER_ACTIONS)
+    )
     for point, kind in POINT_KINDS.items():
         allowed = actions_for(point)
         assert set(CRASHES) <= set(allowed), point
@@ -84,7 +87,9 @@ def test_every_point_has_a_known_kind_and_the_actions_of_that_kind() -> None:
         assert (set(STORE_ACTIONS) <= set(allowed)) == (kind == failpoints.STORE), point
     assert actions_for(CODE_POINT) == CRASHES
     assert actions_for(MESSAGE_POINT) == CRASHES + MESSAGE_ACTIONS
-    assert actions_for(STORE_POINT) == CRASHES + STORE_ACTIONS
+    assert actions_for(STORE_POINT) == CRASHES + STORE_ACTIONS + SERVER_ACTIONS
+    # Once a transaction committed, of the server's faults only a lost connection can happen.
+    assert actions_for("store.after_commit") == CRASHES + STORE_ACTIONS + ("connection_lost",)
 
 
 def test_every_point_the_code_hits_is_in_the_catalogue() -> None:
@@ -274,6 +279,38 @@ def test_store_actions_raise_sqlites_own_operational_error(action: str, message:
         failpoints.hit(STORE_POINT)
     assert str(caught.value) == message
     assert type(caught.value) is sqlite3.OperationalError
+
+
+@pytest.mark.parametrize("action", SERVER_ACTIONS)
+def test_server_faults_are_returned_for_the_store_to_carry_out(action: str) -> None:
+    failpoints.arm([Fault(STORE_POINT, action)])
+    assert failpoints.hit(STORE_POINT) == action
+    assert failpoints.hit(STORE_POINT) is None
+    # The SQLite store raises the closest error SQLite itself reports.
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        failpoints.sqlite_error(action)
+    assert str(caught.value) == failpoints.SQLITE_EQUIVALENTS[action]
+    failpoints.sqlite_error(None)
+
+
+@pytest.mark.parametrize(
+    ("action", "error"),
+    [
+        ("serialization_failure", "locked"),
+        ("deadlock", "locked"),
+        ("statement_timeout", "interrupted"),
+        ("connection_lost", "disk I/O error"),
+    ],
+)
+def test_server_faults_in_the_sqlite_store_roll_back_and_are_translated(
+    tmp_path: Path, action: str, error: str
+) -> None:
+    with SQLiteStore(tmp_path / "sagas.db") as store:
+        failpoints.arm([Fault(STORE_POINT, action)])
+        with pytest.raises(understudy.StoreError, match=error):
+            store.apply([NewSaga("a", "order", 1, b"\x80", 1.0)])
+        assert store.get("a") is None
+        assert store.apply([NewSaga("a", "order", 1, b"\x80", 1.0)]) == [True]
 
 
 def test_raise_raises_injected_fault_naming_the_fault() -> None:

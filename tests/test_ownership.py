@@ -17,6 +17,7 @@ from understudy import Understudy
 from understudy.errors import ShardCountMismatch, StoreError, StoreInUse, StoreUnavailable
 from understudy.persistence import open_store
 from understudy.persistence.sqlite import SQLiteStore
+from understudy.supervisors.leases import about_me
 
 
 def test_the_shard_count_is_fixed_when_the_store_is_created(tmp_path: Path) -> None:
@@ -49,6 +50,21 @@ def test_a_store_is_free_again_after_a_clean_shutdown(tmp_path: Path) -> None:
         assert [""] == [lease.holder for lease in store.leases()]
     with start_runtime(tmp_path) as us:
         assert "completed" == us.run("order-2", "order", {}).status
+
+
+def test_leases_left_by_a_runtime_that_stopped_in_this_process_do_not_block_a_start(
+    tmp_path: Path,
+) -> None:
+    """A lease that names this very process for a runtime no longer running here (its
+    shutdown hung, or its failed start could not give the lease back) is taken over at once."""
+    start_runtime(tmp_path).shutdown()
+    with SQLiteStore(tmp_path / "sagas.db") as store:
+        left = store.acquire(0, "a-runtime-gone", 60.0, about_me(None))
+        assert left is not None
+    began = time.monotonic()
+    with start_runtime(tmp_path) as us:
+        assert "completed" == us.run("order-1", "order", {}).status
+    assert time.monotonic() - began < 30  # not the 60 s the lease had left
 
 
 def test_two_runtimes_started_at_the_same_moment_never_deadlock(tmp_path: Path) -> None:

@@ -15,7 +15,16 @@ Three kinds of point, and the actions each accepts:
   returns the action and the caller skips or repeats the send;
 - store points (inside or just after a store transaction) also: ``busy``, ``io_error`` and
   ``disk_full``, raised as the :class:`sqlite3.OperationalError` SQLite itself reports, so the
-  store's real error translation and rollback run.
+  store's real error translation and rollback run;
+- store points also: the database server's own faults (:data:`SERVER_ACTIONS`),
+  ``connection_lost``, ``serialization_failure``, ``deadlock`` and ``statement_timeout``
+  (``store.after_commit``: only ``connection_lost``, the others cannot happen once a transaction
+  committed). :func:`hit` returns them, and the store makes them happen for real on its own
+  connection: the PostgreSQL store terminates its own backend, has the server raise the
+  error with its SQLSTATE, or sets a 1 ms statement timeout and sleeps, so that its real error
+  translation, retry and reconnect paths run; the SQLite store raises the closest error SQLite
+  itself reports (:data:`SQLITE_EQUIVALENTS`). The schedule drawer draws them for PostgreSQL
+  runs only.
 
 A fault with ``once_file`` fires at most once across every process and restart: the file is
 created atomically when it fires, and a fault whose file exists stays quiet. Without it a fault
@@ -65,7 +74,16 @@ POINTS: Final = tuple(POINT_KINDS)
 CRASHES: Final = ("kill", "kill_system", "raise", "hang", "delay")
 MESSAGE_ACTIONS: Final = ("drop", "duplicate")
 STORE_ACTIONS: Final = ("busy", "io_error", "disk_full")
-ACTIONS: Final = CRASHES + MESSAGE_ACTIONS + STORE_ACTIONS
+#: The database server's own faults, carried out by the store on its own connection.
+SERVER_ACTIONS: Final = (
+    "connection_lost",
+    "serialization_failure",
+    "deadlock",
+    "statement_timeout",
+)
+#: The server faults that can happen once a transaction has committed.
+AFTER_COMMIT_SERVER_ACTIONS: Final = ("connection_lost",)
+ACTIONS: Final = CRASHES + MESSAGE_ACTIONS + STORE_ACTIONS + SERVER_ACTIONS
 
 #: Points hit outside any one saga's handling (a batch, a store transaction): a fault there
 #: cannot be scoped to a saga.
@@ -80,6 +98,18 @@ _STORE_ERRORS: Final = {
     "disk_full": "database or disk is full",
 }
 
+#: What the SQLite store raises for each server fault: the closest error SQLite itself
+#: reports. A serialization failure or a deadlock is another writer in the way (SQLite: the
+#: database is locked); a statement cut short is an interrupted statement (what
+#: ``sqlite3.Connection.interrupt`` makes SQLite report); a lost connection is the file
+#: becoming unreachable under the store (an I/O error).
+SQLITE_EQUIVALENTS: Final = {
+    "serialization_failure": "database is locked",
+    "deadlock": "database is locked",
+    "statement_timeout": "interrupted",
+    "connection_lost": "disk I/O error",
+}
+
 HANG_SECONDS: Final = 3.0
 
 
@@ -89,8 +119,16 @@ def actions_for(point: str) -> tuple[str, ...]:
     if kind == MESSAGE:
         return CRASHES + MESSAGE_ACTIONS
     if kind == STORE:
-        return CRASHES + STORE_ACTIONS
+        server = AFTER_COMMIT_SERVER_ACTIONS if point == "store.after_commit" else SERVER_ACTIONS
+        return CRASHES + STORE_ACTIONS + server
     return CRASHES
+
+
+def sqlite_error(action: str | None) -> None:
+    """For the SQLite store at a store point: raise the error SQLite reports for the server
+    fault ``action`` that :func:`hit` returned (nothing for None)."""
+    if action in SQLITE_EQUIVALENTS:
+        raise sqlite3.OperationalError(SQLITE_EQUIVALENTS[action])
 
 
 class InjectedFault(Exception):
@@ -184,7 +222,8 @@ def disarm() -> None:
 def hit(point: str, saga_id: str | None = None, participant: str | None = None) -> str | None:
     """Mark that execution reached ``point`` (for ``saga_id``, in ``participant``); fire an
     armed fault whose turn it is. Returns ``"drop"`` or ``"duplicate"`` when a message point's
-    fault asks the caller to do so."""
+    fault asks the caller to do so, and a server fault (:data:`SERVER_ACTIONS`) at a store
+    point, for the store to carry out."""
     if not _armed:
         return None
     verdict = None
@@ -227,5 +266,5 @@ def _fire(fault: Fault, saga_id: str | None) -> str | None:
     elif action in _STORE_ERRORS:
         raise sqlite3.OperationalError(_STORE_ERRORS[action])
     else:
-        return action  # drop, duplicate: the caller acts on the message
+        return action  # drop, duplicate; a server fault: the caller carries it out
     return None

@@ -73,7 +73,13 @@ from understudy.messages import SagaRejected as SagaRejectedMessage
 from understudy.persistence import SagaStore, open_store, redact
 from understudy.persistence.base import SagaRecord
 from understudy.supervisors.coordinator import Coordinator
-from understudy.supervisors.leases import DEFAULT_TTL, about_me, claim_shards, give_back
+from understudy.supervisors.leases import (
+    DEFAULT_TTL,
+    RUNNING_HERE,
+    about_me,
+    claim_shards,
+    give_back,
+)
 from understudy.supervisors.policy import RestartPolicy
 from understudy.supervisors.protocol import (
     CoordinatorReady,
@@ -232,6 +238,7 @@ class Understudy:
         self._readers_lock = threading.Lock()
         self._tokens = itertools.count()
         self._client_id = f"{os.getpid()}-{id(self):x}"
+        self._runtime_id = ""  # set by start: the holder of this runtime's shard leases
 
     @classmethod
     def start(
@@ -294,21 +301,26 @@ class Understudy:
                 "SQLite file (a temporary one for tests) or a PostgreSQL URL"
             )
         runtime_id = uuid.uuid4().hex
+        RUNNING_HERE.add(runtime_id)
         # Fail fast, in the caller's thread, on a store that cannot be opened or written, that
         # was created with another shard count, or that another live runtime works on.
-        with open_store(store_config.location, **store_config.options) as opened:
-            fixed = len(opened.leases())
-            if hosts is None:
-                hosts = fixed or ((os.cpu_count() or 2) if is_multiprocess(base) else 1)
-            opened.fix_shards(hosts)
-            # Held for the start's own bound: the hosts renew them once they run.
-            leases = claim_shards(
-                opened,
-                store_config.location,
-                runtime_id,
-                max(lease_ttl, timeout),
-                about_me(process_identity(os.getpid())),
-            )
+        try:
+            with open_store(store_config.location, **store_config.options) as opened:
+                fixed = len(opened.leases())
+                if hosts is None:
+                    hosts = fixed or ((os.cpu_count() or 2) if is_multiprocess(base) else 1)
+                opened.fix_shards(hosts)
+                # Held for the start's own bound: the hosts renew them once they run.
+                leases = claim_shards(
+                    opened,
+                    store_config.location,
+                    runtime_id,
+                    max(lease_ttl, timeout),
+                    about_me(process_identity(os.getpid())),
+                )
+        except BaseException:
+            RUNNING_HERE.discard(runtime_id)
+            raise
         specs = tuple(
             AddParticipant(name, class_path(pcls), dict(options))
             for name, pcls, options in participants
@@ -318,6 +330,7 @@ class Understudy:
             asys = start_actor_system(base, admin_port=admin_port)
         except BaseException:
             _give_back(store_config, leases)
+            RUNNING_HERE.discard(runtime_id)
             raise
         try:
             coordinator = asys.createActor(Coordinator)
@@ -345,9 +358,11 @@ class Understudy:
         except BaseException:
             asys.shutdown()
             _give_back(store_config, leases)
+            RUNNING_HERE.discard(runtime_id)
             raise
         runtime = cls(asys, coordinator, store_config, base, reply.resumed)
         runtime._admin = detached_since(detached)
+        runtime._runtime_id = runtime_id
         return runtime
 
     # --- starting sagas ------------------------------------------------------------------------
@@ -524,6 +539,7 @@ class Understudy:
             reader.close()
         self._local = threading.local()
         self.asys.shutdown()
+        RUNNING_HERE.discard(self._runtime_id)
         reap(self._admin)  # Thespian detached its admin: collect it, or it stays a zombie
 
     def __enter__(self) -> Understudy:

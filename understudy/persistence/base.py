@@ -270,6 +270,12 @@ class SagaStore(abc.ABC):
         """The saga's timeline, in the order it was written."""
 
     @abc.abstractmethod
+    def last_seq(self) -> int:
+        """The ``seq`` of the latest event, 0 when there is none. Cheap (one index lookup), and
+        it changes whenever anything is written, since every write carries events: what a
+        watcher polls to tell progress from a standstill."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the connection. Idempotent."""
 

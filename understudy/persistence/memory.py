@@ -274,6 +274,10 @@ class MemoryStore(SagaStore):
             if e.saga_id == saga_id
         ]
 
+    def last_seq(self) -> int:
+        self._check_open()
+        return self._events[-1].seq if self._events else 0
+
     def close(self) -> None:
         self._closed = True
 

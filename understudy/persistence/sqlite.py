@@ -364,12 +364,12 @@ class SQLiteStore(SagaStore):
                 results.append(applied)
             # One statement for the whole batch's timeline rows, not one per saga.
             conn.executemany(_INSERT_EVENT, events)
-            failpoints.hit("store.in_transaction")
+            failpoints.sqlite_error(failpoints.hit("store.in_transaction"))
         if lease is not None and lease.shard in self._blamed:
             self._write_blame(lease, _NOBODY)  # the batch is durable: its sagas are innocent
             self._blamed.discard(lease.shard)
         try:
-            failpoints.hit("store.after_commit")
+            failpoints.sqlite_error(failpoints.hit("store.after_commit"))
         except sqlite3.Error as exc:
             raise _translate(exc, self.path, "committing saga records") from exc
         return results
@@ -421,7 +421,7 @@ class SQLiteStore(SagaStore):
             conn.executemany(
                 _INSERT_EVENT, claimed_event_rows(list(claimed.values()), recovery, at)
             )
-            failpoints.hit("store.claim")
+            failpoints.sqlite_error(failpoints.hit("store.claim"))
         return claimed
 
     # --- ownership --------------------------------------------------------------------------
@@ -607,6 +607,10 @@ class SQLiteStore(SagaStore):
 
     def events(self, saga_id: str) -> list[EventRecord]:
         return [event_record(row) for row in self._read(_EVENTS_SQL, (saga_id,))]
+
+    def last_seq(self) -> int:
+        # max() of the rowid primary key: one step down the table's b-tree.
+        return int(self._read("SELECT coalesce(max(seq), 0) FROM understudy_events")[0][0])
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:

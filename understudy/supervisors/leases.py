@@ -28,6 +28,11 @@ from understudy.persistence.base import Lease, SagaStore
 #: Seconds a shard lease lasts unless renewed; hosts renew every third of it.
 DEFAULT_TTL = 10.0
 
+#: The ids of the runtimes running in this process. A lease that names this very process as its
+#: holder for a runtime not among them is left over from one that stopped or failed here (its
+#: shutdown hung, or its failed start could not give its leases back): it is as good as dead.
+RUNNING_HERE: set[str] = set()
+
 
 def about_me(app: ProcessIdentity | None) -> dict[str, Any]:
     """What a lease says about its holder: machine, process, and the application behind it."""
@@ -56,6 +61,8 @@ def holder_state(lease: Lease) -> str:
         return "remote"
     holder = _process(lease.about, "pid", "started")
     if holder is None or not is_running(holder):
+        return "dead"
+    if holder[0] == os.getpid() and lease.holder not in RUNNING_HERE:
         return "dead"
     app = _process(lease.about, "app_pid", "app_started")
     if app is not None and not is_running(app):

@@ -16,11 +16,13 @@ Quick start (the pytest plugin gives you these as fixtures; see ``docs/testing.m
     for result in runner.exhaustive(sagas=2):
         result.report.assert_ok(result.schedule.describe())
 
+``ChaosRunner(..., store="postgresql://...")`` keeps each run's saga store in a fresh database
+on that server and adds the server's own faults (and, with ``restart_server``, restarts).
 Faults are armed at the named failpoints of :mod:`understudy.failpoints`. The checker reads only
 the store and the participants' ledgers (:mod:`understudy.testing.checker` lists the invariants).
 """
 
-from understudy.failpoints import ACTIONS, POINTS, Fault
+from understudy.failpoints import ACTIONS, POINTS, SERVER_ACTIONS, Fault
 from understudy.testing.checker import (
     Invariant,
     InvariantViolation,
@@ -37,11 +39,17 @@ from understudy.testing.runner import (
     RunResult,
     Scenario,
 )
-from understudy.testing.schedule import FaultSchedule, random_schedule, single_fault
+from understudy.testing.schedule import (
+    FaultSchedule,
+    ServerRestart,
+    random_schedule,
+    single_fault,
+)
 
 __all__ = [
     "ACTIONS",
     "POINTS",
+    "SERVER_ACTIONS",
     "ChaosRunner",
     "Fault",
     "FaultSchedule",
@@ -54,6 +62,7 @@ __all__ = [
     "RunView",
     "SagaStart",
     "Scenario",
+    "ServerRestart",
     "Violation",
     "check",
     "random_schedule",

@@ -1,6 +1,7 @@
 """The checker: judge a run only from what is on disk.
 
-It reads the saga store and every participant's ledger (the ``understudy_ledger`` table each
+It reads the saga store (through :func:`understudy.persistence.open_store`, read-only: a SQLite
+file or a PostgreSQL database) and every participant's ledger (the ``understudy_ledger`` table each
 :class:`~understudy.Participant` keeps in its own database) after the run has healed and gone
 quiet. It never asks the coordinator or trusts a reply the run received: those are exactly what a
 crash loses. Each violated invariant is reported with the saga it concerns.
@@ -47,6 +48,7 @@ import attrs
 from understudy import codec
 from understudy.definitions import SagaDefinition
 from understudy.errors import CorruptRecord
+from understudy.persistence import open_store
 from understudy.persistence.base import (
     COMPENSATED,
     COMPLETED,
@@ -55,7 +57,6 @@ from understudy.persistence.base import (
     EventRecord,
     SagaRecord,
 )
-from understudy.persistence.sqlite import SQLiteStore
 from understudy.supervisors.policy import RestartPolicy
 
 SHOWN = 20  # violations printed per rule
@@ -100,7 +101,7 @@ class RunView:
     starts were acknowledged). Domain invariants receive it too."""
 
     directory: Path
-    store: Path
+    store: Path | str  # the saga store: a SQLite file, or a PostgreSQL URL
     ledgers: dict[str, Path]  # participant name -> its ledger database
     definitions: tuple[SagaDefinition, ...]
     submitted: tuple[SagaStart, ...]  # the workload, whether acknowledged or not
@@ -108,7 +109,7 @@ class RunView:
     policy: RestartPolicy = attrs.field(factory=RestartPolicy)
 
     def records(self) -> dict[str, SagaRecord]:
-        with closing(SQLiteStore(self.store, read_only=True)) as store:
+        with closing(open_store(self.store, read_only=True)) as store:
             return {r.saga_id: r for r in store.list_sagas(limit=1 << 62)}
 
     def connect(self, participant: str) -> sqlite3.Connection:
@@ -193,7 +194,7 @@ def check(view: RunView, invariants: Iterable[Invariant] = (), min_completed: in
             "unknown-saga", saga_id, f"participants hold effects the store never recorded: {rows}"
         )
 
-    with closing(SQLiteStore(view.store, read_only=True)) as store:
+    with closing(open_store(view.store, read_only=True)) as store:
         for saga_id, record in sorted(records.items()):
             definition = definitions.get((record.definition, record.version))
             _check_saga(report, view, record, store.events(saga_id), ledger[saga_id], definition)

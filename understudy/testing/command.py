@@ -4,6 +4,11 @@ By default it runs the demo's order saga (``demo.chaos:scenario``, importable fr
 understudy); ``--scenario module:attribute`` runs your own :class:`~understudy.testing.Scenario`.
 Every run gets its own directory under ``--dir``; a run that breaks an invariant keeps its data
 and saves its schedule there, and the exit status is 1.
+
+``--store postgresql://...`` puts each run's saga store in a fresh database of that server
+(dropped after a passing run, kept and named after a failing one) and draws the server's own
+faults too; with ``--restart-command CMD`` (a command that restarts that server and returns once
+it accepts connections, e.g. ``.ci/postgres restart DIR``) runs also restart the server mid-run.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ from pathlib import Path
 from typing import TextIO
 
 from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP
+from understudy.errors import UnderstudyError
+from understudy.persistence import redact
+from understudy.testing import stores
 from understudy.testing.runner import ChaosRunner, Figures, RunResult, Scenario
 from understudy.testing.schedule import FaultSchedule
+from understudy.testing.stores import command_restarter
 
 DEFAULT_SCENARIO = "demo.chaos:scenario"
 
@@ -53,6 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep", action="store_true", help="keep the data of runs that passed, too"
     )
     parser.add_argument("--replay", metavar="FILE", help="replay one saved schedule and stop")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="a PostgreSQL server's URL (postgresql://user@host:port/db, a role that may create "
+        "databases): each run gets a fresh database there and the server's own faults are drawn "
+        "(default: a SQLite file per run)",
+    )
+    parser.add_argument(
+        "--restart-command",
+        metavar="CMD",
+        default=None,
+        help="a command that restarts the --store server (e.g. '.ci/postgres restart DIR'): "
+        "runs then also restart the server while sagas are in flight or recovering",
+    )
 
 
 def load_scenario(spec: str) -> Scenario:
@@ -92,9 +116,27 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.runs <= 0 or args.sagas <= 0:
         print("understudy: error: --runs and --sagas must be greater than 0", file=sys.stderr)
         return 2
+    try:
+        stores.kind_of(args.store)
+        restart = command_restarter(args.restart_command) if args.restart_command else None
+    except ValueError as exc:
+        print(f"understudy: error: {exc}", file=sys.stderr)
+        return 2
+    if restart is not None and args.store is None:
+        print("understudy: error: --restart-command needs --store URL", file=sys.stderr)
+        return 2
     directory = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="understudy-chaos-"))
     directory.mkdir(parents=True, exist_ok=True)
-    runner = ChaosRunner(scenario, directory, base=args.base, hosts=args.hosts, scenario_path=spec)
+    runner = ChaosRunner(
+        scenario,
+        directory,
+        base=args.base,
+        hosts=args.hosts,
+        scenario_path=spec,
+        store=args.store,
+        restart_server=restart,
+        keep_stores=args.keep,
+    )
     started = time.monotonic()
     results: list[RunResult] = []
 
@@ -112,18 +154,27 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         )
         if not result.ok:
             print(f"  VIOLATED {result.schedule.describe()}\n{result.report}", file=out)
+            print(f"  saga store kept: {result.store}", file=out)
             print(f"  schedule saved to {result.saved}", file=out, flush=True)
         elif not args.keep:
             shutil.rmtree(result.directory, ignore_errors=True)
 
     if replay is not None:
         total = 1
-        progress(runner.run(replay, name="replay"))
+        try:
+            replayed = runner.run(replay, name="replay")
+        except (ValueError, UnderstudyError) as exc:
+            print(f"understudy: error: {exc}", file=sys.stderr)
+            return 2
+        progress(replayed)
     else:
         total = args.runs
+        where = f"PostgreSQL {redact(args.store)}" if args.store else "SQLite"
+        restarts = ", with server restarts" if restart is not None else ""
         print(
             f"understudy chaos: {args.runs} runs of {args.sagas} sagas on {args.base} "
-            f"({args.hosts} saga hosts), seed {args.seed}; data in {directory}",
+            f"({args.hosts} saga hosts), seed {args.seed}, saga store on {where}{restarts}; "
+            f"data in {directory}",
             file=out,
             flush=True,
         )

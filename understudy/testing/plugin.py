@@ -17,7 +17,11 @@ Options:
   suite; change it to explore);
 - ``--understudy-runs N``: runs per campaign (default 10);
 - ``--understudy-replay FILE``: campaigns replay this saved schedule instead of drawing runs;
-- ``--understudy-base NAME``: the actor system base(s) to run on (repeatable).
+- ``--understudy-base NAME``: the actor system base(s) to run on (repeatable);
+- ``--understudy-store URL``: run the saga store on this PostgreSQL server (a fresh database per
+  run) instead of a SQLite file per run, and draw the server's own faults;
+- ``--understudy-restart-command CMD``: a command that restarts that server (e.g.
+  ``.ci/postgres restart DIR``): campaigns then restart it mid-run too.
 
 A failing run saves its schedule (faults and workload) as JSON under pytest's cache directory
 and the failure message says how to replay it.
@@ -42,6 +46,7 @@ from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP
 from understudy.testing.checker import InvariantViolation, Report, check
 from understudy.testing.runner import ChaosRunner, RunResult, Scenario
 from understudy.testing.schedule import FaultSchedule, random_schedule
+from understudy.testing.stores import command_restarter
 
 DEFAULT_BASES = (IN_PROCESS, MULTIPROC_TCP)
 
@@ -57,6 +62,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="FILE",
         default=None,
         help="replay this saved fault schedule instead of drawing campaign runs",
+    )
+    group.addoption(
+        "--understudy-store",
+        metavar="URL",
+        default=None,
+        help="a PostgreSQL server URL: chaos runs keep their saga store in a fresh database "
+        "there (default: a SQLite file per run)",
+    )
+    group.addoption(
+        "--understudy-restart-command",
+        metavar="CMD",
+        default=None,
+        help="a command that restarts the --understudy-store server: campaigns restart it mid-run",
     )
     group.addoption(
         "--understudy-base",
@@ -178,6 +196,7 @@ class Chaos:
         raise InvariantViolation(
             f"{result.schedule.describe()}\n{result.report}\n"
             f"run data: {result.directory}\n"
+            f"saga store (kept): {result.store}\n"
             f"schedule saved to {result.saved}; replay it with:\n"
             f"  pytest --understudy-replay {result.saved} "
             f"--understudy-base {result.schedule.base} '{self.nodeid}'"
@@ -201,9 +220,19 @@ def chaos(
 
     runners = itertools.count(1)  # one directory per chaos() call in this test
 
+    store = request.config.getoption("understudy_store")
+    command = request.config.getoption("understudy_restart_command")
+
     def make(scenario: Scenario, **options: Any) -> Chaos:
+        """``options`` go to :class:`ChaosRunner`: ``store`` (a PostgreSQL server URL, or None
+        for a SQLite file per run) and ``restart_server`` (a callable that restarts it) among
+        them."""
         options.setdefault("base", understudy_base)
         options.setdefault("failures", failures)
+        if store is not None:
+            options.setdefault("store", store)
+        if command is not None and options.get("store") is not None:
+            options.setdefault("restart_server", command_restarter(command))
         if understudy_replay is not None and understudy_replay.base != options["base"]:
             pytest.skip(f"the replayed schedule runs on {understudy_replay.base}")
         runner = ChaosRunner(scenario, tmp_path / f"chaos-{next(runners)}", **options)

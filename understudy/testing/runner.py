@@ -16,36 +16,62 @@ One run, in its own directory (a fresh store and fresh participant ledgers):
 4. **check**: :func:`understudy.testing.checker.check` reads the store and the ledgers.
 
 Runs are independent and repeatable: a :class:`FaultSchedule` names the faults and the workload.
+
+The saga store is a SQLite file in the run's directory, or (``store="postgresql://..."``) a
+fresh database on that PostgreSQL server, dropped after a passing run and kept after a failing
+one (:mod:`understudy.testing.stores`). Every read of the store goes through
+:func:`understudy.persistence.open_store` read-only, and rides out the store's outages. On
+PostgreSQL the schedule can also restart the database server, while the faulty runtime works or
+while the healing runtime recovers (:class:`~understudy.testing.schedule.ServerRestart`), when
+the runner is given ``restart_server``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
+import os
 import random
-import sqlite3
 import statistics
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from understudy import failpoints
+from understudy.actors.watch import process_identity
 from understudy.definitions import SagaDefinition
-from understudy.errors import UnderstudyError
+from understudy.errors import StoreUnavailable, UnderstudyError
 from understudy.failpoints import HANG_SECONDS, POINTS
 from understudy.messages import SagaAccepted, SagaFinished
-from understudy.persistence import open_store
-from understudy.persistence.base import TERMINAL_STATUSES
-from understudy.persistence.sqlite import SQLiteStore
+from understudy.persistence import SagaStore, open_store, redact
+from understudy.persistence.base import ACTIVE_STATUSES, TERMINAL_STATUSES
 from understudy.runtime import Understudy
 from understudy.supervisors.leases import holder_state
 from understudy.supervisors.policy import RestartPolicy
+from understudy.testing import stores
 from understudy.testing.checker import Invariant, Report, RunView, SagaStart, check
-from understudy.testing.schedule import FaultSchedule, random_schedule, single_fault
+from understudy.testing.schedule import (
+    FAULTY,
+    RECOVERY,
+    SQLITE,
+    FaultSchedule,
+    ServerRestart,
+    random_schedule,
+    single_fault,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Events that are not progress: a saga claimed and resumed over and over (a commit that keeps
+#: failing, a host that keeps dying) goes nowhere.
+CHURN = frozenset({"claimed", "resumed"})
+RESTART_PAUSE = 0.25  # seconds between starts the healing phase's client sends again
 
 Participants = list[tuple[str, type, dict[str, Any]]]
 
@@ -89,6 +115,14 @@ class RunResult:
     recovery_seconds: float  # heal start until no saga unfinished
     started_ok: bool  # the faulty runtime started (a fault can stop it starting)
     saved: Path | None = None  # where the schedule was saved because the run failed
+    #: The run's saga store, as it may be shown (a PostgreSQL URL without credentials): a
+    #: failing run's database is kept, to be read with ``understudy show``.
+    store: str = ""
+    server_restarts: int = 0  # database server restarts carried out
+    heal_starts: int = 1  # starts the healing runtime took (a restart can fail a start)
+    #: Leases still in this process's name when the heal began, freed as a new process finds
+    #: them (see ``_as_a_new_process``).
+    stale_leases: int = 0
 
     @property
     def ok(self) -> bool:
@@ -106,6 +140,11 @@ class ChaosRunner:
     """Runs schedules of one :class:`Scenario` on one actor system base.
 
     ``failures``: where a failing run's schedule is saved (default: next to the run's data).
+    ``store``: None for a SQLite file in each run's directory, or the URL of a PostgreSQL server
+    on which each run gets a database of its own (created, and dropped after a passing run
+    unless ``keep_stores``). ``restart_server``: a callable that restarts that server and
+    returns once it accepts connections again; with it, drawn PostgreSQL schedules restart the
+    server mid-run.
     """
 
     def __init__(
@@ -123,6 +162,9 @@ class ChaosRunner:
         host_class: type | None = None,
         probes: int = 2,
         scenario_path: str | None = None,
+        store: str | None = None,
+        restart_server: Callable[[], None] | None = None,
+        keep_stores: bool = False,
     ) -> None:
         self.scenario = scenario
         self.directory = Path(directory)
@@ -136,15 +178,44 @@ class ChaosRunner:
         self.host_class = host_class
         self.probes = probes
         self.scenario_path = scenario_path  # "module:attr", saved with failing schedules
+        self.store_kind = stores.kind_of(store)
+        self.store = store  # holds credentials when the URL has them: never shown
+        self.restart_server = restart_server
+        self.keep_stores = keep_stores
         self._runs = 0
+
+    def __repr__(self) -> str:
+        where = redact(self.store) if self.store else "a SQLite file per run"
+        return f"ChaosRunner({type(self.scenario).__name__}, {self.base}, store {where})"
 
     # --- one run ----------------------------------------------------------------------------
 
     def run(self, schedule: FaultSchedule, name: str | None = None) -> RunResult:
-        """Run ``schedule`` (its base and hosts win over the runner's) and check the result."""
+        """Run ``schedule`` (its base, hosts and store kind win over the runner's) and check
+        the result."""
+        if schedule.restarts and self.restart_server is None:
+            raise ValueError(
+                f"{schedule.describe()}: the schedule restarts the database server, and this "
+                "runner cannot (give it restart_server, or understudy chaos --restart-command)"
+            )
         self._runs += 1
         directory = self.directory / (name or f"run-{self._runs:05d}")
         directory.mkdir(parents=True, exist_ok=False)
+        server = None
+        if schedule.store == SQLITE:
+            location = stores.sqlite_location(directory)
+        else:
+            server = stores.server_for_replay(self.store)
+            location = stores.create_database(server, directory.name)
+        result = self._run(schedule, directory, location)
+        if server is not None and result.ok and not self.keep_stores:
+            try:
+                stores.drop_database(server, location)
+            except Exception as exc:  # the run passed; a database left behind is only litter
+                log.warning("could not drop %s after its run: %s", redact(location), exc)
+        return result
+
+    def _run(self, schedule: FaultSchedule, directory: Path, location: str) -> RunResult:
         # A saved schedule carries how its run was driven: a replay repeats that, not ours.
         policy = self.policy
         if "policy" in schedule.runner:
@@ -154,13 +225,13 @@ class ChaosRunner:
         everything = self.scenario.workload(rng, schedule.sagas + probe_count)
         sagas, probes = everything[: schedule.sagas], everything[schedule.sagas :]
         participants = self.scenario.participants(directory, everything)
-        store = directory / "sagas.db"
         options: dict[str, Any] = {
             "base": schedule.base,
             "hosts": schedule.hosts,
             "policy": policy,
             "host_class": self.host_class,
         }
+        restarts = _Restarts(self.restart_server, schedule.restarts, directory / "faults.log")
         acknowledged: set[str] = set()
         host_restarts = 0
         started_ok = alive = True
@@ -179,7 +250,7 @@ class ChaosRunner:
         try:
             try:
                 runtime = Understudy.start(
-                    store,
+                    location,
                     self.scenario.definitions,
                     participants,
                     faults=schedule.armed(directory),
@@ -198,11 +269,16 @@ class ChaosRunner:
                         )
                         for index, s in enumerate(sagas)
                     }
-                    alive = self._faulty_phase(runtime, store, futures, acknowledged, patience)
+                    alive = self._faulty_phase(
+                        runtime, location, futures, acknowledged, patience, restarts
+                    )
                     if alive:
                         with contextlib.suppress(UnderstudyError):
                             host_restarts = runtime.hosts(timeout=patience).restarts
                 finally:
+                    # A restart drawn for this phase happens in it, whatever ended the phase;
+                    # and the phase's runtime stops with the server up, as a crash would find it.
+                    restarts.finish(FAULTY)
                     runtime.shutdown(timeout=patience if alive else 0.5)
                 # Answers that arrived while the phase ended still count.
                 acknowledged.update(
@@ -210,43 +286,66 @@ class ChaosRunner:
                     for saga_id, future in futures.items()
                     if future.done() and isinstance(_reply(future), SagaAccepted | SagaFinished)
                 )
+            else:
+                restarts.finish(FAULTY)
         finally:
             failpoints.disarm()  # the in-process base armed them in this very process
 
         # A shard still held when the heal starts (an actor process of the faulty runtime
         # that outlived its shutdown) can refuse or delay the heal: name the holder if it fails.
-        held_before = _lease_holders(store)
+        held_before = _lease_holders(location)
+        # The heal is the restart of the application: a new process, in which nothing of this
+        # process's runtimes runs. Leases still in this process's name are freed, as the new
+        # process would find them (counted: each one is a lease a shutdown or a failed start
+        # left behind).
+        stale_leases = _as_a_new_process(location)
         heal_started = time.monotonic()
-        healed, resumed, recovery, healer_start = self._heal(
-            store, participants, options, sagas + probes, acknowledged, heal_started
-        )
+        restart_in_heal = restarts.has(RECOVERY)
+        restarts.begin(RECOVERY)
+        try:
+            healed, resumed, recovery, healer_start, heal_starts = self._heal(
+                location,
+                participants,
+                options,
+                sagas + probes,
+                acknowledged,
+                heal_started,
+                retry=restart_in_heal,
+            )
+        finally:
+            restarts.finish(RECOVERY)
 
         view = RunView(
             directory,
-            store,
+            Path(location) if schedule.store == SQLITE else location,
             {name: Path(opts["database"]) for name, _cls, opts in participants},
             tuple(self.scenario.definitions),
             tuple(everything),
             frozenset(acknowledged),
             policy,
         )
-        report = check(view, self.scenario.invariants(), self.scenario.min_completed)
+        report = _riding_out(
+            lambda: check(view, self.scenario.invariants(), self.scenario.min_completed)
+        )
         if healed is not None:
             report.add(
                 "recovery",
                 None,
                 f"the healing runtime did not start: {healed}"
-                + _diagnosis(store, held_before, healer_start),
+                + _diagnosis(location, held_before, healer_start),
             )
         elif recovery > self.recovery_bound:
             report.add(
                 "recovery",
                 None,
                 f"sagas were still unfinished {recovery:.1f} s after the heal "
-                f"(bound {self.recovery_bound} s)" + _diagnosis(store, held_before, healer_start),
+                f"(bound {self.recovery_bound} s)"
+                + _diagnosis(location, held_before, healer_start),
             )
-        log = directory / "faults.log"
-        fired = tuple(log.read_text().splitlines()) if log.exists() else ()
+        for error in restarts.errors:
+            report.add("server-restart", None, error)
+        log_file = directory / "faults.log"
+        fired = tuple(log_file.read_text().splitlines()) if log_file.exists() else ()
         saved = None
         if not report.ok:
             target = self.failures or directory
@@ -268,71 +367,103 @@ class ChaosRunner:
             recovery,
             started_ok,
             saved,
+            redact(location),
+            restarts.done,
+            heal_starts,
+            stale_leases,
         )
 
     def _heal(
         self,
-        store: Path,
+        location: str,
         participants: Participants,
         options: dict[str, Any],
         starts: list[SagaStart],
         acknowledged: set[str],
         since: float,
-    ) -> tuple[str | None, int, float, float]:
-        """Start a clean runtime on the run's files, resend what was never acknowledged,
+        retry: bool = False,
+    ) -> tuple[str | None, int, float, float, int]:
+        """Start a clean runtime on the run's store, resend what was never acknowledged,
         start the probes, and wait for quiet: (why it could not start, resumed, seconds, seconds
-        the healing runtime took to start)."""
+        the healing runtime took to start, starts it took).
+
+        ``retry``: the database server restarts during the heal, and a start that meets it
+        fails (the store cannot be reached, a saga host's recovery scan loses its connection);
+        the start is then tried again, as the supervisor of a real application restarts it,
+        until the recovery bound."""
         # The recovery bound runs from here and covers the start: a start allowed to take
         # longer than the bound would leave the probes no time at all, and a slow start would
         # be reported as probes "still running" instead of as what it is.
-        try:
-            healer = Understudy.start(
-                store,
-                self.scenario.definitions,
-                participants,
-                timeout=self.recovery_bound,
-                **options,
-            )
-        except UnderstudyError as exc:
-            took = time.monotonic() - since
-            return f"{type(exc).__name__}: {exc}", 0, took, took
+        attempts = 0
+        while True:
+            attempts += 1
+            left = self.recovery_bound - (time.monotonic() - since)
+            try:
+                healer = Understudy.start(
+                    location,
+                    self.scenario.definitions,
+                    participants,
+                    timeout=max(left, 1.0),
+                    **options,
+                )
+                break
+            except UnderstudyError as exc:
+                took = time.monotonic() - since
+                if retry and took + 1.0 < self.recovery_bound:
+                    log.warning("the healing runtime did not start (%s); starting it again", exc)
+                    time.sleep(0.5)
+                    _as_a_new_process(location)
+                    continue
+                return f"{type(exc).__name__}: {exc}", 0, took, took, attempts
         started = time.monotonic() - since
         try:
-            for start in starts:
-                if start.saga_id not in acknowledged:
-                    healer.submit_future(start.saga_id, start.definition, start.payload, wait=False)
-            recovery = self._quiesce(store, [s.saga_id for s in starts], since)
+            client = _RetryingClient(healer, [s for s in starts if s.saga_id not in acknowledged])
+            recovery = self._quiesce(location, [s.saga_id for s in starts], since, client.poll)
+            acknowledged.update(client.acknowledged)
         finally:
             healer.shutdown()
-        return None, healer.resumed, recovery, started
+        return None, healer.resumed, recovery, started, attempts
 
     def _faulty_phase(
         self,
         runtime: Understudy,
-        store_path: Path,
+        location: str,
         futures: dict[str, concurrent.futures.Future[Any]],
         acknowledged: set[str],
         patience: float,
+        restarts: _Restarts,
     ) -> bool:
-        """Wait for the faulty runtime to finish or get stuck; False when it is dead."""
+        """Wait for the faulty runtime to finish or get stuck; False when it is dead. A server
+        restart drawn for this phase starts once the store holds its number of events; while
+        it runs the phase is not taken for stuck."""
         started = last_change = next_ping = time.monotonic()
         last: tuple[int, int] = (-1, -1)
-        with (
-            contextlib.closing(SQLiteStore(store_path, read_only=True)) as store,
-            contextlib.closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db,
-        ):
+        seq_seen = -1
+        progress = 0
+        with contextlib.closing(_Reader(location)) as store:
             while True:
                 for saga_id, future in futures.items():
                     if future.done() and isinstance(_reply(future), SagaAccepted | SagaFinished):
                         acknowledged.add(saga_id)
-                done = sum(n for s, n in store.count_by_status().items() if s in TERMINAL_STATUSES)
+                counts = store.read(lambda s: s.count_by_status())
+                seq = store.read(lambda s: s.last_seq())
                 now = time.monotonic()
+                if seq is not None:
+                    restarts.at_events(seq)
+                    if seq != seq_seen:
+                        # Something was written: was it more than churn?
+                        newest = store.read(_newest_progress)
+                        if newest is not None:
+                            seq_seen, progress = seq, max(progress, newest)
+                done = sum(n for s, n in (counts or {}).items() if s in TERMINAL_STATUSES)
                 # Any new event (a step, a retry, a recovery) is progress, not only an end.
-                seen = (done, _last_event(db))
-                if seen != last:
+                seen = (done, progress)
+                if seen != last or restarts.busy() or counts is None:
                     last, last_change = seen, now
-                if all(f.done() for f in futures.values()) and (
-                    done >= len(futures) or not store.unfinished()
+                if (
+                    counts is not None
+                    and all(f.done() for f in futures.values())
+                    and (done >= len(futures) or store.read(lambda s: s.unfinished()) == [])
                 ):
                     return True  # every start answered, and nothing stored is unfinished
                 if now - last_change > self.stall or now - started > self.window:
@@ -346,14 +477,27 @@ class ChaosRunner:
                         return False
                 time.sleep(0.05)
 
-    def _quiesce(self, store_path: Path, saga_ids: list[str], since: float) -> float:
-        """Wait until no saga is unfinished (nor missing, for the resent starts)."""
+    def _quiesce(
+        self,
+        location: str,
+        saga_ids: list[str],
+        since: float,
+        poll: Callable[[], None] = lambda: None,
+    ) -> float:
+        """Wait until no saga is unfinished (nor missing, for the resent starts); ``poll`` is
+        called at every look."""
         wanted = set(saga_ids)
-        with contextlib.closing(SQLiteStore(store_path, read_only=True)) as store:
+        with contextlib.closing(_Reader(location)) as store:
             while True:
+                poll()
                 now = time.monotonic()
-                quiet = not store.unfinished() and (
-                    sum(store.count_by_status().values()) >= len(wanted)
+                # One read: every saga there and none of them unfinished, in one snapshot (two
+                # reads, the unfinished ones first, miss a start that lands between them).
+                counts = store.read(lambda s: s.count_by_status())
+                quiet = (
+                    counts is not None
+                    and not any(counts.get(status) for status in ACTIVE_STATUSES)
+                    and sum(counts.values()) >= len(wanted)
                 )
                 if quiet or now - since > self.recovery_bound:
                     return now - since
@@ -397,6 +541,7 @@ class ChaosRunner:
                     workload_seed=workload_seed,
                     participant=participant,
                     action=action,
+                    store=self.store_kind,
                 )
                 where = f"-{participant}" if participant else ""
                 label = f"{point}{where}-{nth}{'-persistent' if persistent else ''}"
@@ -419,7 +564,9 @@ class ChaosRunner:
         actions: Iterable[str] | None = None,
         on_result: Callable[[RunResult], None] | None = None,
     ) -> list[RunResult]:
-        """Seeded random mode: ``runs`` runs, the i-th drawn from ``seed`` and i."""
+        """Seeded random mode: ``runs`` runs, the i-th drawn from ``seed`` and i. On PostgreSQL
+        the server's own faults are drawn too, and server restarts when the runner can restart
+        it (see :func:`~understudy.testing.schedule.random_schedule`)."""
         results = []
         for index in range(runs):
             schedule = random_schedule(
@@ -431,6 +578,8 @@ class ChaosRunner:
                 enable=enable,
                 fire=fire,
                 label=f"campaign seed {seed} run {index}",
+                store=self.store_kind,
+                restarts=self.restart_server is not None,
             )
             result = self.run(schedule, name=f"seed{seed}-run{index:05d}")
             results.append(result)
@@ -439,33 +588,201 @@ class ChaosRunner:
         return results
 
 
-def _last_event(db: sqlite3.Connection) -> int:
-    """The newest event that is progress: a saga claimed and resumed over and over (a commit
-    that keeps failing) is not."""
-    row = db.execute(
-        "SELECT coalesce(max(seq), 0) FROM understudy_events "
-        "WHERE kind NOT IN ('claimed', 'resumed')"
-    ).fetchone()
-    return int(row[0])
+class _RetryingClient:
+    """The healing phase's client: it starts the sagas never acknowledged (and the probes), and
+    starts again, every quarter of a second, those whose start was refused (the store could
+    not be reached: the server restarting), as a client that retries does. Starts are
+    idempotent by saga id."""
+
+    def __init__(self, runtime: Understudy, starts: list[SagaStart]) -> None:
+        self.runtime = runtime
+        self.starts = {s.saga_id: s for s in starts}
+        self.futures = {saga_id: self._submit(saga_id) for saga_id in self.starts}
+        self.acknowledged: set[str] = set()
+        self.next_retry = time.monotonic() + RESTART_PAUSE
+
+    def _submit(self, saga_id: str) -> concurrent.futures.Future[Any]:
+        start = self.starts[saga_id]
+        return self.runtime.submit_future(saga_id, start.definition, start.payload, wait=False)
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        retry = now >= self.next_retry
+        if retry:
+            self.next_retry = now + RESTART_PAUSE
+        for saga_id, future in list(self.futures.items()):
+            if not future.done():
+                continue
+            if isinstance(_reply(future), SagaAccepted | SagaFinished):
+                self.acknowledged.add(saga_id)
+                del self.futures[saga_id]
+            elif retry:
+                self.futures[saga_id] = self._submit(saga_id)
+
+
+def _newest_progress(store: SagaStore) -> int:
+    """The newest event of an unfinished saga that is progress (sagas that ended count as
+    progress through their status); 0 when there is none."""
+    return max(
+        (
+            event.seq
+            for saga_id in store.unfinished()
+            for event in store.events(saga_id)
+            if event.kind not in CHURN
+        ),
+        default=0,
+    )
+
+
+class _Reader:
+    """The run's store opened read-only, riding out its outages (a server restarting, a
+    connection dropped): a read that fails returns None, and the next one opens it again."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.store: SagaStore | None = None
+
+    def read(self, query: Callable[[SagaStore], T]) -> T | None:
+        try:
+            if self.store is None:
+                self.store = open_store(self.location, read_only=True)
+            return query(self.store)
+        except UnderstudyError:
+            self.close()
+            return None
+
+    def close(self) -> None:
+        store, self.store = self.store, None
+        if store is not None:
+            with contextlib.suppress(UnderstudyError):
+                store.close()
+
+
+class _Restarts:
+    """A schedule's server restarts, each carried out in a thread of its own (a restart takes
+    a second or more: the run watches the store meanwhile) and logged to ``faults.log`` as a
+    fault that fired (``server.faulty restart ...``)."""
+
+    def __init__(
+        self,
+        restart: Callable[[], None] | None,
+        planned: tuple[ServerRestart, ...],
+        log_file: Path,
+    ) -> None:
+        self.restart = restart
+        self.pending = list(planned)
+        self.log_file = log_file
+        self.threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+        self.done = 0
+
+    def has(self, phase: str) -> bool:
+        return any(r.phase == phase for r in self.pending)
+
+    def at_events(self, stored: int) -> None:
+        """The faulty phase's restarts whose number of events the store has reached."""
+        for planned in [r for r in self.pending if r.phase == FAULTY]:
+            if stored >= planned.after_events:
+                self._launch(planned, 0.0)
+
+    def begin(self, phase: str) -> None:
+        """Start the timed restarts of ``phase`` (each waits its ``after_seconds`` first)."""
+        for planned in [r for r in self.pending if r.phase == phase]:
+            self._launch(planned, planned.after_seconds)
+
+    def busy(self) -> bool:
+        return any(thread.is_alive() for thread in self.threads)
+
+    def finish(self, phase: str) -> None:
+        """Carry out what is left of ``phase`` now, and wait until the server is back."""
+        for planned in [r for r in self.pending if r.phase == phase]:
+            self._launch(planned, 0.0)
+        for thread in self.threads:
+            thread.join()
+        self.threads = []
+
+    def _launch(self, planned: ServerRestart, wait: float) -> None:
+        self.pending.remove(planned)
+        assert self.restart is not None  # the runner refuses a schedule it cannot carry out
+        restart = self.restart
+
+        def carry_out() -> None:
+            time.sleep(wait)
+            line = f"server.{planned.phase} restart pid={os.getpid()} saga=- at={time.time()}\n"
+            with open(self.log_file, "a") as log_file:
+                log_file.write(line)
+            try:
+                restart()
+                self.done += 1
+            except BaseException as exc:  # pytest.fail raises a BaseException
+                self.errors.append(
+                    f"{planned.describe()}: the server could not be restarted: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+
+        thread = threading.Thread(target=carry_out, name=f"restart-{planned.phase}", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+
+def _riding_out(read: Callable[[], T], patience: float = 30.0) -> T:
+    """``read()``, again while the store cannot be reached (a server restarting) for at most
+    ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return read()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _as_a_new_process(location: str) -> int:
+    """Before the healing runtime starts in this process: free the shards still leased in this
+    process's name, as the restart of a real application, a new process, finds them (its
+    predecessor's process gone: taken over at once). Returns how many there were.
+
+    None of this process's runtimes runs at this point, but leases can still name it: those
+    of in-process saga hosts that did not get to release them (a shutdown of a hung runtime)
+    and those of a start that failed while the store was unreachable (it could not give them
+    back). ``understudy.supervisors.leases.holder_state`` takes this very process for a live
+    holder, so a start from the same process is refused with StoreInUse until they expire
+    (10 s, or 60 s for a failed start's)."""
+    if not os.path.exists(location) and "://" not in location:
+        return 0  # the faulty runtime never created its SQLite file
+    me = process_identity(os.getpid())
+    freed = 0
+    try:
+        with contextlib.closing(open_store(location)) as store:
+            now = store.now()
+            for lease in store.leases():
+                mine = (lease.about.get("pid"), lease.about.get("started")) == me
+                if lease.holder and mine and lease.expires_at > now:
+                    store.expire(lease.shard, lease.epoch)
+                    freed += 1
+    except UnderstudyError as exc:
+        log.warning("could not free this process's leases before starting again: %s", exc)
+    return freed
 
 
 def _reply(future: concurrent.futures.Future[Any]) -> Any:
     return future.exception() or future.result()
 
 
-def _diagnosis(store_path: Path, held_before: list[str], healer_start: float) -> str:
+def _diagnosis(location: str, held_before: list[str], healer_start: float) -> str:
     """What a failed heal needs to be understood: how long the healing runtime took to start,
     who held a shard before it started and after it stopped, and where each unfinished
     saga stopped (its last event and how long before the check)."""
     lines = [f"the healing runtime took {healer_start:.1f} s to start"]
     if held_before:
         lines.append("shards held when the heal started: " + "; ".join(held_before))
-    held_after = _lease_holders(store_path)
+    held_after = _lease_holders(location)
     if held_after:
         lines.append("shards still held after it stopped: " + "; ".join(held_after))
     now = time.time()
     try:
-        with contextlib.closing(SQLiteStore(store_path, read_only=True)) as store:
+        with contextlib.closing(open_store(location, read_only=True)) as store:
             for saga_id in store.unfinished():
                 events = store.events(saga_id)
                 last = events[-1] if events else None
@@ -478,11 +795,11 @@ def _diagnosis(store_path: Path, held_before: list[str], healer_start: float) ->
     return "".join(f"\n    {line}" for line in lines)
 
 
-def _lease_holders(store_path: Path) -> list[str]:
-    """The shards of ``store_path`` someone still holds, each with its holder's state (a live
+def _lease_holders(location: str) -> list[str]:
+    """The shards of ``location`` someone still holds, each with its holder's state (a live
     process, an orphan, a dead one) and how long its lease has to run."""
     try:
-        with contextlib.closing(open_store(str(store_path), read_only=True)) as store:
+        with contextlib.closing(open_store(location, read_only=True)) as store:
             now = store.now()
             leases = store.leases()
     except UnderstudyError:
@@ -509,6 +826,9 @@ class Figures:
     recovery_p50: float
     recovery_p99: float
     statuses: Counter[str]
+    server_restarts: int = 0
+    heal_restarts: int = 0  # healing runtimes started again after a server restart failed them
+    stale_leases: int = 0  # leases left in the test process's name, freed before a heal
 
     @classmethod
     def of(cls, results: Iterable[RunResult]) -> Figures:
@@ -530,6 +850,9 @@ class Figures:
             _quantile(recoveries, 0.5),
             _quantile(recoveries, 0.99),
             statuses,
+            sum(r.server_restarts for r in results),
+            sum(r.heal_starts - 1 for r in results),
+            sum(r.stale_leases for r in results),
         )
 
     def lines(self) -> Iterator[str]:
@@ -548,6 +871,16 @@ class Figures:
             f"saga host restarts: {self.host_restarts}; "
             f"sagas resumed by a healing restart: {self.resumed}"
         )
+        if self.server_restarts or self.heal_restarts:
+            yield (
+                f"database server restarts: {self.server_restarts}; healing runtimes started "
+                f"again after a restart failed their start: {self.heal_restarts}"
+            )
+        if self.stale_leases:
+            yield (
+                f"leases left in this process's name by a stopped runtime, freed before the "
+                f"heal as a new process finds them: {self.stale_leases}"
+            )
         yield f"invariant violations: {self.violations}"
         yield (
             f"recovery time (heal to quiet): p50 {self.recovery_p50:.2f} s, "

@@ -159,15 +159,18 @@ class Ledger:
     def in_transaction(self) -> bool:
         return self._conn is not None and self._in_transaction(self._conn)
 
-    def _sql(self, statement: str) -> str:
-        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+    def _sql(self, statement: str) -> str:  # hook
+        """``statement`` (written with ``?`` placeholders) as this driver takes it."""
+        return statement
 
     def _execute(self, statement: str, params: tuple[Any, ...] = ()) -> Any:
         conn = self._conn
         if conn is None:
             raise LedgerError(f"ledger {self.where} is not connected", lost=True)
+        if self.placeholder != "?":  # SQLite's statements go as written: no call per statement
+            statement = self._sql(statement)
         try:
-            return conn.execute(self._sql(statement), params)
+            return conn.execute(statement, params)
         except Exception as exc:
             error = self._translate(exc)
             if error is None:
@@ -376,6 +379,7 @@ class PostgresLedger(Ledger):
     participant's rows carry its saga and step."""
 
     placeholder = "%s"
+    _statements: ClassVar[dict[str, str]] = {}  # as written -> as psycopg takes them
     blob = "BYTEA"
     real = "DOUBLE PRECISION"  # REAL is 4 bytes in PostgreSQL: too coarse for a timestamp
 
@@ -413,6 +417,12 @@ class PostgresLedger(Ledger):
             or (isinstance(exc, psycopg.OperationalError) and not state)
         )
         return LedgerError(f"ledger {self.where}: {self.scrub(str(exc).strip())}", lost=lost)
+
+    def _sql(self, statement: str) -> str:
+        translated = self._statements.get(statement)
+        if translated is None:
+            translated = self._statements[statement] = statement.replace("?", self.placeholder)
+        return translated
 
     def _in_transaction(self, conn: Any) -> bool:
         from psycopg.pq import TransactionStatus

@@ -94,13 +94,15 @@ from understudy.actors.ledger import (
     digest_of,
     open_ledger,
 )
-from understudy.actors.plumbing import Batch, Flush, Stopped
+from understudy.actors.plumbing import Batch, Flush, Stopped, handle_batched
 from understudy.actors.system import ActorTypeDispatcher, WakeupMessage
 from understudy.actors.watch import OwnerWatch
 from understudy.errors import LedgerError, PayloadError
 from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
 
 __all__ = ["Participant", "Reject", "StepContext", "action", "compensation"]
+
+_DIRECT = frozenset({StepRequest})  # what batches carry: see handle_batched
 
 
 @attrs.define
@@ -228,7 +230,7 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         for message in msg.messages:
             for attempt in (1, 2):
                 try:
-                    self.receiveMessage(message, sender)
+                    handle_batched(self, message, sender, _DIRECT)
                     break
                 except Exception as exc:
                     if attempt == 2 and isinstance(message, StepRequest):

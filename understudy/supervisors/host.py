@@ -29,7 +29,7 @@ from typing import Any
 
 from understudy import codec, failpoints
 from understudy.actors.batching import GroupCommit, Outbox
-from understudy.actors.plumbing import Batch, Flush, Stop, Stopped
+from understudy.actors.plumbing import Batch, Flush, Stop, Stopped, handle_batched
 from understudy.actors.saga import DO, Finish, Saga, Send, Timer
 from understudy.actors.system import (
     ActorTypeDispatcher,
@@ -44,6 +44,7 @@ from understudy.persistence import SagaStore
 from understudy.persistence.base import (
     Lease,
     NewSaga,
+    SagaRecord,
     Transition,
 )
 from understudy.supervisors.inflight import InFlight
@@ -74,6 +75,7 @@ log = logging.getLogger("understudy.host")
 STORE_RETRY_DELAY = 0.2
 SETUP_RETRY_DELAY = 1.0
 RECOVERY_CHUNK = 500  # sagas claimed per transaction by the startup scan
+_DIRECT = frozenset({HostStart, StepReply})  # what batches carry: see handle_batched
 
 
 class _Staged:
@@ -115,6 +117,9 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self.stopped = False
         # Messages gathered while handling one input, sent together at its end.
         self.outbox = Outbox()
+        # Stored rows of the sagas a batch of starts names, read with one query for the whole
+        # batch (None: no batch is being handled); a start absent from it reads its own row.
+        self.known: dict[str, SagaRecord | None] | None = None
 
     # --- setup (recovery: see understudy.supervisors.recovery) -----------------------------
 
@@ -149,7 +154,10 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 self.send(self.coordinator, HostStarted(saga_id, existing=True))
             return
         try:
-            record = self.store.get(saga_id)
+            if self.known is not None and saga_id in self.known:
+                record = self.known.pop(saga_id)
+            else:
+                record = self.store.get(saga_id)
         except StoreError as exc:
             self.send(self.coordinator, HostStartFailed(saga_id, type(exc).__name__, str(exc)))
             return
@@ -202,9 +210,29 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
 
     def receiveMsg_Batch(self, msg: Batch, sender: Any) -> None:
         """Several messages from one sender (starts from the coordinator, replies from a
-        participant): handled in order, as if each had come alone."""
-        for message in msg.messages:
-            self.receiveMessage(message, sender)
+        participant): handled in order, as if each had come alone.
+
+        A start must know whether its saga is stored already (a repeated start). The rows of a
+        batch's starts are read first, with one query: a query per start would cost a round
+        trip each on a database server, and the in-process base waits for every one."""
+        starts = [
+            m.saga_id
+            for m in msg.messages
+            if isinstance(m, HostStart) and m.saga_id not in self.sagas
+        ]
+        if len(starts) > 1 and self.store is not None and self.lease is not None:
+            try:
+                records = self.store.get_many(starts)
+            except StoreError:
+                pass  # each start then reads its own row, and answers its own error
+            else:
+                # Only this host writes its shard's rows: they cannot change meanwhile.
+                self.known = {saga_id: records.get(saga_id) for saga_id in starts}
+        try:
+            for message in msg.messages:
+                handle_batched(self, message, sender, _DIRECT)
+        finally:
+            self.known = None
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
         # A participant whose handler raised twice: Thespian bounces the request back here.
@@ -417,9 +445,7 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
             # machine may take the shard over); the commit clears it.
             self._idle()
             assert self.lease is not None  # a store is open only under a lease
-            self.store.blame(self.lease, list(dict.fromkeys(w.saga_id for w in writes)))
-            failpoints.hit("host.before_commit")
-            results = self.store.apply(writes, self.lease)
+            results = self.store.commit_batch(writes, self.lease)
         except LeaseLost as exc:
             self._lose_lease(exc)
             return

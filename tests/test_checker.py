@@ -1,25 +1,40 @@
 """The checker, on hand-built files: a real SQLite saga store and real participant ledgers.
 
 Each test writes one small on-disk state, correct or broken in exactly one way, and asserts the
-checker names exactly the rule it breaks and the saga it concerns.
+checker names exactly the rule it breaks and the saga it concerns. Every such test runs twice:
+with the participants' ledgers in SQLite files, and in PostgreSQL databases (one per participant,
+on the test server of ``tests/pg.py``), which the checker must judge alike. Participants sharing
+one PostgreSQL database, what the checker shows of a PostgreSQL URL, and chaos runs whose
+participants keep their ledgers in PostgreSQL come last.
 """
 
 from __future__ import annotations
 
+import random
 import sqlite3
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from conftest import PARTICIPANTS, order_definition
+from participants import PgRecorder
+from pg import database_url
+from psycopg import sql
 
 from understudy import codec
 from understudy.actors.ledger import SQLITE_SCHEMA as _LEDGER_SCHEMA
+from understudy.actors.ledger import PostgresLedger
 from understudy.definitions import SagaDefinition, Step
+from understudy.errors import LedgerError
+from understudy.persistence import redact
 from understudy.persistence.base import Event, NewSaga, Transition
 from understudy.persistence.sqlite import SQLiteStore
 from understudy.supervisors.policy import RestartPolicy
+from understudy.testing import ChaosRunner, Participants, Scenario, single_fault
 from understudy.testing.checker import (
     Invariant,
     InvariantViolation,
@@ -95,13 +110,17 @@ def failed_story(saga_id: str, outstanding: list[str]) -> Timeline:
 
 
 class Run:
-    """A run directory: the saga store, one ledger per participant, what the driver knows."""
+    """A run directory: the saga store, one ledger per participant, what the driver knows.
+    ``ledgers``: where each participant keeps its ledger, a SQLite file (the default, in the
+    directory) or a PostgreSQL URL."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, ledgers: dict[str, Path | str] | None = None) -> None:
         self.directory = directory
         self.store_path = directory / "sagas.db"
         self.store = SQLiteStore(self.store_path, synchronous="NORMAL")
-        self.ledgers = {s.participant: directory / f"{s.participant}.db" for s in ORDER.steps}
+        self.ledgers: dict[str, Path | str] = ledgers or {
+            s.participant: directory / f"{s.participant}.db" for s in ORDER.steps
+        }
         self.submitted: list[SagaStart] = []
         self.acknowledged: set[str] = set()
 
@@ -141,7 +160,24 @@ class Run:
     def effect(self, saga_id: str, step: int, kind: str, outcome: str, at: float) -> None:
         spec = ORDER.steps[step]
         action = spec.action if kind == "do" else spec.compensation
-        with closing(sqlite3.connect(self.ledgers[spec.participant])) as db, db:
+        location = self.ledgers[spec.participant]
+        if isinstance(location, str):
+            # The participant's own ledger class makes the table, as a participant's setup does.
+            ledger = PostgresLedger(location)
+            try:
+                ledger.begin()
+                ledger.create_schema()
+                ledger.connection.execute(
+                    "INSERT INTO understudy_ledger (key, saga_id, step, kind, action, digest, "
+                    "outcome, result, reason, at) VALUES (%s, %s, %s, %s, %s, %s, %s, NULL, NULL, "
+                    "%s)",
+                    (f"{saga_id}:{step}:{kind}", saga_id, step, kind, action, b"", outcome, at),
+                )
+                ledger.commit()
+            finally:
+                ledger.close()
+            return
+        with closing(sqlite3.connect(location)) as db, db:
             db.execute("PRAGMA synchronous=OFF")
             db.execute(_LEDGER_SCHEMA)
             db.execute(
@@ -169,8 +205,34 @@ class Run:
 
 
 @pytest.fixture
-def run(tmp_path: Path) -> Any:
-    run = Run(tmp_path)
+def participant_databases(
+    postgres_server_url: str, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Path | str]]:
+    """A PostgreSQL database of its own for each participant of ORDER, dropped after the test."""
+    tag = uuid.uuid4().hex[:12]
+    names = {s.participant: f"ut_checker_{tag}_{s.participant}" for s in ORDER.steps}
+    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+        for dbname in names.values():
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    try:
+        yield {p: database_url(postgres_server_url, dbname) for p, dbname in names.items()}
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+            for dbname in names.values():
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(dbname)
+                    )
+                )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def run(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """A run whose participants keep their ledgers in SQLite files, or in PostgreSQL."""
+    ledgers = None
+    if request.param == "postgres":
+        ledgers = request.getfixturevalue("participant_databases")
+    run = Run(tmp_path, ledgers)
     yield run
     run.store.close()
 
@@ -418,3 +480,211 @@ def test_report_lists_violations(run: Run) -> None:
     assert "  [quiesce] s1: still running after the heal-and-quiesce phase" in lines
     assert "  ... and 5 more [lost]" in lines
     assert not any("lost-24" in line for line in lines)  # past the 20 shown per rule
+
+
+# --- participants sharing one PostgreSQL database ---------------------------------------------
+
+
+@pytest.fixture
+def shared(tmp_path: Path, postgres_url: str) -> Iterator[Run]:
+    """A run whose three participants keep their ledgers in one PostgreSQL database: one
+    ``understudy_ledger`` table holds every participant's rows."""
+    run = Run(tmp_path, {s.participant: postgres_url for s in ORDER.steps})
+    yield run
+    run.store.close()
+
+
+def test_a_shared_postgres_ledger_is_read_once(shared: Run) -> None:
+    shared.saga("s-done", "completed", completed_story("s-done"))
+    shared.saga("s-undone", "compensated", compensated_story("s-undone"))
+    report = shared.check(min_completed=1)
+    assert [] == found(report), str(report)
+    assert 9 == report.effects  # each row once, not once per participant naming the database
+
+
+def test_a_shared_postgres_ledger_puts_each_row_down_to_its_participant(shared: Run) -> None:
+    events, effects = compensated_story("s1")
+    # charge's compensation reached payments (a no-op) but no compensation intent was recorded
+    events = [e for e in events if not (e.step == 2 and e.at >= T + 3)]
+    shared.saga("s1", "compensated", (events, effects))
+    report = shared.check()
+    assert [("write-ahead", "s1")] == found(report)
+    assert report.violations[0].detail.startswith("payments compensated step 'charge' (noop)")
+
+
+def test_a_shared_postgres_ledger_with_a_compensated_completed_saga(shared: Run) -> None:
+    story = Story("s1").step("do", 0).step("do", 1).step("do", 2).step("undo", 1)
+    shared.saga("s1", "completed", story.end("completed"))
+    report = shared.check()
+    assert [("completed", "s1")] == found(report)
+    assert "compensated ['reserve']" in report.violations[0].detail
+
+
+def test_a_shared_postgres_ledger_with_effects_of_an_unknown_saga(shared: Run) -> None:
+    shared.saga("s-done", "completed", completed_story("s-done"))
+    shared.effect("ghost", 1, "do", "applied", T)
+    report = shared.check()
+    assert [("unknown-saga", "ghost")] == found(report)
+    # The store has no such saga: the row's participant is one of those sharing the table.
+    assert "orders/inventory/payments step 1 do (applied)" in report.violations[0].detail
+
+
+# --- PostgreSQL ledgers: what the checker shows and how it connects -----------------------------
+
+
+def test_a_ledger_not_created_yet_has_no_rows(run: Run) -> None:
+    """payments never configured its ledger: there is no SQLite file, or its PostgreSQL
+    database has no ``understudy_ledger`` table. Either is read as no rows."""
+    story = Story("s1").step("do", 0).step("do", 1)
+    run.saga("s1", "completed", story.end("completed"))
+    report = run.check()
+    assert [("completed", "s1")] == found(report)
+    assert 2 == report.effects
+
+
+def test_a_failed_report_names_the_postgres_ledgers_without_credentials(
+    run: Run, postgres_url: str
+) -> None:
+    user = postgres_url.split("//", 1)[1].split("@", 1)[0]
+    secret = "pw-that-must-not-show"  # the test server trusts its user: it is never asked for
+    run.ledgers["payments"] = postgres_url.replace(f"//{user}@", f"//{user}:{secret}@")
+    run.saga("s-done", "completed", completed_story("s-done"))
+    run.acknowledged.add("s-lost")
+    report = run.check()
+    assert [("lost", "s-lost")] == found(report)
+    text = str(report)
+    assert f"ledger of payments: {redact(postgres_url)}" in text.splitlines()
+    assert secret not in text and f"{user}@" not in text
+
+
+def test_an_unreachable_postgres_ledger_fails_the_check_without_credentials(run: Run) -> None:
+    """A ledger that cannot be read must not pass as an empty one: the check raises, and its
+    message names the database but not the password."""
+    run.saga("s-done", "completed", completed_story("s-done"))
+    secret = "pw-that-must-not-show"
+    run.ledgers["payments"] = f"postgresql://someone:{secret}@127.0.0.1:1/shop?password={secret}"
+    with pytest.raises(LedgerError) as raised:
+        run.check()
+    assert "ledger of payments at postgresql://127.0.0.1:1/shop cannot be reached" in str(
+        raised.value
+    )
+    assert secret not in str(raised.value) and "someone" not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_connect_gives_domain_invariants_a_read_only_postgres_connection(
+    run: Run, postgres_url: str
+) -> None:
+    run.ledgers["payments"] = postgres_url
+    run.saga("s-done", "completed", completed_story("s-done"))
+    view = RunView(run.directory, run.store_path, run.ledgers, (ORDER,), (), frozenset())
+    with view.connect("payments") as db:
+        assert isinstance(db, psycopg.Connection)
+        row = db.execute("SELECT saga_id, kind FROM understudy_ledger WHERE step = %s", (2,))
+        assert [("s-done", "do")] == row.fetchall()
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            db.execute("DELETE FROM understudy_ledger")
+    with closing(view.connect("orders")) as other:  # a SQLite file, or a PostgreSQL database
+        (n,) = other.execute("SELECT COUNT(*) FROM understudy_ledger").fetchone()
+        assert 1 == n
+
+
+# --- chaos runs whose participants keep their ledgers in PostgreSQL ----------------------------
+
+
+class PgOrders(Scenario):
+    """The order saga with its three participants' state and ledgers in PostgreSQL: each
+    ``database`` option names ``url``, in which each run gets a fresh database. Half the orders
+    have their charge refused, so that compensations run too. ``seen`` collects, per run, how
+    many ledger rows a domain invariant found through ``RunView.connect``."""
+
+    definitions = (order_definition(timeout=1.0),)
+
+    def __init__(self, url: str, complaint: str | None = None) -> None:
+        self.url = url
+        self.complaint = complaint
+        self.seen: list[int] = []
+
+    def participants(self, directory: Path, sagas: list[SagaStart]) -> Participants:
+        return [(name, PgRecorder, {"database": self.url}) for name in PARTICIPANTS]
+
+    def workload(self, rng: random.Random, count: int) -> list[SagaStart]:
+        return [
+            SagaStart(f"o-{i}", "order", {"reject": "charge"} if i % 2 else {})
+            for i in range(count)
+        ]
+
+    def invariants(self) -> list[Invariant]:
+        return [self.ledger_rows]
+
+    def ledger_rows(self, view: RunView) -> list[str]:
+        with view.connect("payments") as db:  # the database all three share
+            (rows,) = db.execute("SELECT COUNT(*) FROM understudy_ledger").fetchone()
+        self.seen.append(rows)
+        return [self.complaint] if self.complaint else []
+
+
+def _databases(server_url: str, prefix: str) -> list[str]:
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY datname",
+            (prefix + "%",),
+        ).fetchall()
+    return [str(name) for (name,) in rows]
+
+
+def _ledger_schedule(base: str = "simpleSystemBase") -> Any:
+    # The payments participant crashes once right after its effect and ledger row committed
+    # (a SIGKILL of its process on the multi-process base).
+    return single_fault("participant.after_apply", 1, base=base, sagas=2, participant="payments")
+
+
+def test_a_chaos_run_checks_ledgers_in_postgres_each_run_in_fresh_databases(
+    tmp_path: Path, postgres_url: str, base: str
+) -> None:
+    """Two runs of the same workload (the same saga ids) both pass: each run's ledgers start
+    empty in a database of their own, dropped after the run passed, and the checker read them:
+    every row the participants wrote, each once."""
+    scenario = PgOrders(postgres_url)
+    runner = ChaosRunner(scenario, tmp_path, base=base)
+    results = [runner.run(_ledger_schedule(base), name=f"pg-ledgers-{n}") for n in (1, 2)]
+    for result in results:
+        result.report.assert_ok(result.schedule.describe())
+        assert result.fired_at("participant.after_apply")
+        assert result.report.statuses["completed"] >= 1
+        assert result.report.statuses["compensated"] >= 1
+        assert result.report.effects > 0
+    assert [r.report.effects for r in results] == scenario.seen
+    places = [set(r.report.databases.values()) for r in results]
+    assert all(len(p) == 1 for p in places) and places[0] != places[1]
+    assert set(PARTICIPANTS) == set(results[0].report.databases)
+    assert [] == _databases(postgres_url, "understudy_chaos_ledger_pg_ledgers")
+    with psycopg.connect(postgres_url) as db:  # the database named was never written to
+        assert db.execute("SELECT to_regclass('understudy_ledger')").fetchone() == (None,)
+
+
+def test_a_failing_chaos_run_keeps_its_postgres_ledgers_and_names_them(
+    tmp_path: Path, postgres_url: str, postgres_server_url: str
+) -> None:
+    scenario = PgOrders(postgres_url, complaint="the test says no")
+    runner = ChaosRunner(scenario, tmp_path, base="simpleSystemBase")
+    result = runner.run(_ledger_schedule(), name="kept-ledgers")
+    kept = _databases(postgres_url, "understudy_chaos_ledger_kept_ledgers")
+    try:
+        assert not result.ok
+        assert [("domain", None)] == found(result.report)
+        assert 1 == len(kept)
+        (where,) = set(result.report.databases.values())
+        assert where == redact(database_url(postgres_url, kept[0]))
+        assert f"ledger of {', '.join(PARTICIPANTS)}: {where}" in str(result.report)
+        with psycopg.connect(database_url(postgres_url, kept[0])) as db:
+            (rows,) = db.execute("SELECT COUNT(*) FROM understudy_ledger").fetchone()
+        assert result.report.effects == rows > 0
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+            for dbname in kept:
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(dbname)
+                    )
+                )

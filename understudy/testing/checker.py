@@ -2,9 +2,10 @@
 
 It reads the saga store (through :func:`understudy.persistence.open_store`, read-only: a SQLite
 file or a PostgreSQL database) and every participant's ledger (the ``understudy_ledger`` table each
-:class:`~understudy.Participant` keeps in its own database) after the run has healed and gone
-quiet. It never asks the coordinator or trusts a reply the run received: those are exactly what a
-crash loses. Each violated invariant is reported with the saga it concerns.
+:class:`~understudy.Participant` keeps in its own database, a SQLite file or a PostgreSQL
+database, see :mod:`understudy.actors.ledger`) after the run has healed and gone quiet. It never
+asks the coordinator or trusts a reply the run received: those are exactly what a crash loses.
+Each violated invariant is reported with the saga it concerns.
 
 The invariants (rule names in brackets):
 
@@ -36,19 +37,20 @@ demo checks no double charge and that stock and money are conserved).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from understudy import codec
 from understudy.definitions import SagaDefinition
-from understudy.errors import CorruptRecord
-from understudy.persistence import open_store
+from understudy.errors import CorruptRecord, LedgerError
+from understudy.persistence import POSTGRES_SCHEMES, open_store, redact, secrets_in
 from understudy.persistence.base import (
     COMPENSATED,
     COMPLETED,
@@ -59,7 +61,12 @@ from understudy.persistence.base import (
 )
 from understudy.supervisors.policy import RestartPolicy
 
+if TYPE_CHECKING:
+    import psycopg
+
 SHOWN = 20  # violations printed per rule
+CONNECT_TIMEOUT = 10  # seconds to reach a participant's PostgreSQL database
+_LEDGER_ROWS = "SELECT saga_id, step, kind, outcome, at FROM understudy_ledger ORDER BY at"
 
 
 @attrs.frozen
@@ -102,7 +109,9 @@ class RunView:
 
     directory: Path
     store: Path | str  # the saga store: a SQLite file, or a PostgreSQL URL
-    ledgers: dict[str, Path]  # participant name -> its ledger database
+    #: Participant name -> its ledger database: a SQLite file (a path), or a PostgreSQL URL (a
+    #: str, as the participant's ``database`` option names it; see :func:`ledger_location`).
+    ledgers: Mapping[str, Path | str]
     definitions: tuple[SagaDefinition, ...]
     submitted: tuple[SagaStart, ...]  # the workload, whether acknowledged or not
     acknowledged: frozenset[str]
@@ -112,9 +121,16 @@ class RunView:
         with closing(open_store(self.store, read_only=True)) as store:
             return {r.saga_id: r for r in store.list_sagas(limit=1 << 62)}
 
-    def connect(self, participant: str) -> sqlite3.Connection:
-        """A plain connection to ``participant``'s database, for domain invariants."""
-        return sqlite3.connect(self.ledgers[participant])
+    def connect(self, participant: str) -> Any:
+        """A plain DB-API connection to ``participant``'s database, for domain invariants: a
+        :class:`sqlite3.Connection` for a SQLite file (as ``sqlite3.connect(path)`` opens it),
+        or a read-only :class:`psycopg.Connection` for a PostgreSQL database (every transaction
+        ``BEGIN READ ONLY``; ``%s`` placeholders; ``with`` closes it). Connecting to PostgreSQL
+        raises :class:`~understudy.errors.LedgerError`, without credentials, when it fails."""
+        location = self.ledgers[participant]
+        if _on_postgres(location):
+            return _connect_postgres(participant, str(location))
+        return sqlite3.connect(location)
 
 
 Invariant = Callable[[RunView], Iterable[str]]
@@ -126,6 +142,9 @@ class Report:
     statuses: Counter[str] = attrs.field(factory=Counter)
     sagas: int = 0
     effects: int = 0
+    #: Participants whose ledger is in PostgreSQL -> that database, without credentials: a
+    #: failing run's databases are kept, and the report names them.
+    databases: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -150,6 +169,10 @@ class Report:
         for rule, count in shown.items():
             if count > SHOWN:
                 lines.append(f"  ... and {count - SHOWN} more [{rule}]")
+        places: dict[str, list[str]] = defaultdict(list)
+        for name, database in self.databases.items():
+            places[database].append(name)
+        lines += [f"ledger of {', '.join(names)}: {where}" for where, names in places.items()]
         return "\n".join(lines)
 
     def assert_ok(self, context: str = "") -> None:
@@ -157,18 +180,100 @@ class Report:
             raise InvariantViolation(f"{context}\n{self}" if context else str(self))
 
 
-def read_ledger(participant: str, path: Path) -> list[LedgerRow]:
-    """Every row of a participant's idempotency ledger (empty when it has none yet)."""
-    if not Path(path).exists():
+def ledger_location(database: str | os.PathLike[str]) -> Path | str:
+    """Where a participant's ``database`` option keeps its ledger, as :attr:`RunView.ledgers`
+    holds it: a PostgreSQL URL as it is (a str), anything else as a SQLite file's path."""
+    text = os.fspath(database)
+    return text if text.startswith(POSTGRES_SCHEMES) else Path(text)
+
+
+def read_ledger(participant: str, location: Path | str) -> list[LedgerRow]:
+    """Every row of a participant's idempotency ledger (empty when it has none yet), in a
+    SQLite file or in the PostgreSQL database a ``postgresql://`` URL names, opened read-only.
+    A PostgreSQL database that cannot be read raises :class:`~understudy.errors.LedgerError`
+    (without credentials): a check that could not see the effects must not pass."""
+    if _on_postgres(location):
+        return _read_postgres_ledger(participant, str(location))
+    if not Path(location).exists():
         return []
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+    with closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True)) as db:
         try:
-            rows = db.execute(
-                "SELECT saga_id, step, kind, outcome, at FROM understudy_ledger ORDER BY at"
-            ).fetchall()
+            rows = db.execute(_LEDGER_ROWS).fetchall()
         except sqlite3.OperationalError:
             return []  # the participant never configured its ledger
     return [LedgerRow(participant, *row) for row in rows]
+
+
+def _on_postgres(location: Path | str) -> bool:
+    return os.fspath(location).startswith(POSTGRES_SCHEMES)
+
+
+def _read_postgres_ledger(participant: str, url: str) -> list[LedgerRow]:
+    import psycopg  # the postgres extra: only PostgreSQL ledgers need it
+
+    with closing(_connect_postgres(participant, url)) as db:
+        try:
+            rows = db.execute(_LEDGER_ROWS).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return []  # the participant never configured its ledger, as on SQLite
+        except psycopg.Error as exc:
+            raise _ledger_error(participant, url, "cannot be read", exc) from None
+    return [LedgerRow(participant, *row) for row in rows]
+
+
+def _connect_postgres(participant: str, url: str) -> psycopg.Connection[Any]:
+    """A connection whose every transaction is read-only (psycopg begins each one ``BEGIN READ
+    ONLY``): the checker and domain invariants look, they never write."""
+    import psycopg
+
+    try:
+        db = psycopg.connect(
+            url,
+            connect_timeout=CONNECT_TIMEOUT,
+            fallback_application_name="understudy checker",
+        )
+    except psycopg.Error as exc:
+        raise _ledger_error(participant, url, "cannot be reached", exc) from None
+    db.read_only = True
+    return db
+
+
+def _ledger_error(participant: str, url: str, what: str, exc: Exception) -> LedgerError:
+    # Not chained to the driver's exception: its text may hold a password, this one's not.
+    text = str(exc).strip()
+    for secret in secrets_in(url):
+        text = text.replace(secret, "***")
+    return LedgerError(f"ledger of {participant} at {redact(url)} {what}: {text}")
+
+
+def _ledger_rows(
+    view: RunView,
+    records: Mapping[str, SagaRecord],
+    definitions: Mapping[tuple[str, int], SagaDefinition],
+) -> Iterator[LedgerRow]:
+    """Every participant's ledger rows, each ledger read once. Participants may share a
+    database (PostgreSQL participants often do): their rows are in one table, which names no
+    participant, so it is read once and each row put down to the participant its saga's step
+    names (to all of them, joined with ``/``, when the saga or its definition is unknown)."""
+    sharing: dict[str, list[str]] = defaultdict(list)
+    for name, location in view.ledgers.items():
+        # redact() keeps what names a database (host, port, name), not who connects to it.
+        place = redact(location) if _on_postgres(location) else os.path.realpath(location)
+        sharing[place].append(name)
+    for names in sharing.values():
+        if len(names) == 1:
+            yield from read_ledger(names[0], view.ledgers[names[0]])
+            continue
+        for row in read_ledger("/".join(names), view.ledgers[names[0]]):
+            record = records.get(row.saga_id)
+            definition = None
+            if record is not None:
+                definition = definitions.get((record.definition, record.version))
+            if definition is not None and 0 <= row.step < len(definition.steps):
+                owner = definition.steps[row.step].participant
+                if owner in names:
+                    row = attrs.evolve(row, participant=owner)
+            yield row
 
 
 def check(view: RunView, invariants: Iterable[Invariant] = (), min_completed: int = 1) -> Report:
@@ -179,10 +284,12 @@ def check(view: RunView, invariants: Iterable[Invariant] = (), min_completed: in
     report.sagas = len(records)
     report.statuses.update(r.status for r in records.values())
     ledger: dict[str, list[LedgerRow]] = defaultdict(list)
-    for name, path in view.ledgers.items():
-        for row in read_ledger(name, path):
-            ledger[row.saga_id].append(row)
-            report.effects += 1
+    for row in _ledger_rows(view, records, definitions):
+        ledger[row.saga_id].append(row)
+        report.effects += 1
+    report.databases = {
+        name: redact(location) for name, location in view.ledgers.items() if _on_postgres(location)
+    }
 
     for saga_id in sorted(view.acknowledged - set(records)):
         report.add("lost", saga_id, "its start was acknowledged but the store has no such saga")

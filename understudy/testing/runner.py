@@ -49,13 +49,13 @@ from understudy.definitions import SagaDefinition
 from understudy.errors import StoreUnavailable, UnderstudyError
 from understudy.failpoints import HANG_SECONDS, POINTS
 from understudy.messages import SagaAccepted, SagaFinished
-from understudy.persistence import SagaStore, open_store, redact
+from understudy.persistence import POSTGRES_SCHEMES, SagaStore, open_store, redact
 from understudy.persistence.base import ACTIVE_STATUSES, TERMINAL_STATUSES
 from understudy.runtime import Understudy
 from understudy.supervisors.leases import holder_state
 from understudy.supervisors.policy import RestartPolicy
 from understudy.testing import stores
-from understudy.testing.checker import Invariant, Report, RunView, SagaStart, check
+from understudy.testing.checker import Invariant, Report, RunView, SagaStart, check, ledger_location
 from understudy.testing.schedule import (
     FAULTY,
     RECOVERY,
@@ -224,7 +224,9 @@ class ChaosRunner:
         rng = random.Random(schedule.workload_seed)
         everything = self.scenario.workload(rng, schedule.sagas + probe_count)
         sagas, probes = everything[: schedule.sagas], everything[schedule.sagas :]
-        participants = self.scenario.participants(directory, everything)
+        participants, ledgers = _fresh_ledgers(
+            self.scenario.participants(directory, everything), directory.name
+        )
         options: dict[str, Any] = {
             "base": schedule.base,
             "hosts": schedule.hosts,
@@ -318,7 +320,7 @@ class ChaosRunner:
         view = RunView(
             directory,
             Path(location) if schedule.store == SQLITE else location,
-            {name: Path(opts["database"]) for name, _cls, opts in participants},
+            {name: ledger_location(opts["database"]) for name, _cls, opts in participants},
             tuple(self.scenario.definitions),
             tuple(everything),
             frozenset(acknowledged),
@@ -355,6 +357,8 @@ class ChaosRunner:
             saved = attrs.evolve(schedule, runner=driven).save(
                 target / f"{directory.name}.{schedule.base}.schedule.json"
             )
+        elif not self.keep_stores:
+            _drop_ledgers(ledgers)  # a failing run's stay, named in its report
         return RunResult(
             schedule,
             directory,
@@ -768,6 +772,36 @@ def _as_a_new_process(location: str) -> int:
 
 def _reply(future: concurrent.futures.Future[Any]) -> Any:
     return future.exception() or future.result()
+
+
+def _fresh_ledgers(participants: Participants, label: str) -> tuple[Participants, dict[str, str]]:
+    """``participants`` with each PostgreSQL ``database`` option replaced by a database created
+    for this run on that server, as the run's store is (:mod:`understudy.testing.stores`): a
+    run starts from empty ledgers, as from fresh SQLite files in its directory (the workload's
+    saga ids repeat from run to run). Participants naming the same URL share the run's
+    database, as they share the one named. Also: the URL named -> the run's database."""
+    created: dict[str, str] = {}
+    fresh: Participants = []
+    try:
+        for name, cls, options in participants:
+            database = options.get("database")
+            if isinstance(database, str) and database.startswith(POSTGRES_SCHEMES):
+                if database not in created:
+                    created[database] = stores.create_database(database, f"ledger {label}")
+                options = {**options, "database": created[database]}
+            fresh.append((name, cls, options))
+    except BaseException:
+        _drop_ledgers(created)
+        raise
+    return fresh, created
+
+
+def _drop_ledgers(created: dict[str, str]) -> None:
+    for server, location in created.items():
+        try:
+            stores.drop_database(server, location)
+        except Exception as exc:  # the run passed; a database left behind is only litter
+            log.warning("could not drop %s after its run: %s", redact(location), exc)
 
 
 def _diagnosis(location: str, held_before: list[str], healer_start: float) -> str:

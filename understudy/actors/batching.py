@@ -57,7 +57,9 @@ class Outbox:
 
     def add(self, address: Any, message: Any) -> None:
         for destination, messages in self._queued:
-            if destination == address:  # addresses compare equal but do not hash
+            # Addresses compare equal but do not hash; most are the very same object, and
+            # Thespian's equality is slow.
+            if destination is address or destination == address:
                 messages.append(message)
                 return
         self._queued.append((address, [message]))

@@ -18,6 +18,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import attrs
@@ -92,6 +93,7 @@ class SagaState:
 
 
 _STATE_FIELDS = tuple(field.name for field in attrs.fields(SagaState))
+_STATE_VALUES = operator.attrgetter(*_STATE_FIELDS)  # every field's value, in one C call
 _PHASES = (RUNNING, COMPENSATING, *TERMINAL_STATUSES)
 
 
@@ -214,9 +216,8 @@ class Saga:
     def snapshot(self) -> bytes:
         # A shallow dict: the fields are plain values, lists and dicts already (attrs.asdict
         # would copy them all recursively, and this runs at every step of every saga).
-        state = self.state
         return codec.encode(
-            {name: getattr(state, name) for name in _STATE_FIELDS},
+            dict(zip(_STATE_FIELDS, _STATE_VALUES(self.state), strict=True)),
             f"snapshot of saga {self.saga_id!r}",
         )
 

@@ -300,6 +300,13 @@ class Understudy:
                 "the coordinator, saga hosts and status queries each open the store; use a "
                 "SQLite file (a temporary one for tests) or a PostgreSQL URL"
             )
+        # Checked before anything is taken: a class the actors cannot load fails the start here.
+        in_process = not is_multiprocess(base)
+        specs = tuple(
+            AddParticipant(name, class_path(pcls, in_process), dict(options))
+            for name, pcls, options in participants
+        )
+        host_path = class_path(host_class, in_process) if host_class is not None else None
         runtime_id = uuid.uuid4().hex
         RUNNING_HERE.add(runtime_id)
         # Fail fast, in the caller's thread, on a store that cannot be opened or written, that
@@ -321,10 +328,6 @@ class Understudy:
         except BaseException:
             RUNNING_HERE.discard(runtime_id)
             raise
-        specs = tuple(
-            AddParticipant(name, class_path(pcls), dict(options))
-            for name, pcls, options in participants
-        )
         try:
             detached = detached_count()
             asys = start_actor_system(base, admin_port=admin_port)
@@ -344,7 +347,7 @@ class Understudy:
                 max_snapshot_bytes,
                 process_identity(os.getpid()) if is_multiprocess(base) else None,
                 watch_interval if is_multiprocess(base) else None,
-                class_path(host_class) if host_class is not None else None,
+                host_path,
                 FLUSH_WINDOW if is_multiprocess(base) else 0.0,
                 runtime_id,
                 lease_ttl,
@@ -512,7 +515,8 @@ class Understudy:
     ) -> None:
         """Create, configure and supervise a participant actor registered as ``name``."""
         future = self._bridge.submit(
-            AddParticipant(name, class_path(participant), options), ("participant", name)
+            AddParticipant(name, class_path(participant, not is_multiprocess(self.base)), options),
+            ("participant", name),
         )
         reply = _result(future, timeout, name)
         if reply.error:

@@ -148,11 +148,23 @@ def load_class(path: str) -> type:
     return cls
 
 
-def class_path(cls: type) -> str:
-    """The import path of ``cls``, refusing classes other processes could not import."""
-    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+def class_path(cls: type, in_process: bool = False) -> str:
+    """The import path of ``cls``, refusing classes the actor system could not import by it.
+
+    ``in_process``: the actors run in this process (the in-process base), so a class of the
+    script being run (``__main__``) is found where it is. A multi-process base starts actors in
+    other processes, which import the class by name: from a module, not from a script."""
+    name = cls.__qualname__
+    if "<locals>" in name:
         raise ActorSystemError(
-            f"{cls.__qualname__} must be defined at the top level of an importable module "
-            "(not in __main__ or inside a function): multi-process actor systems import it by name"
+            f"{name} is defined inside a function: understudy loads actor classes by name, so "
+            "define it at the top level of a module (or of the script you run)"
         )
-    return f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "__main__" and not in_process:
+        raise ActorSystemError(
+            f"{name} is defined in the script being run (__main__): a multi-process actor "
+            "system starts its actors in other processes, which import the class by name. Move "
+            "it into a module and import it from there (the in-process base, the default, "
+            "takes it from the script as it is)"
+        )
+    return f"{cls.__module__}.{name}"

@@ -352,6 +352,7 @@ class Understudy:
                 runtime_id,
                 lease_ttl,
                 leases,
+                timeout,
             )
             reply = asys.ask(coordinator, setup, timeout)
             if reply is None:
@@ -360,6 +361,7 @@ class Understudy:
                 raise ActorSystemError(f"understudy could not start: {reply.error}")
         except BaseException:
             asys.shutdown()
+            reap(detached_since(detached))  # a failed start leaves no zombie admin either
             _give_back(store_config, leases)
             RUNNING_HERE.discard(runtime_id)
             raise

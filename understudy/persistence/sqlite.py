@@ -130,6 +130,8 @@ def _translate(exc: sqlite3.Error, path: str, doing: str) -> StoreError:
         return CorruptRecord(f"saga store {path!r} is not a valid database ({text})")
     if "disk" in lowered or "full" in lowered or "i/o" in lowered:
         return StoreUnavailable(f"saga store {path!r} failed while {doing}: {text}")
+    if "interrupted" in lowered:  # a statement cut short (a timeout): it may pass next time
+        return StoreUnavailable(f"saga store {path!r} was interrupted while {doing}: {text}")
     return StoreError(f"saga store {path!r} failed while {doing}: {text}")
 
 

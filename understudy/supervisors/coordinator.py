@@ -20,7 +20,7 @@ import attrs
 
 from understudy import codec, failpoints
 from understudy.actors.batching import Outbox
-from understudy.actors.plumbing import Batch, Stop, Stopped
+from understudy.actors.plumbing import Batch, Stop, Stopped, handle_batched
 from understudy.actors.system import (
     ActorTypeDispatcher,
     ChildActorExited,
@@ -52,6 +52,7 @@ from understudy.supervisors.protocol import (
     CoordinatorSetup,
     HostLeaseLost,
     HostReady,
+    HostRetrying,
     HostSetup,
     HostsInfo,
     HostStart,
@@ -61,9 +62,24 @@ from understudy.supervisors.protocol import (
     QueryHosts,
     Reconfigure,
     Respawn,
+    StandDown,
 )
 
 log = logging.getLogger("understudy.coordinator")
+
+#: What batches carry (starts from clients, ends and acknowledgements from hosts): handled
+#: without Thespian's type dispatch (see handle_batched).
+_DIRECT = frozenset({StartSaga, SagaFinished, HostStarted, HostStartFailed})
+
+#: How long before the start's bound a start still waiting on a failing store is failed: at
+#: most this, and at most a fifth of the bound, so that the answer reaches the runtime before
+#: it gives up on its own (it would then say only that it timed out).
+START_ANSWER_MARGIN = 2.0
+
+
+@attrs.frozen
+class StartRunsOut:
+    """The coordinator's reminder that the runtime's start is about to stop waiting."""
 
 
 class _Child:
@@ -118,6 +134,10 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         # and starts routed to them are refused with the reason.
         self.lost_shards: dict[int, str] = {}
         self.start_leases: dict[int, Any] = {}  # leases the start took, for the first hosts
+        # The last transient store error of each first host the start waits for: the start
+        # waits for the host's retry, and names this error if its bound runs out first.
+        self.host_errors: dict[int, str] = {}
+        self.start_bound: float | None = None  # when the start stops waiting (monotonic)
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -145,6 +165,11 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         except UnderstudyError as exc:
             self.send(sender, CoordinatorReady(0, (), error=str(exc)))
             return
+        left = msg.timeout  # how long the runtime's start waits for this answer
+        if left is not None:
+            answer_in = max(0.0, left - min(START_ANSWER_MARGIN, left / 5))
+            self.start_bound = time.monotonic() + answer_in
+            self.wakeupAfter(timedelta(seconds=answer_in), StartRunsOut())
         # Participants first, so that resumed sagas find them; hosts once they are all ready.
         for spec in msg.participants:
             self._create_participant(spec)
@@ -207,8 +232,56 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             host.pid = msg.pid
         self.resumed += msg.resumed
         if msg.error:
+            # An error that waiting cannot cure (transient ones come as HostRetrying): a start
+            # waiting for this host fails at once, with it.
             log.error("saga host %d failed to start: %s", msg.shard, msg.error)
+        else:
+            self.host_errors.pop(msg.shard, None)
         self._ready_step(f"host:{msg.shard}", msg.error)
+
+    def receiveMsg_HostRetrying(self, msg: HostRetrying, sender: Any) -> None:
+        # The store is busy, locked, unreachable or timed out: the host retries its recovery by
+        # itself and reports HostReady once it gets through, so a start waiting for it waits,
+        # within its own bound (_start_runs_out), instead of failing on a passing error.
+        host = self.hosts.get(msg.shard)
+        if host is not None:
+            host.pid = msg.pid
+        log.warning("saga host %d cannot recover yet and retries: %s", msg.shard, msg.error)
+        if f"host:{msg.shard}" in self.pending_ready and self.setup_reply is not None:
+            self.host_errors[msg.shard] = msg.error
+            if self.start_bound is not None and time.monotonic() >= self.start_bound:
+                self._start_runs_out()  # its first report came after the bound: answer now
+
+    def _start_runs_out(self) -> None:
+        """The start is about to stop waiting. If it still waits for hosts whose store keeps
+        failing, fail it now naming the store's last error, which says what to fix (a database
+        down or unreachable, a writer holding the lock), rather than let it time out saying
+        nothing. A start that waits on anything else times out as it would have."""
+        if self.setup_reply is None:
+            return
+        failing = sorted(
+            (shard, error)
+            for shard, error in self.host_errors.items()
+            if f"host:{shard}" in self.pending_ready
+        )
+        if not failing:
+            return
+        error = "; ".join(
+            f"host:{shard}: saga host {shard} could not resume its shard's sagas within the "
+            f"start's timeout: its store kept failing, last with: {error}"
+            for shard, error in failing
+        )
+        log.error("understudy could not start: %s", error)
+        self._fail_start(error)
+
+    def _fail_start(self, error: str) -> None:
+        """Answer the start with ``error``, once its hosts are told to stand down (the runtime
+        shuts the actor system down next; in-process, where messages run in the order sent,
+        they have closed their stores by the time the runtime reads the answer)."""
+        for host in self.hosts.values():
+            self.send(host.address, StandDown())
+        self.send(self.setup_reply, CoordinatorReady(0, (), error=error))
+        self.setup_reply = None
 
     def receiveMsg_ParticipantReady(self, msg: ParticipantReady, sender: Any) -> None:
         self._participant_ready(msg, sender)
@@ -237,8 +310,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             return
         self.pending_ready.discard(what)
         if error and self.setup_reply is not None:
-            self.send(self.setup_reply, CoordinatorReady(0, (), error=f"{what}: {error}"))
-            self.setup_reply = None
+            self._fail_start(f"{what}: {error}")
             return
         if not self.pending_ready and self.setup_reply is not None:
             if not self.hosts:
@@ -277,7 +349,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         outer, self.routing = self.routing, Outbox()
         try:
             for message in msg.messages:
-                self.receiveMessage(message, sender)
+                handle_batched(self, message, sender, _DIRECT)
         finally:
             routed, self.routing = self.routing, outer
             routed.send_all(self.send)
@@ -420,6 +492,13 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             self.receiveMsg_HostStartFailed(
                 HostStartFailed(saga_id, "LeaseLost", self.lost_shards[msg.shard]), sender
             )
+        # A first host that loses its shard will never be ready: no retry brings it back, so a
+        # start waiting for it fails now rather than when its timeout runs out.
+        self._ready_step(
+            f"host:{msg.shard}",
+            f"shard {msg.shard} was taken over by another holder of the store while this "
+            f"runtime started ({msg.reason}); is another understudy runtime working on it?",
+        )
 
     def receiveMsg_QueryStatus(self, msg: QueryStatus, sender: Any) -> None:
         assert self.setup is not None
@@ -515,7 +594,9 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
     # --- the owner process -------------------------------------------------------------------
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if isinstance(msg.payload, Respawn):
+        if isinstance(msg.payload, StartRunsOut):
+            self._start_runs_out()
+        elif isinstance(msg.payload, Respawn):
             spec = self.respawning.pop(msg.payload.name, None)
             if spec is not None and not self.stopping:
                 self._create_participant(spec)

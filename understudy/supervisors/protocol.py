@@ -139,6 +139,9 @@ class CoordinatorSetup:
     runtime: str = ""  # the runtime's id: the holder of its hosts' shard leases
     lease_ttl: float = 10.0
     leases: dict[int, Lease] = attrs.field(factory=dict)  # taken by the start, per shard
+    #: Seconds the runtime's start waits for CoordinatorReady (None: no bound known). A start
+    #: still waiting on a failing store near the end of it is failed naming the store's error.
+    timeout: float | None = None
 
 
 @attrs.frozen
@@ -159,3 +162,20 @@ class HostsInfo:
     participant_pids: dict[str, int]
     restarts: int
     coordinator_pid: int = 0
+
+
+@attrs.frozen
+class HostRetrying:
+    """A host's recovery met a transient store error (``recovery.transient``) and tries again
+    shortly: a start waiting for it goes on waiting, within its own timeout. An error that
+    waiting cannot cure is a :class:`HostReady` with the error instead."""
+
+    shard: int
+    pid: int
+    error: str
+
+
+@attrs.frozen
+class StandDown:
+    """The start this host was created for failed, and its runtime is being shut down: stop
+    retrying and close the store (``ShardRecovery.receiveMsg_StandDown``)."""

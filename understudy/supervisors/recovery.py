@@ -37,7 +37,13 @@ from understudy.actors.batching import Outbox
 from understudy.actors.saga import Saga
 from understudy.actors.system import ActorExitRequest
 from understudy.definitions import SagaDefinition
-from understudy.errors import CorruptRecord, LeaseLost, StoreError, UnderstudyError
+from understudy.errors import (
+    CorruptRecord,
+    LeaseLost,
+    StoreError,
+    StoreUnavailable,
+    UnderstudyError,
+)
 from understudy.messages import SagaFinished, StepRequest
 from understudy.persistence import SagaStore, open_store
 from understudy.persistence.base import (
@@ -54,17 +60,27 @@ from understudy.supervisors.leases import about_me, renew_every, take_over_dead
 from understudy.supervisors.protocol import (
     HostLeaseLost,
     HostReady,
+    HostRetrying,
     HostSetup,
     HostStarted,
     HostStartFailed,
     RenewLease,
     RetrySetup,
+    StandDown,
 )
 
 log = logging.getLogger("understudy.host")
 
 SETUP_RETRY_DELAY = 1.0
 RECOVERY_CHUNK = 500  # sagas claimed per transaction by the startup scan
+
+
+def transient(exc: UnderstudyError) -> bool:
+    """Whether waiting may cure ``exc``: the store busy or locked, unreachable, cut off or
+    timed out (what the stores report as :class:`StoreUnavailable`). A lost lease, a shard
+    count that does not match, damaged data or a store that refuses this configuration (a bad
+    URL, credentials, a missing table) stay as they are however often the host retries."""
+    return isinstance(exc, StoreUnavailable)
 
 
 def shard_of(saga_id: str, shards: int) -> int:
@@ -95,6 +111,12 @@ class ShardRecovery:
     lost: bool
     stopped: bool
     outbox: Outbox
+    # The sagas this host's scan has counted a recovery against, and the lease epoch it
+    # counted them under. A scan that fails after a claim committed is run again, and must not
+    # count the same death twice: a store flapping for long would otherwise park the blamed
+    # sagas for its own failures (I11, I12). None (the class default) until a scan counts.
+    counted: set[str] | None = None
+    counted_epoch: int = 0
 
     if TYPE_CHECKING:  # provided by the saga host and by Thespian's Actor, not here
         myAddress: Any
@@ -138,10 +160,30 @@ class ShardRecovery:
             return
         except UnderstudyError as exc:
             log.error("saga host %d cannot recover yet (%s); retrying", shard, exc)
-            self.send(self.coordinator, HostReady(shard, os.getpid(), 0, error=str(exc)))
+            if transient(exc):
+                self.send(self.coordinator, HostRetrying(shard, os.getpid(), str(exc)))
+            else:
+                self.send(self.coordinator, HostReady(shard, os.getpid(), 0, error=str(exc)))
+            # Retried either way: a host restarted long after the start has nobody to fail.
             self.wakeupAfter(seconds(SETUP_RETRY_DELAY), RetrySetup())
             return
         self.send(self.coordinator, HostReady(shard, os.getpid(), resumed))
+
+    def receiveMsg_StandDown(self, msg: StandDown, sender: Any) -> None:
+        # The runtime shuts its actor system down after a failed start; on the in-process base
+        # no actor is told (no exit request reaches the hosts), so close the store now rather
+        # than leave its connection to the garbage collector. The lease is not released: the
+        # runtime gives the start's leases back keeping their blame, where a release would
+        # blame nobody and the next holder would forget whom the last death is blamed on (I12).
+        self.stopped = True
+        if self.inflight is not None:
+            self.inflight.idle()  # nothing crashed here: the store's blame stands
+            self.inflight.close()
+            self.inflight = None
+        self.lease = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def _adopt_or_acquire(self, store: SagaStore) -> Lease | None:
         """The lease the runtime's start took for this shard (renewed now: the start may have
@@ -149,9 +191,13 @@ class ShardRecovery:
         a holder of this runtime or one whose process has exited."""
         assert self.setup is not None
         if self.setup.lease is not None:
-            start_lease, self.setup = self.setup.lease, attrs.evolve(self.setup, lease=None)
             # The lease says who holds it from now on: this process, not the application's.
-            return store.renew(start_lease, self.setup.lease_ttl, about_me(self.setup.app))
+            renewed = store.renew(self.setup.lease, self.setup.lease_ttl, about_me(self.setup.app))
+            # Dropped only once renewed: after a store error the retry renews it again. Taking
+            # the shard anew instead would start an epoch that blames everyone, forgetting whom
+            # the previous holder's death is blamed on (I12).
+            self.setup = attrs.evolve(self.setup, lease=None)
+            return renewed
         shard, holder, ttl = self.setup.shard, self.setup.runtime, self.setup.lease_ttl
         about = about_me(self.setup.app)
         lease = store.acquire(shard, holder, ttl, about)
@@ -179,6 +225,7 @@ class ShardRecovery:
             self._load(mine[chunk : chunk + RECOVERY_CHUNK], blamed, scan=True)
         # The scan is over: from now on a death blames only the batch or input it names.
         self.store.blame(self.lease, ())
+        self.counted = None  # no scan runs again under this lease
         if self.inflight is not None:
             self.inflight.idle()
         return len(mine)
@@ -244,11 +291,20 @@ class ShardRecovery:
                 runnable.append(saga_id)
         if self.inflight is not None:
             self.inflight.recovering()  # a crash while loading these is the scan's, not theirs
-        # Only the sagas blamed for the crash get a recovery counted (None: all of them).
+        # Only the sagas blamed for the crash get a recovery counted (None: all of them), and
+        # only once per death: not again when a scan is retried.
         counted = runnable if blamed is None else [s for s in runnable if s in blamed]
+        if scan:
+            already = self._counted_already()
+            counted = [s for s in counted if s not in already]
         claimed = self.store.claim_all(counted, recovery=True, at=now, lease=self.lease)
+        if scan:
+            # Committed: counted. (A connection lost while committing leaves it unknown; then
+            # a retried scan counts the death again, as before this record existed.)
+            self._counted_now(counted)
         if len(counted) < len(runnable):
-            rest = [s for s in runnable if s not in blamed]  # type: ignore[operator]
+            chosen = set(counted)
+            rest = [s for s in runnable if s not in chosen]
             claimed.update(self.store.claim_all(rest, recovery=False, at=now, lease=self.lease))
         for saga_id in runnable:
             record = claimed.get(saga_id)
@@ -263,6 +319,19 @@ class ShardRecovery:
             self.inflight.recovering()
         else:
             self._idle()
+
+    def _counted_already(self) -> set[str]:
+        """The sagas a recovery was counted against under this host's current lease."""
+        assert self.lease is not None
+        if self.counted is None or self.counted_epoch != self.lease.epoch:
+            return set()
+        return self.counted
+
+    def _counted_now(self, saga_ids: list[str]) -> None:
+        assert self.lease is not None
+        if self.counted is None or self.counted_epoch != self.lease.epoch:
+            self.counted, self.counted_epoch = set(), self.lease.epoch
+        self.counted.update(saga_ids)
 
     def _answer_start(
         self, saga_id: str, record: SagaRecord | None, failure: tuple[str, str]

@@ -98,6 +98,10 @@ class Run:
     forward_result: Any = None
 
 
+_RUN = Run()  # the common verdicts, made once (frozen): one per request cost a microsecond
+_RUN_AGAIN = Run(started=True)
+
+
 @attrs.frozen
 class _Row:
     digest: bytes
@@ -279,7 +283,7 @@ class Ledger:
                 )
             started = True  # an external call whose outcome is unknown: it runs again
         if msg.kind != "undo":
-            return Run(started)
+            return _RUN_AGAIN if started else _RUN
         forward = self._lookup(msg.forward_key)
         if forward is not None and forward.outcome == APPLIED:
             return Run(started, FORWARD_APPLIED, _decoded(forward.result))
@@ -306,7 +310,18 @@ class Ledger:
         kind = "do" if key == msg.forward_key else msg.kind
         self._execute(
             _INSERT,
-            (key, msg.saga_id, msg.step, kind, msg.action, digest, outcome, result, reason, _now()),
+            (
+                key,
+                msg.saga_id,
+                msg.step,
+                kind,
+                msg.action,
+                digest,
+                outcome,
+                result,
+                reason,
+                time.time(),
+            ),
         )
 
     def finish(

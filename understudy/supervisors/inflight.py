@@ -43,6 +43,7 @@ class InFlight:
         self.epoch = epoch
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         self._last: bytes | None = None  # what the file says now, as this holder wrote it
+        self._epoch = _EPOCH.pack(epoch)
         record = os.pread(self._fd, WIDTH, 0)
         self.previous: bytes | None = None
         if len(record) == WIDTH and _EPOCH.unpack_from(record)[0] == epoch - 1:
@@ -72,7 +73,7 @@ class InFlight:
             return  # the file says so already (idle after idle is most of a busy host's writes)
         self._last = data
         # Ids longer than the record are cut: such a saga is then blamed on nobody.
-        record = _EPOCH.pack(self.epoch) + data
+        record = self._epoch + data
         os.pwrite(self._fd, record[:WIDTH].ljust(WIDTH), 0)
 
     def close(self) -> None:

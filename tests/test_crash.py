@@ -389,13 +389,14 @@ def test_children_of_a_killed_coordinator_stop_themselves(tmp_path: Path) -> Non
     running on unsupervised, including a participant that handles wakeups of its own."""
     participants = recorders(tmp_path)
     participants[0] = ("orders", Ticker, participants[0][2])
-    with start_runtime(
+    us = start_runtime(
         tmp_path,
         [order_definition()],
         participants,
         base="multiprocTCPBase",
         watch_interval=0.5,
-    ) as us:
+    )
+    try:
         info = us.hosts()
         children = [*info.host_pids.values(), *info.participant_pids.values()]
         assert all(_alive(pid) for pid in children)
@@ -406,4 +407,8 @@ def test_children_of_a_killed_coordinator_stop_themselves(tmp_path: Path) -> Non
         survivors = [pid for pid in children if _alive(pid)]
         for pid in survivors:
             os.kill(pid, signal.SIGKILL)
+    finally:
+        # A shutdown first asks the coordinator to stop its children and waits for its answer
+        # (10 s by default); a killed coordinator never answers, so only the system is stopped.
+        us.shutdown(timeout=0)
     assert [] == survivors

@@ -69,9 +69,16 @@ from understudy.testing.schedule import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Events that are not progress: a saga claimed and resumed over and over (a commit that keeps
-#: failing, a host that keeps dying) goes nowhere.
+#: failing, a host that keeps dying) goes nowhere. See also :func:`_newest_progress`.
 CHURN = frozenset({"claimed", "resumed"})
 RESTART_PAUSE = 0.25  # seconds between starts the healing phase's client sends again
+#: Seconds between looks at the store while a phase waits: short for the first second, in which
+#: most phases end (a run's few sagas take a few hundred milliseconds, and every look sooner is
+#: time a sweep of a hundred runs does not wait), longer after it, so that a long phase (sagas
+#: timing out, a hang) does not keep a core busy with queries the actors need.
+POLL_SOON = 0.01
+POLL_LATER = 0.05
+SOON = 1.0
 
 Participants = list[tuple[str, type, dict[str, Any]]]
 
@@ -123,6 +130,8 @@ class RunResult:
     #: Leases still in this process's name when the heal began, freed as a new process finds
     #: them (see ``_as_a_new_process``).
     stale_leases: int = 0
+    heal_began_at: float = 0.0  # when the heal began (time.time(), as faults.log's at=)
+    heal_start_seconds: float = 0.0  # how long the healing runtime's start took, retries included
 
     @property
     def ok(self) -> bool:
@@ -272,7 +281,13 @@ class ChaosRunner:
                         for index, s in enumerate(sagas)
                     }
                     alive = self._faulty_phase(
-                        runtime, location, futures, acknowledged, patience, restarts
+                        runtime,
+                        location,
+                        futures,
+                        acknowledged,
+                        patience,
+                        restarts,
+                        directory / "faults.log",
                     )
                     if alive:
                         with contextlib.suppress(UnderstudyError):
@@ -301,7 +316,7 @@ class ChaosRunner:
         # process would find them (counted: each one is a lease a shutdown or a failed start
         # left behind).
         stale_leases = _as_a_new_process(location)
-        heal_started = time.monotonic()
+        heal_started, heal_began_at = time.monotonic(), time.time()
         restart_in_heal = restarts.has(RECOVERY)
         restarts.begin(RECOVERY)
         try:
@@ -375,6 +390,8 @@ class ChaosRunner:
             restarts.done,
             heal_starts,
             stale_leases,
+            heal_began_at,
+            healer_start,
         )
 
     def _heal(
@@ -391,10 +408,10 @@ class ChaosRunner:
         start the probes, and wait for quiet: (why it could not start, resumed, seconds, seconds
         the healing runtime took to start, starts it took).
 
-        ``retry``: the database server restarts during the heal, and a start that meets it
-        fails (the store cannot be reached, a saga host's recovery scan loses its connection);
-        the start is then tried again, as the supervisor of a real application restarts it,
-        until the recovery bound."""
+        ``retry``: the database server restarts during the heal. A start that meets it waits
+        while a saga host's recovery scan cannot reach the store, but fails when the store
+        cannot be reached at all (the start's own checks); the start is then tried again, as
+        the supervisor of a real application restarts it, until the recovery bound."""
         # The recovery bound runs from here and covers the start: a start allowed to take
         # longer than the bound would leave the probes no time at all, and a slow start would
         # be reported as probes "still running" instead of as what it is.
@@ -436,10 +453,11 @@ class ChaosRunner:
         acknowledged: set[str],
         patience: float,
         restarts: _Restarts,
+        fired: Path,
     ) -> bool:
         """Wait for the faulty runtime to finish or get stuck; False when it is dead. A server
         restart drawn for this phase starts once the store holds its number of events; while
-        it runs the phase is not taken for stuck."""
+        it runs the phase is not taken for stuck. ``fired``: the run's ``faults.log``."""
         started = last_change = next_ping = time.monotonic()
         last: tuple[int, int] = (-1, -1)
         seq_seen = -1
@@ -473,13 +491,16 @@ class ChaosRunner:
                 if now - last_change > self.stall or now - started > self.window:
                     return True
                 if now - last_change > 0.5 and now >= next_ping:
-                    # Stuck: is anybody there? (a killed actor system never answers)
+                    # Stuck: is anybody there? (a killed actor system never answers, and a
+                    # ping would only wait ``patience`` to learn it)
+                    if _killed_for_good(fired):
+                        return False
                     next_ping = now + 0.5
                     try:
                         runtime.hosts(timeout=patience)
                     except UnderstudyError:
                         return False
-                time.sleep(0.05)
+                _pause(now - started)
 
     def _quiesce(
         self,
@@ -491,6 +512,7 @@ class ChaosRunner:
         """Wait until no saga is unfinished (nor missing, for the resent starts); ``poll`` is
         called at every look."""
         wanted = set(saga_ids)
+        looking = time.monotonic()
         with contextlib.closing(_Reader(location)) as store:
             while True:
                 poll()
@@ -505,7 +527,7 @@ class ChaosRunner:
                 )
                 if quiet or now - since > self.recovery_bound:
                     return now - since
-                time.sleep(0.05)
+                _pause(now - looking)
 
     # --- the two modes ----------------------------------------------------------------------
 
@@ -626,16 +648,27 @@ class _RetryingClient:
 
 def _newest_progress(store: SagaStore) -> int:
     """The newest event of an unfinished saga that is progress (sagas that ended count as
-    progress through their status); 0 when there is none."""
-    return max(
-        (
-            event.seq
-            for saga_id in store.unfinished()
-            for event in store.events(saga_id)
-            if event.kind not in CHURN
-        ),
-        default=0,
-    )
+    progress through their status); 0 when there is none.
+
+    A resumed saga sends its outstanding request again, recorded as an intent marked
+    ``resent`` (same step, attempt and key). The first such resend of a request is progress, as
+    the resume it ends is; the same request resent again is the same resume over again: a host
+    that dies right after every commit (a persistent crash at ``store.after_commit``) claims,
+    resumes, resends and dies in a loop that would otherwise keep the phase going until the
+    window runs out."""
+    newest = 0
+    for saga_id in store.unfinished():
+        resent: set[tuple[str, int | None, int | None]] = set()
+        for event in store.events(saga_id):
+            if event.kind in CHURN:
+                continue
+            if event.detail.get("resent"):
+                request = (event.kind, event.step, event.attempt)
+                if request in resent:
+                    continue
+                resent.add(request)
+            newest = max(newest, event.seq)
+    return newest
 
 
 class _Reader:
@@ -727,6 +760,27 @@ class _Restarts:
         thread = threading.Thread(target=carry_out, name=f"restart-{planned.phase}", daemon=True)
         thread.start()
         self.threads.append(thread)
+
+
+def _killed_for_good(fired: Path) -> bool:
+    """Whether a fault in ``fired`` (a run's ``faults.log``) killed its runtime for good: a
+    ``kill`` of the coordinator, the runtime's root that no supervisor restarts, or a
+    ``kill_system`` of every actor process. Other kills are of processes the coordinator
+    restarts: whether those runtimes still answer is for a ping to tell."""
+    try:
+        lines = fired.read_text().splitlines()
+    except FileNotFoundError:
+        return False
+    for line in lines:
+        point, action = [*line.split(), "", ""][:2]
+        if action == "kill_system" or (action == "kill" and point.startswith("coordinator.")):
+            return True
+    return False
+
+
+def _pause(waited: float) -> None:
+    """Sleep until the next look at the store, ``waited`` seconds into a wait."""
+    time.sleep(POLL_SOON if waited < SOON else POLL_LATER)
 
 
 def _riding_out(read: Callable[[], T], patience: float = 30.0) -> T:

@@ -116,6 +116,7 @@ class ShardRecovery:
     # count the same death twice: a store flapping for long would otherwise park the blamed
     # sagas for its own failures (I11, I12). None (the class default) until a scan counts.
     counted: set[str] | None = None
+    scanned: set[str] | None = None  # the sagas a scan found, across its retries
     counted_epoch: int = 0
 
     if TYPE_CHECKING:  # provided by the saga host and by Thespian's Actor, not here
@@ -221,14 +222,19 @@ class ShardRecovery:
             for sid in self.store.unfinished()
             if shard_of(sid, self.setup.shards) == self.setup.shard
         ]
+        # What a scan that failed part-way had already resumed counts as resumed too: by the
+        # retry those sagas may have finished, and the start would report fewer than it did.
+        found = set(mine) if self.scanned is None else self.scanned | set(mine)
+        self.scanned = found
         for chunk in range(0, len(mine), RECOVERY_CHUNK):
             self._load(mine[chunk : chunk + RECOVERY_CHUNK], blamed, scan=True)
         # The scan is over: from now on a death blames only the batch or input it names.
         self.store.blame(self.lease, ())
         self.counted = None  # no scan runs again under this lease
+        self.scanned = None
         if self.inflight is not None:
             self.inflight.idle()
-        return len(mine)
+        return len(found)
 
     def _renew(self) -> None:
         if self.store is None or self.lease is None or self.setup is None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from understudy import SagaFinished, SagaRejected, StartSaga
+from understudy import SagaFinished, StartRejected, StartSaga
 from understudy.actors.system import ActorTypeDispatcher
 from understudy.messages import QueryStatus, SagaStatus
 
@@ -38,7 +38,7 @@ class Shop(ActorTypeDispatcher):  # type: ignore[misc]
     def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
         self.send(self.asked.pop(msg.saga_id), msg)
 
-    def receiveMsg_SagaRejected(self, msg: SagaRejected, sender: Any) -> None:
+    def receiveMsg_StartRejected(self, msg: StartRejected, sender: Any) -> None:
         self.send(self.asked.pop(msg.saga_id), msg)
 
     def receiveMsg_AskStatus(self, msg: AskStatus, sender: Any) -> None:

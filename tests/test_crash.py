@@ -288,7 +288,7 @@ def test_a_duplicate_start_is_acknowledged_only_once_durable(tmp_path: Path) -> 
         first = us.submit_future("dup", "order", {}, wait=False)
         second = us.submit_future("dup", "order", {}, wait=False)
         assert ["SagaRejected", "SagaRejected"] == [
-            type(f.result(30)).__name__ for f in (first, second)
+            type(f.exception(30)).__name__ for f in (first, second)
         ]
         assert us._reader().get("dup") is None
         assert "completed" == us.run("dup", "order", {}).status

@@ -28,6 +28,7 @@ from understudy.messages import (
     SagaAccepted,
     SagaFinished,
     SagaStatus,
+    StartRejected,
     StartSaga,
 )
 from understudy.persistence.base import COMPENSATED, COMPLETED, FAILED
@@ -61,6 +62,7 @@ __all__ = [
     "SagaNotFound",
     "SagaRejected",
     "SagaStatus",
+    "StartRejected",
     "StartSaga",
     "Step",
     "StepContext",

@@ -21,7 +21,7 @@ class StartSaga:
 
     With ``wait`` (the default) the sender gets one reply, :class:`SagaFinished`, when the saga is
     terminal; without it the reply is :class:`SagaAccepted` once the start is durable. A start
-    that cannot run is answered with :class:`SagaRejected`.
+    that cannot run is answered with :class:`StartRejected`.
     """
 
     saga_id: str
@@ -57,8 +57,11 @@ class SagaFinished:
 
 
 @attrs.frozen
-class SagaRejected:
-    """The coordinator refused the start; ``error`` names the understudy error class."""
+class StartRejected:
+    """The coordinator refused the start: ``error`` names the understudy exception a plain
+    caller gets for it (``UnknownDefinition``, ``UnknownParticipant``, ``PayloadError``,
+    ``StoreUnavailable``, ``LeaseLost``, or ``SagaRejected`` for any other refusal) and
+    ``reason`` says why and what to do. Nothing was written for the saga."""
 
     saga_id: str
     error: str
@@ -161,6 +164,13 @@ class ParticipantReady:
     name: str
     error: str | None = None
     pid: int = 0
+    #: What the participant serves, so that a definition naming an action it lacks is refused
+    #: when the runtime starts (None: not declared, nothing is checked).
+    actions: tuple[str, ...] | None = None
+    compensations: tuple[str, ...] | None = None
+    #: How many requests it takes in flight at once (see ``Participant.max_in_flight``); the
+    #: saga hosts hold the rest back. None: no limit.
+    max_in_flight: int | None = None
 
 
 @attrs.frozen

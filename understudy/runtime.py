@@ -28,7 +28,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import os
-import queue
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from understudy import codec
-from understudy.actors.plumbing import Batch, Stop
+from understudy.actors.plumbing import Stop
 from understudy.actors.system import (
     IN_PROCESS,
     class_path,
@@ -47,6 +46,7 @@ from understudy.actors.system import (
     start_actor_system,
 )
 from understudy.actors.watch import process_identity
+from understudy.bridge import Bridge
 from understudy.definitions import SagaDefinition
 from understudy.errors import (
     ActorSystemError,
@@ -63,13 +63,11 @@ from understudy.errors import (
 from understudy.failpoints import Fault
 from understudy.messages import (
     AddParticipant,
-    ParticipantReady,
-    Pong,
     SagaAccepted,
     SagaFinished,
+    StartRejected,
     StartSaga,
 )
-from understudy.messages import SagaRejected as SagaRejectedMessage
 from understudy.persistence import SagaStore, open_store, redact
 from understudy.persistence.base import SagaRecord
 from understudy.supervisors.coordinator import Coordinator
@@ -82,7 +80,6 @@ from understudy.supervisors.leases import (
 )
 from understudy.supervisors.policy import RestartPolicy
 from understudy.supervisors.protocol import (
-    CoordinatorReady,
     CoordinatorSetup,
     HostsInfo,
     QueryHosts,
@@ -102,112 +99,8 @@ _ERRORS: dict[str, type[UnderstudyError]] = {
 FLUSH_WINDOW = 0.01
 
 
-def _rejection_error(reply: SagaRejectedMessage) -> UnderstudyError:
+def _rejection_error(reply: StartRejected) -> UnderstudyError:
     return _ERRORS.get(reply.error, SagaRejected)(reply.reason)
-
-
-class _Bridge(threading.Thread):
-    """The one thread that talks to the actor system (see the module docstring)."""
-
-    def __init__(self, asys: Any, coordinator: Any) -> None:
-        super().__init__(name="understudy-bridge", daemon=True)
-        self.asys = asys
-        self.coordinator = coordinator
-        self.commands: queue.Queue[tuple[Any, Any, concurrent.futures.Future[Any]] | None] = (
-            queue.Queue()
-        )
-        self.waiting: dict[Any, list[concurrent.futures.Future[Any]]] = {}
-        self.stopped = threading.Event()
-
-    def submit(self, message: Any, key: Any) -> concurrent.futures.Future[Any]:
-        """Send ``message`` to the coordinator; the future resolves with the reply for ``key``."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        if self.stopped.is_set():
-            future.set_exception(ActorSystemError("understudy has been shut down"))
-            return future
-        self.commands.put((message, key, future))
-        return future
-
-    def run(self) -> None:
-        try:
-            while True:
-                batch = self._drain(block=not self.waiting)
-                if batch is None:
-                    return
-                if batch:
-                    messages = tuple(message for message, _key, _future in batch)
-                    for _message, key, future in batch:
-                        self.waiting.setdefault(key, []).append(future)
-                    # Always a Batch, even of one: it also tells the coordinator that this
-                    # client takes its replies in batches (see _resolve).
-                    self.asys.tell(self.coordinator, Batch(messages))
-                self._listen()
-        finally:
-            self.stopped.set()
-            for futures in self.waiting.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(ActorSystemError("understudy has been shut down"))
-
-    def _drain(self, block: bool) -> list[Any] | None:
-        items: list[Any] = []
-        try:
-            # Idle: block a little for the next command. Busy: only take what is there, and
-            # keep listening (on the in-process base, timers fire only while we listen).
-            first = self.commands.get(timeout=0.02) if block else self.commands.get_nowait()
-        except queue.Empty:
-            return items
-        if first is None:
-            return None
-        items.append(first)
-        while True:
-            try:
-                item = self.commands.get_nowait()
-            except queue.Empty:
-                return items
-            if item is None:
-                self.commands.put(None)
-                return items
-            items.append(item)
-
-    def _listen(self) -> None:
-        # A zero timeout would make the in-process base do nothing at all (it checks the
-        # deadline before running anything); a short one runs what is queued and fires due
-        # timers, then hands back so new commands are picked up.
-        while True:
-            reply = self.asys.listen(0.002)
-            if reply is None:
-                return
-            self._resolve(reply)
-
-    def _resolve(self, reply: Any) -> None:
-        if isinstance(reply, Batch):
-            for message in reply.messages:
-                self._resolve(message)
-            return
-        if isinstance(reply, (SagaFinished, SagaAccepted, SagaRejectedMessage)):
-            key: Any = ("request", reply.request_id)
-        elif isinstance(reply, ParticipantReady):
-            key = ("participant", reply.name)
-        elif isinstance(reply, HostsInfo):
-            key = ("hosts",)
-        elif isinstance(reply, Pong):
-            key = ("pong", reply.token)
-        elif isinstance(reply, CoordinatorReady):
-            key = ("ready",)
-        else:
-            return
-        futures = self.waiting.get(key)
-        if not futures:
-            return
-        future = futures.pop(0)
-        if not futures:
-            del self.waiting[key]
-        if not future.done():
-            future.set_result(reply)
-
-    def stop(self) -> None:
-        self.commands.put(None)
 
 
 class Understudy:
@@ -230,7 +123,7 @@ class Understudy:
         self.store_config = store
         self.base = base
         self.resumed = resumed
-        self._bridge = _Bridge(asys, coordinator)
+        self._bridge = Bridge(asys, coordinator)
         self._bridge.start()
         self._local = threading.local()
         self._readers: list[SagaStore] = []
@@ -398,9 +291,22 @@ class Understudy:
         version: int | None = None,
         wait: bool = True,
     ) -> concurrent.futures.Future[Any]:
-        """Start a saga; the future resolves with the coordinator's reply message."""
+        """Start a saga without blocking: the future resolves as :meth:`run` returns (with
+        ``wait``) or :meth:`submit` returns (without), and raises as they raise. For many
+        starts at once from plain code: they share commits."""
         message = self._start_message(saga_id, definition, payload, version, wait)
-        return self._bridge.submit(message, ("request", message.request_id))
+        reply = self._bridge.submit(message, ("request", message.request_id))
+        outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        settle = _finished if wait else _accepted
+
+        def resolve(done: concurrent.futures.Future[Any]) -> None:
+            try:
+                outcome.set_result(settle(done.result()))
+            except BaseException as exc:
+                outcome.set_exception(exc)
+
+        reply.add_done_callback(resolve)
+        return outcome
 
     def run(
         self,
@@ -413,7 +319,7 @@ class Understudy:
     ) -> SagaFinished:
         """Start a saga (or find the one with this id) and wait until it is terminal."""
         future = self.submit_future(saga_id, definition, payload, version=version)
-        return _finished(_result(future, timeout, saga_id))
+        return _result(future, timeout, saga_id)
 
     def submit(
         self,
@@ -426,7 +332,7 @@ class Understudy:
     ) -> SagaAccepted:
         """Start a saga without waiting for its end; returns once the start is durable."""
         future = self.submit_future(saga_id, definition, payload, version=version, wait=False)
-        return _accepted(_result(future, timeout, saga_id))
+        return _result(future, timeout, saga_id)
 
     async def run_async(
         self,
@@ -440,13 +346,12 @@ class Understudy:
         """asyncio twin of :meth:`run`."""
         future = self.submit_future(saga_id, definition, payload, version=version)
         try:
-            reply = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError as exc:
             raise CoordinatorTimeout(
                 f"saga {saga_id!r} did not finish within {timeout} s; it "
                 "goes on, query its status later"
             ) from exc
-        return _finished(reply)
 
     async def submit_async(
         self,
@@ -455,10 +360,17 @@ class Understudy:
         payload: dict[str, Any] | None = None,
         *,
         version: int | None = None,
+        timeout: float | None = 60.0,
     ) -> SagaAccepted:
         """asyncio twin of :meth:`submit`."""
         future = self.submit_future(saga_id, definition, payload, version=version, wait=False)
-        return _accepted(await asyncio.wrap_future(future))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError as exc:
+            raise CoordinatorTimeout(
+                f"no answer about saga {saga_id!r} within {timeout} s; if its start was made "
+                "durable it goes on, query its status later"
+            ) from exc
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -604,14 +516,14 @@ def _result(future: concurrent.futures.Future[Any], timeout: float | None, what:
 
 
 def _finished(reply: Any) -> SagaFinished:
-    if isinstance(reply, SagaRejectedMessage):
+    if isinstance(reply, StartRejected):
         raise _rejection_error(reply)
     assert isinstance(reply, SagaFinished), reply
     return reply
 
 
 def _accepted(reply: Any) -> SagaAccepted:
-    if isinstance(reply, SagaRejectedMessage):
+    if isinstance(reply, StartRejected):
         raise _rejection_error(reply)
     if isinstance(reply, SagaFinished):
         return SagaAccepted(reply.saga_id, existing=True)

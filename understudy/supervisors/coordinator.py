@@ -40,8 +40,8 @@ from understudy.messages import (
     RegisterParticipant,
     SagaAccepted,
     SagaFinished,
-    SagaRejected,
     SagaStatus,
+    StartRejected,
     StartSaga,
 )
 from understudy.persistence import open_store
@@ -113,6 +113,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self.hosts: dict[int, _Child] = {}
         self.participants: dict[str, Any] = {}  # name -> address
         self.participant_pids: dict[str, int] = {}
+        self.limits: dict[str, int | None] = {}  # name -> max_in_flight, as each reported it
         self.waiters: dict[str, list[tuple[Any, bool, str]]] = {}  # (sender, wait, request id)
         # Starts of sagas someone waits for, resent to a new host if theirs dies: HostStart is
         # idempotent, and it answers with the saga's end if the dead host committed it but
@@ -208,6 +209,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 self.setup.lease_ttl,
                 self.setup.owner,
                 self.start_leases.pop(shard, None),
+                dict(self.limits),
             ),
         )
 
@@ -291,6 +293,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             self.known_participants.add(msg.name)
             self.participants[msg.name] = sender
             self.participant_pids[msg.name] = msg.pid
+            self.limits[msg.name] = msg.max_in_flight
             child = self._child(sender)
             if child is not None:
                 child.pid = msg.pid
@@ -324,7 +327,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
 
     def _broadcast_participants(self) -> None:
         for host in self.hosts.values():
-            self.send(host.address, ParticipantTable(dict(self.participants)))
+            self.send(host.address, ParticipantTable(dict(self.participants), dict(self.limits)))
 
     # --- participants ---------------------------------------------------------------------------
 
@@ -371,7 +374,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         if self.setup is None or not self.store_ok:
             self.send(
                 sender,
-                SagaRejected(
+                StartRejected(
                     msg.saga_id, "ActorSystemError", "the coordinator has not been set up"
                 ),
             )
@@ -398,20 +401,20 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         if verdict == "duplicate":
             self._route(host.address, start)
 
-    def _validate(self, msg: StartSaga) -> SagaRejected | None:
+    def _validate(self, msg: StartSaga) -> StartRejected | None:
         if not isinstance(msg.saga_id, str) or not msg.saga_id:
-            return SagaRejected(
+            return StartRejected(
                 str(msg.saga_id), "SagaRejected", "a saga id must be a non-empty string"
             )
         if "\x00" in msg.saga_id:
-            return SagaRejected(
+            return StartRejected(
                 msg.saga_id,
                 "SagaRejected",
                 "a saga id must not contain NUL characters (PostgreSQL cannot store them); "
                 "use printable text",
             )
         if msg.definition not in self.latest:
-            return SagaRejected(
+            return StartRejected(
                 msg.saga_id,
                 "UnknownDefinition",
                 f"no saga definition named {msg.definition!r} is registered "
@@ -421,7 +424,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         version = msg.version if msg.version is not None else self.latest[msg.definition]
         definition = self.definitions.get((msg.definition, version))
         if definition is None:
-            return SagaRejected(
+            return StartRejected(
                 msg.saga_id,
                 "UnknownDefinition",
                 f"saga definition {msg.definition!r} has no version {version}",
@@ -431,7 +434,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         missing = sorted(definition.participants - self.known_participants)
         if missing:
             steps = [s.name for s in definition.steps if s.participant in missing]
-            return SagaRejected(
+            return StartRejected(
                 msg.saga_id,
                 "UnknownParticipant",
                 f"saga definition {msg.definition!r} v{version} names "
@@ -448,7 +451,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                     f"not {type(msg.payload).__name__}"
                 )
         except PayloadError as exc:
-            return SagaRejected(msg.saga_id, "PayloadError", str(exc))
+            return StartRejected(msg.saga_id, "PayloadError", str(exc))
         return None
 
     def receiveMsg_HostStarted(self, msg: HostStarted, sender: Any) -> None:
@@ -468,7 +471,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
     def receiveMsg_HostStartFailed(self, msg: HostStartFailed, sender: Any) -> None:
         self.starting.pop(msg.saga_id, None)
         for address, _wait, request_id in self.waiters.pop(msg.saga_id, []):
-            self._answer(address, SagaRejected(msg.saga_id, msg.error, msg.reason, request_id))
+            self._answer(address, StartRejected(msg.saga_id, msg.error, msg.reason, request_id))
 
     def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
         self.starting.pop(msg.saga_id, None)

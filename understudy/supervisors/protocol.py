@@ -36,6 +36,7 @@ class HostSetup:
     lease_ttl: float = 10.0  # seconds a shard lease lasts unless renewed
     app: tuple[int, str | None] | None = None  # the application process (pid, start)
     lease: Lease | None = None  # the shard's lease the start took, for the first host only
+    limits: dict[str, int | None] = attrs.field(factory=dict)  # as in ParticipantTable
 
 
 @attrs.frozen
@@ -82,7 +83,9 @@ class HostStartFailed:
 
 @attrs.frozen
 class ParticipantTable:
-    participants: dict[str, Any]
+    participants: dict[str, Any]  # name -> actor address
+    #: name -> the most requests the participant takes in flight (None or absent: no limit)
+    limits: dict[str, int | None] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -128,8 +128,9 @@ def test_an_app_actors_status_query_does_not_take_the_write_lock(tmp_path: Path)
         blocker = sqlite3.connect(tmp_path / "sagas.db", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         try:
-            shop = us.asys.createActor(Shop)
-            reply = us.asys.ask(shop, AskStatus(us.address, "order-1"), 30)
+            with us.private() as handle:
+                shop = handle.createActor(Shop)
+                reply = handle.ask(shop, AskStatus(us.address, "order-1"), 30)
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()

@@ -214,8 +214,9 @@ def test_an_app_actor_starts_a_saga_and_gets_the_terminal_reply(start: Start) ->
     """An application actor inside the same actor system sends StartSaga and receives
     SagaFinished."""
     us = start()
-    shop = us.asys.createActor(Shop)
-    reply = us.asys.ask(shop, PlaceOrder(us.address, "app-1", {}), 30)
+    with us.private() as handle:
+        shop = handle.createActor(Shop)
+        reply = handle.ask(shop, PlaceOrder(us.address, "app-1", {}), 30)
     assert isinstance(reply, SagaFinished)
     assert reply.status == "completed"
 

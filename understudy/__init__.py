@@ -13,16 +13,21 @@ from understudy.errors import (
     CoordinatorTimeout,
     CorruptRecord,
     DefinitionError,
+    LeaseLost,
+    LedgerError,
     PayloadError,
     SagaNotFound,
     SagaRejected,
+    ShardCountMismatch,
     StoreError,
+    StoreInUse,
     StoreUnavailable,
     UnderstudyError,
     UnknownDefinition,
     UnknownParticipant,
 )
 from understudy.messages import (
+    ParticipantReady,
     QueryStatus,
     RegisterParticipant,
     SagaAccepted,
@@ -31,9 +36,10 @@ from understudy.messages import (
     StartRejected,
     StartSaga,
 )
-from understudy.persistence.base import COMPENSATED, COMPLETED, FAILED
+from understudy.persistence.base import COMPENSATED, COMPLETED, FAILED, SagaRecord
 from understudy.runtime import Understudy
 from understudy.supervisors.policy import RestartPolicy
+from understudy.supervisors.protocol import HostsInfo
 
 __version__ = "0.1.0"
 
@@ -48,8 +54,12 @@ __all__ = [
     "CoordinatorTimeout",
     "CorruptRecord",
     "DefinitionError",
+    "HostsInfo",
     "Irreversible",
+    "LeaseLost",
+    "LedgerError",
     "Participant",
+    "ParticipantReady",
     "PayloadError",
     "QueryStatus",
     "RegisterParticipant",
@@ -60,13 +70,16 @@ __all__ = [
     "SagaDefinition",
     "SagaFinished",
     "SagaNotFound",
+    "SagaRecord",
     "SagaRejected",
     "SagaStatus",
+    "ShardCountMismatch",
     "StartRejected",
     "StartSaga",
     "Step",
     "StepContext",
     "StoreError",
+    "StoreInUse",
     "StoreUnavailable",
     "Understudy",
     "UnderstudyError",

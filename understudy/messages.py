@@ -128,9 +128,19 @@ class StepReply:
 
 @attrs.frozen
 class RegisterParticipant:
-    """Tell the coordinator that the sender serves as participant ``name``."""
+    """Register an actor of the application as participant ``name``.
+
+    ``participant`` is the actor (a :class:`~understudy.Participant` subclass the application
+    created); None: the sender itself. The coordinator configures it with ``options`` (as
+    ``add_participant`` would: ``{"database": ...}``; None keeps the configuration it has),
+    then registers it, and answers :class:`ParticipantReady` to the sender (with ``error`` set
+    if it could not be configured or lacks an action a definition names). The application
+    supervises the actors it registers; ``add_participant`` creates supervised ones.
+    """
 
     name: str
+    options: dict[str, Any] | None = None
+    participant: Any = None
 
 
 @attrs.frozen
@@ -151,7 +161,7 @@ class ConfigureParticipant:
     """Sent once to a newly created participant actor, before any step request."""
 
     name: str
-    options: dict[str, Any]
+    options: dict[str, Any] | None  # None: keep the configuration it has (RegisterParticipant)
     faults: tuple[Any, ...] = ()  # understudy.failpoints.Fault values armed by crash tests
     watch_interval: float | None = None  # seconds between checks that the supervisor lives
 

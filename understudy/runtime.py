@@ -28,20 +28,24 @@ import concurrent.futures
 import contextlib
 import itertools
 import os
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from understudy import codec
 from understudy.actors.plumbing import Stop
 from understudy.actors.system import (
     IN_PROCESS,
+    LOOPBACK,
+    ActorExitRequest,
+    base_of,
+    child_pids,
     class_path,
-    detached_count,
-    detached_since,
     is_multiprocess,
+    private_handle,
     reap,
     start_actor_system,
 )
@@ -118,20 +122,24 @@ class Understudy:
         base: str,
         resumed: int,
     ) -> None:
-        self.asys = asys
+        self._asys = asys
+        #: The coordinator's address: app actors send it StartSaga and QueryStatus.
         self.address = coordinator
-        self.store_config = store
+        self._store_config = store
         self.base = base
         self.resumed = resumed
         self._bridge = Bridge(asys, coordinator)
         self._bridge.start()
         self._local = threading.local()
         self._readers: list[SagaStore] = []
-        self._admin: list[Any] = []
+        self._admin: set[int] = set()
         self._readers_lock = threading.Lock()
         self._tokens = itertools.count()
         self._client_id = f"{os.getpid()}-{id(self):x}"
         self._runtime_id = ""  # set by start: the holder of this runtime's shard leases
+        self._close_handle: Any = asys.shutdown  # set by start
+        self._system: Any = asys  # the actor system's own handle (private() clones it)
+        self._owned = True  # understudy started the actor system (and shuts it down)
 
     @classmethod
     def start(
@@ -140,7 +148,8 @@ class Understudy:
         definitions: Iterable[SagaDefinition],
         participants: Iterable[tuple[str, type, dict[str, Any]]] = (),
         *,
-        base: str = IN_PROCESS,
+        base: str | None = None,
+        actor_system: Any = None,
         hosts: int | None = None,
         policy: RestartPolicy | None = None,
         store_options: dict[str, Any] | None = None,
@@ -152,7 +161,17 @@ class Understudy:
         host_class: type | None = None,
         lease_ttl: float = DEFAULT_TTL,
     ) -> Understudy:
-        """Start an actor system (``base``) with a coordinator over the store at ``store``.
+        """Start understudy's coordinator over the store at ``store``, in an actor system of
+        its own (``base``, the in-process one by default), or in the application's own
+        (``actor_system``: a Thespian ``ActorSystem`` handle of any base, which keeps its
+        admin port, capabilities and logging).
+
+        In an actor system of its own, :meth:`shutdown` shuts that system down. In the
+        application's, it stops only what understudy started (its coordinator, saga hosts and
+        participants) and leaves the system running. While understudy runs, its bridge thread
+        drives the handle it was given: reach the system from other threads through
+        :meth:`private` (on the in-process base every actor runs in the thread that drives the
+        handle, and a Thespian handle shared by threads loses replies).
 
         ``participants`` are ``(name, ParticipantClass, options)`` triples created, configured
         and supervised by the coordinator before any unfinished saga resumes. ``hosts`` is the
@@ -176,13 +195,23 @@ class Understudy:
         """
         definitions = tuple(definitions)
         participants = list(participants)
+        if actor_system is not None:
+            given = base_of(actor_system)
+            if base is not None and base != given:
+                raise ActorSystemError(
+                    f"base={base!r} was asked for, but the actor system given is a {given}; "
+                    "leave base out when passing actor_system"
+                )
+            base = given
+        elif base is None:
+            base = IN_PROCESS
         store_config = StoreConfig(os.fspath(store), dict(store_options or {}))
         if not is_multiprocess(base) and any(f.action in ("kill", "kill_system") for f in faults):
             raise ActorSystemError(
                 f"a kill fault on the in-process base ({base}) would kill this very process "
                 "(every actor runs in it); use action='raise' there, or a multi-process base"
             )
-        if is_multiprocess(base):
+        if is_multiprocess(base) and actor_system is None:
             _refuse_open_databases(
                 [store_config.location]
                 + [str(opts["database"]) for _n, _c, opts in participants if "database" in opts]
@@ -221,15 +250,27 @@ class Understudy:
         except BaseException:
             RUNNING_HERE.discard(runtime_id)
             raise
+        children = child_pids()
         try:
-            detached = detached_count()
-            asys = start_actor_system(base, admin_port=admin_port)
+            if actor_system is None:
+                _refuse_taken_port(admin_port)
+                asys = start_actor_system(base, admin_port=admin_port)
+                handle, close_handle, owned = asys, asys.shutdown, True
+            elif is_multiprocess(base):
+                # A handle of understudy's own on the application's system: its replies come
+                # to the bridge alone, and closing it leaves the system running.
+                handle, close_handle = private_handle(actor_system)
+                owned = False
+            else:
+                # In-process, the thread that drives the handle runs every actor: the bridge
+                # drives the application's handle (the application uses private() meanwhile).
+                handle, close_handle, owned = actor_system, _nothing, False
         except BaseException:
             _give_back(store_config, leases)
             RUNNING_HERE.discard(runtime_id)
             raise
         try:
-            coordinator = asys.createActor(Coordinator)
+            coordinator = handle.createActor(Coordinator)
             setup = CoordinatorSetup(
                 store_config,
                 definitions,
@@ -246,20 +287,26 @@ class Understudy:
                 lease_ttl,
                 leases,
                 timeout,
+                owned,
             )
-            reply = asys.ask(coordinator, setup, timeout)
+            reply = handle.ask(coordinator, setup, timeout)
             if reply is None:
                 raise CoordinatorTimeout(f"understudy did not start within {timeout} s")
             if reply.error:
                 raise ActorSystemError(f"understudy could not start: {reply.error}")
         except BaseException:
-            asys.shutdown()
-            reap(detached_since(detached))  # a failed start leaves no zombie admin either
+            if not owned:
+                handle.tell(coordinator, ActorExitRequest())
+            close_handle()
+            reap(child_pids() - children)  # a failed start leaves no zombie admin either
             _give_back(store_config, leases)
             RUNNING_HERE.discard(runtime_id)
             raise
-        runtime = cls(asys, coordinator, store_config, base, reply.resumed)
-        runtime._admin = detached_since(detached)
+        runtime = cls(handle, coordinator, store_config, base, reply.resumed)
+        runtime._close_handle = close_handle
+        runtime._system = actor_system if actor_system is not None else handle
+        runtime._owned = owned
+        runtime._admin = child_pids() - children
         runtime._runtime_id = runtime_id
         return runtime
 
@@ -377,7 +424,7 @@ class Understudy:
     def _reader(self) -> SagaStore:
         store = getattr(self._local, "store", None)
         if store is None:
-            store = open_store(self.store_config.location, read_only=True)
+            store = open_store(self._store_config.location, read_only=True)
             self._local.store = store
             with self._readers_lock:
                 self._readers.append(store)
@@ -388,7 +435,7 @@ class Understudy:
         record = self._reader().get(saga_id)
         if record is None:
             raise SagaNotFound(
-                f"no saga with id {saga_id!r} in {redact(self.store_config.location)!r}"
+                f"no saga with id {saga_id!r} in {redact(self._store_config.location)!r}"
             )
         return record
 
@@ -399,15 +446,15 @@ class Understudy:
     async def status_async(self, saga_id: str) -> str:
         """asyncio twin of :meth:`status`: SQLite is read through aiosqlite, a database
         server through this runtime's reader in a worker thread (its driver is synchronous)."""
-        if "://" in self.store_config.location:
+        if "://" in self._store_config.location:
             return (await asyncio.to_thread(self.record, saga_id)).status
         from understudy.persistence.aio import open_async_reader
 
-        async with open_async_reader(self.store_config.location) as reader:
+        async with open_async_reader(self._store_config.location) as reader:
             record = await reader.get(saga_id)
         if record is None:
             raise SagaNotFound(
-                f"no saga with id {saga_id!r} in {redact(self.store_config.location)!r}"
+                f"no saga with id {saga_id!r} in {redact(self._store_config.location)!r}"
             )
         return record.status
 
@@ -440,11 +487,34 @@ class Understudy:
         """Pids of the saga hosts and participants (for crash tests and diagnostics)."""
         return _result(self._bridge.submit(QueryHosts(), ("hosts",)), timeout, "hosts")
 
+    # --- the actor system -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def private(self) -> Iterator[Any]:
+        """A Thespian handle of this thread's own on the actor system understudy runs in, for
+        as long as the ``with`` block lasts: create app actors with it, ``tell`` and ``ask``
+        them. Replies to what it sends come to it alone (Thespian's ``ActorSystem.private``),
+        so it works beside understudy's bridge and beside other threads' handles. Use one
+        handle per thread; do not share it."""
+        handle, close = private_handle(self._system)
+        try:
+            yield handle
+        finally:
+            close()
+
     # --- lifecycle ------------------------------------------------------------------------------
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the bridge and the actor system (every actor process on multi-process bases).
-        Saga hosts get ``timeout`` seconds to let go of the store cleanly."""
+        """Stop understudy: its saga hosts (they get ``timeout`` seconds to let go of the store
+        cleanly), participants and coordinator, then its bridge thread. An actor system
+        understudy started is shut down with it (every actor process on multi-process bases);
+        the application's own is left running, with its other actors."""
+        pids: set[int] = set()
+        if not self._owned and is_multiprocess(self.base) and self._bridge.is_alive():
+            with contextlib.suppress(UnderstudyError):
+                info = self.hosts(timeout)
+                pids = {info.coordinator_pid, *info.host_pids.values()}
+                pids.update(info.participant_pids.values())
         if self._bridge.is_alive():
             # Shutting down regardless: a child restarted now would only be orphaned.
             with contextlib.suppress(concurrent.futures.TimeoutError, ActorSystemError):
@@ -456,15 +526,51 @@ class Understudy:
         for reader in readers:  # every thread's, so that no connection outlives the runtime
             reader.close()
         self._local = threading.local()
-        self.asys.shutdown()
+        if not self._owned:
+            self._leave(pids, timeout)
+        self._close_handle()
         RUNNING_HERE.discard(self._runtime_id)
         reap(self._admin)  # Thespian detached its admin: collect it, or it stays a zombie
+
+    def _leave(self, pids: set[int], timeout: float) -> None:
+        """Take understudy's actors out of the application's actor system: the coordinator
+        exits, and Thespian stops its children (hosts and participants) with it."""
+        self._asys.tell(self.address, ActorExitRequest())
+        if not is_multiprocess(self.base):
+            # In-process, what is sent runs while the handle is listened to (the bridge that
+            # did that has stopped); the application's own handle is free again after this.
+            self._asys.listen(0.05)
+            return
+        deadline = time.monotonic() + timeout
+        for pid in pids:
+            while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     def __enter__(self) -> Understudy:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _refuse_taken_port(port: int | None) -> None:
+    """An admin port something listens on already: Thespian would join the actor system
+    there instead of starting one, and understudy's shutdown would then shut it down."""
+    if port is None:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex((LOOPBACK, port)) != 0:
+            return
+    raise ActorSystemError(
+        f"admin_port {port} is taken (by a running actor system?). To run understudy in your "
+        "application's actor system, pass its handle as actor_system=...; otherwise choose a "
+        "free port, or leave admin_port out for a free one"
+    )
 
 
 def _give_back(store_config: StoreConfig, leases: dict[int, Any]) -> None:

@@ -13,7 +13,10 @@ from typing import Any, TypeVar
 
 import attrs
 
-F = TypeVar("F", bound=Callable[..., Any])
+#: A handler: a participant's method taking the request's context and the database connection
+#: (``db``: a ``sqlite3`` or ``psycopg`` connection, None for an external handler). A type
+#: checker refuses a decorated method of another shape.
+F = TypeVar("F", bound=Callable[[Any, "StepContext", Any], Any])
 
 #: ``StepContext.forward_outcome`` of a compensation whose forward request applied here.
 FORWARD_APPLIED = "applied"

@@ -165,6 +165,11 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
     # --- configuration ----------------------------------------------------------------------
 
     def receiveMsg_ConfigureParticipant(self, msg: ConfigureParticipant, sender: Any) -> None:
+        if self.ledger is not None:
+            # Configured already (registered by the application after it configured it, or a
+            # repeated registration): it keeps its ledger, whatever options come.
+            self.send(sender, self._ready(self.name or msg.name))
+            return
         try:
             self._configure(msg)
         except Exception as exc:
@@ -176,33 +181,37 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             self.send(sender, ParticipantReady(msg.name, text, os.getpid()))
             return
         self.watch_parent(msg.watch_interval)
-        self.send(
-            sender,
-            ParticipantReady(
-                msg.name,
-                None,
-                os.getpid(),
-                tuple(sorted(self._actions)),
-                tuple(sorted(self._compensations)),
-                self.max_in_flight,
-            ),
+        self.send(sender, self._ready(msg.name))
+
+    def _ready(self, name: str) -> ParticipantReady:
+        # A subclass that takes requests itself may serve actions it declares no handler for:
+        # what it serves is then not checked.
+        declared = type(self).receiveMsg_StepRequest is Participant.receiveMsg_StepRequest
+        return ParticipantReady(
+            name,
+            None,
+            os.getpid(),
+            tuple(sorted(self._actions)) if declared else None,
+            tuple(sorted(self._compensations)) if declared else None,
+            self.max_in_flight,
         )
 
     def _configure(self, msg: ConfigureParticipant) -> None:
         failpoints.arm(msg.faults)
-        database = msg.options.get("database")
+        options = msg.options or {}
+        database = options.get("database")
         if not database:
             raise ValueError(
                 f"participant {msg.name!r} needs a ledger database: pass "
                 "options={'database': 'path/to/participant.db'} (or a postgresql:// URL)"
             )
         self.name = msg.name
-        workers = int(msg.options.get("external_workers", DEFAULT_WORKERS))
+        workers = int(options.get("external_workers", DEFAULT_WORKERS))
         self.calls = ExternalCalls(workers, f"understudy-{msg.name}")
-        self.ledger = ledger = open_ledger(str(database), msg.options)
+        self.ledger = ledger = open_ledger(str(database), options)
         ledger.begin()
         ledger.create_schema()
-        self.setup(ledger.connection, dict(msg.options))
+        self.setup(ledger.connection, dict(options))
         ledger.commit()
 
     # --- requests ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from understudy import codec, failpoints
 from understudy.actors.batching import Outbox
 from understudy.actors.plumbing import Batch, Stop, Stopped, handle_batched
 from understudy.actors.system import (
+    ActorExitRequest,
     ActorTypeDispatcher,
     ChildActorExited,
     WakeupMessage,
@@ -289,6 +290,16 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self._participant_ready(msg, sender)
 
     def _participant_ready(self, msg: ParticipantReady, sender: Any) -> None:
+        lacking = self._lacking(msg) if msg.error is None else None
+        if lacking is not None:
+            # A definition names an action the participant does not serve: every saga would
+            # compensate at that step. Refused now, before any saga is sent to it.
+            msg = attrs.evolve(msg, error=lacking)
+            child = self._child(sender)
+            if child is not None:
+                self.children.remove(child)  # not restarted: it would be refused again
+                self.send(sender, ActorExitRequest())
+            sender = None
         if msg.error is None and sender is not None:
             self.known_participants.add(msg.name)
             self.participants[msg.name] = sender
@@ -301,12 +312,42 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         else:
             log.error("participant %s failed to start: %s", msg.name, msg.error)
             restarted = msg.name in self.known_participants
-            if restarted and self.setup_reply is None and self._child_named(msg.name) is not None:
+            if (
+                restarted
+                and lacking is None
+                and self.setup_reply is None
+                and self._child_named(msg.name) is not None
+            ):
                 # A restart after startup: nobody is waiting to hear the error, so keep trying.
                 self.wakeupAfter(timedelta(seconds=1.0), Reconfigure(msg.name))
         for requester in self.add_requests.pop(msg.name, []):
             self.send(requester, msg)
         self._ready_step(f"participant:{msg.name}", msg.error)
+
+    def _lacking(self, msg: ParticipantReady) -> str | None:
+        """What the registered definitions ask of participant ``msg.name`` that it does not
+        serve (None when it serves it all, or does not say what it serves)."""
+        served = {"action": msg.actions, "compensation": msg.compensations}
+        missing = []
+        for definition in self.definitions.values():
+            for step in definition.steps:
+                if step.participant != msg.name:
+                    continue
+                for what, name in (("action", step.action), ("compensation", step.compensation)):
+                    have = served[what]
+                    if name is not None and have is not None and name not in have:
+                        missing.append(
+                            f"step {step.name!r} of saga definition {definition.name!r} "
+                            f"v{definition.version} names {what} {name!r}, which it does not "
+                            f"have (its {what}s: {', '.join(have) or 'none'})"
+                        )
+        if not missing:
+            return None
+        return (
+            f"participant {msg.name!r} cannot serve the saga definitions: "
+            + "; ".join(missing)
+            + ". Fix the definition's step or add the handler (@action / @compensation)"
+        )
 
     def _ready_step(self, what: str, error: str | None) -> None:
         if what not in self.pending_ready:
@@ -336,10 +377,17 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self._create_participant(msg)
 
     def receiveMsg_RegisterParticipant(self, msg: RegisterParticipant, sender: Any) -> None:
-        self.known_participants.add(msg.name)
-        self.participants[msg.name] = sender
-        self._broadcast_participants()
-        self.send(sender, ParticipantReady(msg.name))
+        # Configured first (a Participant opens its ledger with these options, or keeps the
+        # one it has when they are None), registered once it answers ParticipantReady; the
+        # answer goes to whoever registered it too.
+        participant = msg.participant if msg.participant is not None else sender
+        if msg.participant is not None:
+            self.add_requests.setdefault(msg.name, []).append(sender)
+        faults = self.setup.faults if self.setup is not None else ()
+        self.send(
+            participant,
+            ConfigureParticipant(msg.name, msg.options, faults, self._watch_interval()),
+        )
 
     # --- sagas ----------------------------------------------------------------------------------
 
@@ -626,7 +674,12 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             "system down (unfinished sagas resume when understudy starts again on this store)"
         )
         self.stopping = True
-        self.actorSystemShutdown()
+        if self.setup is None or self.setup.owns_system:
+            self.actorSystemShutdown()
+        else:
+            # The application's own actor system: only understudy's actors go (Thespian stops
+            # this actor's children, the hosts and participants, with it).
+            self.send(self.myAddress, ActorExitRequest())
 
     def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
         self.stopping = True

@@ -145,6 +145,9 @@ class CoordinatorSetup:
     #: Seconds the runtime's start waits for CoordinatorReady (None: no bound known). A start
     #: still waiting on a failing store near the end of it is failed naming the store's error.
     timeout: float | None = None
+    #: The runtime started the actor system (and shuts it down); False in the application's
+    #: own system, which understudy's coordinator leaves running when it goes.
+    owns_system: bool = True
 
 
 @attrs.frozen

@@ -25,18 +25,20 @@ def files() -> dict[str, str]:
 
 
 def test_the_doc_shows_the_module_and_both_scripts() -> None:
-    assert {"shop.py", "run_in_process.py", "run_tcp.py"} == set(files())
+    assert {"shop.py", "run_in_process.py", "run_tcp.py", "orders.py", "run_orders.py"} == set(
+        files()
+    )
 
 
-@pytest.mark.parametrize("script", ["run_in_process.py", "run_tcp.py"])
-def test_the_example_runs_as_saved(tmp_path: Path, script: str) -> None:
+def run(tmp_path: Path, *command: str) -> list[str]:
+    """Save the doc's files in ``tmp_path`` and run ``python *command`` there."""
     for name, code in files().items():
         (tmp_path / name).write_text(code)
     env = dict(os.environ, SHOP_ADMIN_PORT=str(free_port()))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     # Generous: a multi-process start forks an admin and five actors on a busy machine.
     done = subprocess.run(
-        [sys.executable, script],
+        [sys.executable, *command],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -44,4 +46,22 @@ def test_the_example_runs_as_saved(tmp_path: Path, script: str) -> None:
         timeout=240,
     )
     assert 0 == done.returncode, done.stderr
-    assert EXPECTED == done.stdout.splitlines(), done.stderr
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("script", ["run_in_process.py", "run_tcp.py"])
+def test_the_example_runs_as_saved(tmp_path: Path, script: str) -> None:
+    assert EXPECTED == run(tmp_path, script)
+
+
+@pytest.mark.parametrize("base", ["simpleSystemBase", "multiprocTCPBase"])
+def test_the_actor_that_runs_the_coordinator_as_its_child_runs_as_saved(
+    tmp_path: Path, base: str
+) -> None:
+    """Which order gets the stock is up to the saga hosts (two run side by side on
+    multiprocTCPBase): one completes, the other is compensated."""
+    lines = run(tmp_path, "run_orders.py", base)
+    assert ["order-a", "order-b"] == sorted(line.split(":")[0] for line in lines)
+    assert ["compensated", "completed"] == sorted(line.split(": ")[1] for line in lines)
+    # The coordinator let go of the store when it stopped: another start takes it at once.
+    assert 2 == len(run(tmp_path, "run_orders.py", base))

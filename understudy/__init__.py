@@ -38,8 +38,9 @@ from understudy.messages import (
 )
 from understudy.persistence.base import COMPENSATED, COMPLETED, FAILED, SagaRecord
 from understudy.runtime import Understudy
+from understudy.supervisors.coordinator import Coordinator
 from understudy.supervisors.policy import RestartPolicy
-from understudy.supervisors.protocol import HostsInfo
+from understudy.supervisors.protocol import CoordinatorReady, HostsInfo, StartCoordinator
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,8 @@ __all__ = [
     "MULTIPROC_TCP",
     "MULTIPROC_UDP",
     "ActorSystemError",
+    "Coordinator",
+    "CoordinatorReady",
     "CoordinatorTimeout",
     "CorruptRecord",
     "DefinitionError",
@@ -74,6 +77,7 @@ __all__ = [
     "SagaRejected",
     "SagaStatus",
     "ShardCountMismatch",
+    "StartCoordinator",
     "StartRejected",
     "StartSaga",
     "Step",

@@ -58,7 +58,6 @@ from understudy.errors import (
     PayloadError,
     SagaNotFound,
     SagaRejected,
-    StoreError,
     StoreUnavailable,
     UnderstudyError,
     UnknownDefinition,
@@ -78,9 +77,6 @@ from understudy.supervisors.coordinator import Coordinator
 from understudy.supervisors.leases import (
     DEFAULT_TTL,
     RUNNING_HERE,
-    about_me,
-    claim_shards,
-    give_back,
 )
 from understudy.supervisors.policy import RestartPolicy
 from understudy.supervisors.protocol import (
@@ -89,6 +85,13 @@ from understudy.supervisors.protocol import (
     QueryHosts,
     StoreConfig,
 )
+from understudy.supervisors.starting import (
+    FLUSH_WINDOW,
+    give_back_shards,
+    participant_specs,
+    refuse_memory,
+    take_shards,
+)
 
 _ERRORS: dict[str, type[UnderstudyError]] = {
     "UnknownDefinition": UnknownDefinition,
@@ -96,11 +99,6 @@ _ERRORS: dict[str, type[UnderstudyError]] = {
     "PayloadError": PayloadError,
     "StoreUnavailable": StoreUnavailable,
 }
-
-
-#: How long a busy saga host on a multi-process base lets a batch gather before it commits
-#: (see :mod:`understudy.actors.batching`).
-FLUSH_WINDOW = 0.01
 
 
 def _rejection_error(reply: StartRejected) -> UnderstudyError:
@@ -216,37 +214,25 @@ class Understudy:
                 [store_config.location]
                 + [str(opts["database"]) for _n, _c, opts in participants if "database" in opts]
             )
-        if store_config.location.startswith("memory://"):
-            raise StoreError(
-                "memory:// cannot back a runtime: the in-memory store lives in one process, and "
-                "the coordinator, saga hosts and status queries each open the store; use a "
-                "SQLite file (a temporary one for tests) or a PostgreSQL URL"
-            )
+        refuse_memory(store_config)
         # Checked before anything is taken: a class the actors cannot load fails the start here.
         in_process = not is_multiprocess(base)
-        specs = tuple(
-            AddParticipant(name, class_path(pcls, in_process), dict(options))
-            for name, pcls, options in participants
-        )
+        specs = participant_specs(participants, in_process)
         host_path = class_path(host_class, in_process) if host_class is not None else None
         runtime_id = uuid.uuid4().hex
         RUNNING_HERE.add(runtime_id)
         # Fail fast, in the caller's thread, on a store that cannot be opened or written, that
         # was created with another shard count, or that another live runtime works on.
         try:
-            with open_store(store_config.location, **store_config.options) as opened:
-                fixed = len(opened.leases())
-                if hosts is None:
-                    hosts = fixed or ((os.cpu_count() or 2) if is_multiprocess(base) else 1)
-                opened.fix_shards(hosts)
-                # Held for the start's own bound: the hosts renew them once they run.
-                leases = claim_shards(
-                    opened,
-                    store_config.location,
-                    runtime_id,
-                    max(lease_ttl, timeout),
-                    about_me(process_identity(os.getpid())),
-                )
+            # Held for the start's own bound: the hosts renew them once they run.
+            hosts, leases = take_shards(
+                store_config,
+                hosts,
+                is_multiprocess(base),
+                runtime_id,
+                max(lease_ttl, timeout),
+                process_identity(os.getpid()),
+            )
         except BaseException:
             RUNNING_HERE.discard(runtime_id)
             raise
@@ -266,7 +252,7 @@ class Understudy:
                 # drives the application's handle (the application uses private() meanwhile).
                 handle, close_handle, owned = actor_system, _nothing, False
         except BaseException:
-            _give_back(store_config, leases)
+            give_back_shards(store_config, leases)
             RUNNING_HERE.discard(runtime_id)
             raise
         try:
@@ -299,7 +285,7 @@ class Understudy:
                 handle.tell(coordinator, ActorExitRequest())
             close_handle()
             reap(child_pids() - children)  # a failed start leaves no zombie admin either
-            _give_back(store_config, leases)
+            give_back_shards(store_config, leases)
             RUNNING_HERE.discard(runtime_id)
             raise
         runtime = cls(handle, coordinator, store_config, base, reply.resumed)
@@ -571,15 +557,6 @@ def _refuse_taken_port(port: int | None) -> None:
         "application's actor system, pass its handle as actor_system=...; otherwise choose a "
         "free port, or leave admin_port out for a free one"
     )
-
-
-def _give_back(store_config: StoreConfig, leases: dict[int, Any]) -> None:
-    """Free the shards a failed start took, so that the next start need not wait them out."""
-    try:
-        with open_store(store_config.location, **store_config.options) as store:
-            give_back(store, leases)
-    except UnderstudyError:
-        pass  # the leases expire on their own
 
 
 def _refuse_open_databases(paths: list[str]) -> None:

@@ -95,6 +95,12 @@ def is_multiprocess(base: str) -> bool:
     return base != IN_PROCESS
 
 
+def in_process(actor: Any) -> bool:
+    """Whether ``actor`` runs on the in-process base (whose addresses are plain names; the
+    multi-process bases' carry a transport's address)."""
+    return isinstance(actor.myAddress.addressDetails, str)
+
+
 def free_port() -> int:
     """A TCP/UDP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from understudy.actors.system import (
     ActorTypeDispatcher,
     ChildActorExited,
     WakeupMessage,
+    in_process,
     load_class,
 )
 from understudy.actors.watch import OwnerWatch
@@ -47,6 +49,7 @@ from understudy.messages import (
 )
 from understudy.persistence import open_store
 from understudy.supervisors.host import SagaHost, shard_of
+from understudy.supervisors.leases import RUNNING_HERE
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
     CoordinatorReady,
@@ -64,6 +67,15 @@ from understudy.supervisors.protocol import (
     Reconfigure,
     Respawn,
     StandDown,
+    StartCoordinator,
+    StoreConfig,
+)
+from understudy.supervisors.starting import (
+    FLUSH_WINDOW,
+    give_back_shards,
+    participant_specs,
+    refuse_memory,
+    take_shards,
 )
 
 log = logging.getLogger("understudy.coordinator")
@@ -140,8 +152,62 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         # waits for the host's retry, and names this error if its bound runs out first.
         self.host_errors: dict[int, str] = {}
         self.start_bound: float | None = None  # when the start stops waiting (monotonic)
+        # Started by an application's actor (StartCoordinator): this runtime's id, registered
+        # as running in this process, and the leases its start took.
+        self.runtime_here: str | None = None
+        self.start_taken: dict[int, Any] = {}
 
     # --- setup --------------------------------------------------------------------------------
+
+    def receiveMsg_StartCoordinator(self, msg: StartCoordinator, sender: Any) -> None:
+        """Started by an application's actor, not by the runtime: take what the runtime's start
+        takes in the application's thread (understudy.supervisors.starting), then set up."""
+        if self.setup is not None or self.runtime_here is not None:
+            self.send(sender, CoordinatorReady(0, (), error="coordinator is already set up"))
+            return
+        multiprocess = not in_process(self)
+        store = StoreConfig(msg.store, dict(msg.store_options))
+        runtime = uuid.uuid4().hex
+        try:
+            refuse_memory(store)
+            specs = participant_specs(msg.participants, not multiprocess)
+            RUNNING_HERE.add(runtime)
+            self.runtime_here = runtime
+            hosts, leases = take_shards(
+                store, msg.hosts, multiprocess, runtime, max(msg.lease_ttl, msg.timeout), None
+            )
+        except UnderstudyError as exc:
+            self._leave_here()
+            self.send(sender, CoordinatorReady(0, (), error=str(exc)))
+            return
+        self.start_taken = leases
+        setup = CoordinatorSetup(
+            store,
+            tuple(msg.definitions),
+            hosts,
+            msg.policy,
+            specs,
+            max_snapshot_bytes=msg.max_snapshot_bytes,
+            watch_interval=msg.watch_interval if multiprocess else None,
+            flush_window=FLUSH_WINDOW if multiprocess else 0.0,
+            runtime=runtime,
+            lease_ttl=msg.lease_ttl,
+            leases=leases,
+            timeout=msg.timeout,
+            owns_system=False,
+        )
+        self.receiveMsg_CoordinatorSetup(setup, sender)
+
+    def _leave_here(self) -> None:
+        if self.runtime_here is not None:
+            RUNNING_HERE.discard(self.runtime_here)
+            self.runtime_here = None
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        # Thespian stops the children (saga hosts let go of their shards, participants close
+        # their databases) after this.
+        self.stopping = True
+        self._leave_here()
 
     def receiveMsg_CoordinatorSetup(self, msg: CoordinatorSetup, sender: Any) -> None:
         if self.setup is not None:
@@ -283,6 +349,16 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         they have closed their stores by the time the runtime reads the answer)."""
         for host in self.hosts.values():
             self.send(host.address, StandDown())
+        if self.runtime_here is not None:
+            # Started by an actor: nobody else gives back what the start took. Its hosts stand
+            # down and its participants go with it (there is no runtime to shut them down).
+            assert self.setup is not None
+            give_back_shards(self.setup.store, self.start_taken)
+            for child in self.children:
+                if child.participant is not None:
+                    self.send(child.address, ActorExitRequest())
+            self.children = [c for c in self.children if c.participant is None]
+            self._leave_here()
         self.send(self.setup_reply, CoordinatorReady(0, (), error=error))
         self.setup_reply = None
 

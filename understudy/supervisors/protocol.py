@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -150,8 +151,53 @@ class CoordinatorSetup:
     owns_system: bool = True
 
 
+def _participant_paths(
+    participants: Iterable[tuple[str, type | str, dict[str, Any]]],
+) -> tuple[tuple[str, str, dict[str, Any]], ...]:
+    # Classes travel by import path (the message may cross processes); a class defined in the
+    # script being run is taken as it is, as the in-process base does.
+    return tuple(
+        (name, cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}", options)
+        for name, cls, options in participants
+    )
+
+
+@attrs.frozen
+class StartCoordinator:
+    """Start a :class:`~understudy.supervisors.coordinator.Coordinator` that an application's
+    actor created as its child (``self.createActor(Coordinator)``): the actor-side twin of
+    :meth:`understudy.Understudy.start`, with the same arguments and checks.
+
+    The coordinator answers the sender :class:`CoordinatorReady` once every unfinished saga of
+    the store has resumed, or with ``error`` set (nothing is left running). It then takes
+    ``StartSaga`` and ``QueryStatus`` as from any app actor. Send it Thespian's
+    ``ActorExitRequest`` to stop it: its saga hosts let go of the store and its participants
+    close their databases. ``participants`` are ``(name, class or "module.Class", options)``.
+    """
+
+    store: str
+    definitions: tuple[SagaDefinition, ...] = attrs.field(converter=tuple)
+    participants: tuple[tuple[str, str, dict[str, Any]], ...] = attrs.field(
+        default=(), converter=_participant_paths
+    )
+    hosts: int | None = None
+    policy: RestartPolicy = attrs.field(factory=RestartPolicy)
+    store_options: dict[str, Any] = attrs.field(factory=dict)
+    max_snapshot_bytes: int = 1 << 20
+    lease_ttl: float = 10.0
+    #: Seconds between checks, on multi-process bases, that the coordinator's process lives
+    #: (its saga hosts and participants stop when it is gone).
+    watch_interval: float = 2.0
+    #: How long the answer may take: a start still waiting on a failing store near its end
+    #: fails naming the store's error.
+    timeout: float = 60.0
+
+
 @attrs.frozen
 class CoordinatorReady:
+    """The coordinator's answer to its start: how many unfinished sagas resumed and the pids of
+    its saga hosts, or ``error`` (the start failed; nothing is left running)."""
+
     resumed: int
     host_pids: tuple[int, ...]
     error: str | None = None

@@ -255,6 +255,7 @@ class Understudy:
             give_back_shards(store_config, leases)
             RUNNING_HERE.discard(runtime_id)
             raise
+        coordinator = None
         try:
             coordinator = handle.createActor(Coordinator)
             setup = CoordinatorSetup(
@@ -281,8 +282,10 @@ class Understudy:
             if reply.error:
                 raise ActorSystemError(f"understudy could not start: {reply.error}")
         except BaseException:
-            if not owned:
+            if not owned and coordinator is not None:
                 handle.tell(coordinator, ActorExitRequest())
+                if not is_multiprocess(base):
+                    handle.listen(0.05)  # in-process, this thread runs what was just sent
             close_handle()
             reap(child_pids() - children)  # a failed start leaves no zombie admin either
             give_back_shards(store_config, leases)

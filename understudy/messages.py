@@ -133,9 +133,10 @@ class RegisterParticipant:
     ``participant`` is the actor (a :class:`~understudy.Participant` subclass the application
     created); None: the sender itself. The coordinator configures it with ``options`` (as
     ``add_participant`` would: ``{"database": ...}``; None keeps the configuration it has),
-    then registers it, and answers :class:`ParticipantReady` to the sender (with ``error`` set
-    if it could not be configured or lacks an action a definition names). The application
-    supervises the actors it registers; ``add_participant`` creates supervised ones.
+    then registers it once it answers. When ``participant`` is given, the sender is answered
+    :class:`ParticipantReady` (with ``error`` set if it could not be configured or lacks an
+    action a definition names). The application supervises the actors it registers;
+    ``add_participant`` creates supervised ones.
     """
 
     name: str

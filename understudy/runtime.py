@@ -49,7 +49,7 @@ from understudy.actors.system import (
     reap,
     start_actor_system,
 )
-from understudy.actors.watch import process_identity
+from understudy.actors.watch import is_running, process_identity
 from understudy.bridge import Bridge
 from understudy.definitions import SagaDefinition
 from understudy.errors import (
@@ -532,7 +532,7 @@ class Understudy:
             return
         deadline = time.monotonic() + timeout
         for pid in pids:
-            while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            while pid and is_running(process_identity(pid)) and time.monotonic() < deadline:
                 time.sleep(0.02)
 
     def __enter__(self) -> Understudy:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import socket
 import tempfile
 import threading
@@ -30,9 +31,11 @@ from thespian.actors import (  # noqa: F401  (re-exported for the rest of unders
     ActorTypeDispatcher,
     ChildActorExited,
     DeadEnvelope,
+    ExternalContext,
     PoisonMessage,
     WakeupMessage,
 )
+from thespian.system import isInternalActorSystemMessage
 from thespian.system import multiprocTCPBase as _multiproc_tcp
 from thespian.system.transport.TCPTransport import LISTEN_DEPTH as _TCP_LISTEN_DEPTH
 from thespian.system.transport.TCPTransport import (
@@ -213,10 +216,37 @@ def start_actor_system(
         raise ActorSystemError(f"could not start a Thespian {base} actor system: {exc}") from exc
 
 
+class _InProcessPrivate(ExternalContext):
+    """A thread's own handle on an in-process system whose ``listen`` and ``ask`` keep their
+    timeout: Thespian 4.0.1's passes the timeout where a blocking flag goes and waits forever
+    for a reply that never comes."""
+
+    def listen(self, timeout: float | None = None) -> Any:
+        received = self._systemBase.my_instance.rcvq  # where the system puts its replies
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            try:
+                message = received.get(timeout=left)
+            except queue.Empty:
+                return None
+            if not isInternalActorSystemMessage(message):
+                return message
+
+    def ask(self, actorAddr: Any, msg: Any, timeout: float | None = None) -> Any:
+        self.tell(actorAddr, msg)
+        return self.listen(timeout)
+
+
 def private_handle(asys: Any) -> tuple[Any, Callable[[], None]]:
     """A handle of its own on ``asys`` for one thread, and how to close it (Thespian's
     ``ActorSystem.private``): replies to what it sends come to it alone. Created with the
     address the system advertises in the environment, like the system's own transports."""
+    if base_of(asys) == IN_PROCESS:
+        private = _InProcessPrivate(asys._systemBase.external_clone())
+        return private, private.exit_clone
     context = asys.private()
     advertised = _advertised(asys)
     with _scoped_environment({"THESPIAN_BASE_IPADDR": advertised} if advertised else {}):

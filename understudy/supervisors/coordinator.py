@@ -752,6 +752,8 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
         self.stopping = True
         if self.setup is None or self.setup.owns_system:
             self.actorSystemShutdown()
+            # Should the admin not carry the shutdown out, this actor and its children go.
+            self.send(self.myAddress, ActorExitRequest())
         else:
             # The application's own actor system: only understudy's actors go (Thespian stops
             # this actor's children, the hosts and participants, with it).
@@ -769,6 +771,14 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
             if child.participant is not None and child.participant.name in self.participants:
                 self.stop_pending.add(child.participant.name)
                 self.send(child.address, Stop())
+        if self.setup is not None and self.setup.owns_system:
+            # Participants the application registered go with understudy's own actor system
+            # (which does not tell them it is going, in-process): they close theirs too.
+            children = [c.address for c in self.children]
+            for name, address in self.participants.items():
+                if not any(address == child for child in children):
+                    self.stop_pending.add(name)
+                    self.send(address, Stop())
         self._stopped_step()
 
     def receiveMsg_Stopped(self, msg: Stopped, sender: Any) -> None:

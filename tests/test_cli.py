@@ -175,7 +175,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str
 def test_list_shows_counts_and_every_saga_newest_first(store_path: Path, capsys: Any) -> None:
     code, out, err = run(capsys, "list", store_path)
     assert code == 0 and err == ""
-    header, *lines = out.splitlines()
+    header, *lines = out.split("\n\n")[0].splitlines()  # the table; what sagas wait on follows
     assert header.startswith("5 saga(s):")
     for count in ("1 running", "1 compensating", "1 completed", "1 compensated", "1 failed"):
         assert count in header
@@ -194,7 +194,8 @@ def test_list_filters_by_status_and_limits(store_path: Path, capsys: Any) -> Non
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["fail-4"]
     code, out, _ = run(capsys, "list", store_path, "--limit", "2")
     assert code == 0
-    assert [line.split()[0] for line in out.splitlines()[2:]] == ["bad-5", "fail-4"]
+    table = out.split("\n\n")[0]  # what the unfinished sagas wait on follows
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["bad-5", "fail-4"]
 
 
 def test_list_rejects_an_unknown_status_naming_the_valid_ones(

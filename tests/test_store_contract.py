@@ -48,6 +48,7 @@ from understudy.persistence.base import (
     Event,
     Lease,
     NewSaga,
+    Note,
     SagaRecord,
     SagaStore,
     Transition,
@@ -461,6 +462,83 @@ def test_event_seq_increases_across_the_whole_log(store: SagaStore) -> None:
 def test_events_of_an_unknown_saga_are_empty(store: SagaStore) -> None:
     """The timeline of an id the store never saw is empty."""
     assert [] == store.events("nobody")
+
+
+# --- notes ---------------------------------------------------------------------------------------
+
+
+def test_a_note_appends_events_and_changes_nothing_of_the_row(store: SagaStore) -> None:
+    """A note's events join the saga's timeline at its incarnation, after its own; the row
+    (snapshot, version, status, updated_at, incarnation) stays exactly as it was."""
+    store.apply([new_saga("s1", events=(Event("started", T0),)), transition("s1")])
+    store.claim("s1", recovery=False, at=T0 + 2)
+    before = store.get("s1")
+    suspended = Event("suspended", T0 + 3, detail={"definition": "order", "version": 1})
+
+    assert [True] == store.note([Note("s1", 2, (suspended,))])
+
+    assert before == store.get("s1")
+    events = store.events("s1")
+    assert [("started", 1), ("claimed", 2), ("suspended", 2)] == [
+        (e.kind, e.incarnation) for e in events
+    ]
+    assert (T0 + 3, suspended.detail, None) == (
+        events[-1].at,
+        events[-1].detail,
+        events[-1].corrupt,
+    )
+
+
+def test_a_note_for_another_incarnation_a_terminal_or_an_unknown_saga_writes_nothing(
+    store: SagaStore,
+) -> None:
+    """A note applies only to an unfinished saga still at its incarnation; the others in the
+    same call are refused one by one, and the rest is written."""
+    store.apply([new_saga("old"), new_saga("done"), new_saga("ok")])
+    store.claim("old", recovery=False, at=T0 + 1)
+    store.apply([transition("done", status=COMPLETED)])
+    event = (Event("suspended", T0 + 2),)
+
+    results = store.note(
+        [
+            Note("old", 1, event),
+            Note("done", 1, event),
+            Note("nobody", 1, event),
+            Note("ok", 1, event),
+        ]
+    )
+
+    assert [False, False, False, True] == results
+    assert [["claimed"], [], [], ["suspended"]] == [
+        [k for k in kinds(store, s) if k != "started"] for s in ("old", "done", "nobody", "ok")
+    ]
+
+
+def test_a_note_under_a_lost_lease_raises_and_writes_nothing(store: SagaStore) -> None:
+    """A note under a lease the shard has moved on from raises LeaseLost; no event is written."""
+    old, _ = lost_lease(store)
+    before = store.events("s1")
+
+    with pytest.raises(LeaseLost):
+        store.note([Note("s1", 1, (Event("suspended", T0 + 1),))], old)
+
+    assert before == store.events("s1")
+
+
+def test_a_note_under_the_lease_leaves_the_blame_as_it_stands(store: SagaStore) -> None:
+    """A note is no batch of the sagas' own work: the shard's blame is not cleared by it, so a
+    holder dying right after (while recovering) still blames whom it blamed."""
+    store.fix_shards(1)
+    store.apply([new_saga("s1")])
+    lease = store.acquire(0, "host-a", LONG)
+    assert lease is not None
+    store.blame(lease, ["s1"])
+
+    assert [True] == store.note([Note("s1", 1, (Event("suspended", T0 + 1),))], lease)
+
+    successor = store.acquire(0, "host-a", LONG)
+    assert successor is not None
+    assert ("s1",) == successor.blamed
 
 
 # --- queries -------------------------------------------------------------------------------------

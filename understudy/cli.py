@@ -1,9 +1,14 @@
 """The ``understudy`` command: read a saga store and print what happened.
 
-``understudy list STORE`` prints counts by status and one line per saga, newest first;
-``understudy show STORE SAGA_ID`` prints a saga's row and its timeline (``--json`` for machines).
-STORE is the path of a SQLite saga store; it is never created here. Exit status: 0 on success,
-1 for an unknown saga id or a store error, 2 for a usage error or a missing store.
+``understudy list STORE`` prints counts by status, one line per saga, newest first, and what
+each unfinished saga waits on (``--stuck``: only those past their expected time);
+``understudy show STORE SAGA_ID`` prints a saga's row, what it waits on and its timeline
+(``--json`` for machines); ``understudy check-inflight STORE --definitions MODULE:ATTR`` says
+whether every in-flight saga would run under the definitions of the code about to be deployed.
+STORE is the path of a SQLite saga store or a postgresql:// URL; it is never created here. The
+answers come from :mod:`understudy.diagnosis`; this module only prints them. Exit status: 0 on
+success, 1 for an unknown saga id, a store error or in-flight sagas that would not run as they
+are, 2 for a usage error, a missing store or ``--definitions`` that name no definitions.
 """
 
 from __future__ import annotations
@@ -13,19 +18,27 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import attrs
 
-from understudy import codec
+from understudy import codec, diagnosis
+from understudy.definitions import SagaDefinition
+from understudy.diagnosis import iso as _iso
 from understudy.errors import CorruptRecord, UnderstudyError
-from understudy.persistence import open_store
-from understudy.persistence.base import ALL_STATUSES, EventRecord, SagaRecord, SagaStore
+from understudy.persistence import open_store, redact
+from understudy.persistence.base import (
+    ACTIVE_STATUSES,
+    ALL_STATUSES,
+    EventRecord,
+    SagaRecord,
+    SagaStore,
+)
 
 DESCRIPTION = (
-    "Read an understudy saga store (list sagas, show one saga's timeline), or run a chaos "
-    "campaign against a saga scenario."
+    "Read an understudy saga store (list sagas and what the unfinished ones wait on, show one "
+    "saga's timeline, check in-flight sagas against new definitions before a deploy), or run a "
+    "chaos campaign against a saga scenario."
 )
 REASON_WIDTH = 60
 #: Detail keys of a forward intent already shown in its step label.
@@ -33,11 +46,6 @@ REASON_WIDTH = 60
 _SHOWN_KEYS = frozenset({"participant", "action", "name"})
 #: Events that answer an intent (forward or compensation) for one step.
 _OUTCOMES = frozenset({"done", "compensated", "rejected", "failed", "timeout"})
-
-
-def _iso(at: float, timespec: str = "seconds") -> str:
-    """``at`` (epoch seconds) as a local ISO 8601 time with its UTC offset."""
-    return datetime.fromtimestamp(at).astimezone().isoformat(timespec=timespec)
 
 
 def _shorten(text: str | None, width: int = REASON_WIDTH) -> str:
@@ -88,16 +96,18 @@ def _snapshot(record: SagaRecord) -> tuple[dict[str, Any] | None, str | None]:
     return data, note
 
 
-def cmd_list(store: SagaStore, status: str | None, limit: int) -> int:
-    """Print counts by status, then one line per saga, newest first."""
-    counts = store.count_by_status()
-    known = [s for s in ALL_STATUSES if s in counts] + sorted(set(counts) - set(ALL_STATUSES))
-    summary = ", ".join(f"{counts[s]} {s}" for s in known) or "none"
-    print(f"{sum(counts.values())} saga(s): {summary}")
-    records = store.list_sagas(status, limit)
-    if not records:
-        print(f"no sagas{f' with status {status}' if status else ''}")
-        return 0
+def _margin(value: str) -> float:
+    """argparse type of ``--margin``: seconds, not negative."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {value!r}") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {value!r}")
+    return seconds
+
+
+def _table(records: Sequence[SagaRecord]) -> None:
     rows = [
         (
             r.saga_id,
@@ -114,6 +124,61 @@ def cmd_list(store: SagaStore, status: str | None, limit: int) -> int:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
+
+
+def _waiting(found: Sequence[diagnosis.Diagnosis]) -> None:
+    for d in found:
+        print(f"  {d.saga_id}: {diagnosis.describe_stuck(d)}")
+        for line in diagnosis.describe(d):
+            print(f"    {line}")
+
+
+def cmd_list(
+    store: SagaStore,
+    status: str | None,
+    limit: int,
+    stuck: bool = False,
+    margin: float = diagnosis.DEFAULT_MARGIN,
+) -> int:
+    """Print counts by status, then one line per saga, newest first, then what each unfinished
+    saga listed waits on; with ``stuck``, only the unfinished sagas past their expected time."""
+    counts = store.count_by_status()
+    known = [s for s in ALL_STATUSES if s in counts] + sorted(set(counts) - set(ALL_STATUSES))
+    summary = ", ".join(f"{counts[s]} {s}" for s in known) or "none"
+    print(f"{sum(counts.values())} saga(s): {summary}")
+    if stuck:
+        unfinished = sum(counts.get(s, 0) for s in ACTIVE_STATUSES)
+        found = [
+            d
+            for d in diagnosis.find_stuck(store, margin=margin)
+            if status is None or d.status == status
+        ][:limit]
+        if not found:
+            print(
+                f"no stuck sagas{f' with status {status}' if status else ''}: {unfinished} "
+                f"unfinished, none past its expected time by more than {margin:g} s, none "
+                "without an owner or a definition"
+            )
+            return 0
+        print(f"{len(found)} stuck of {unfinished} unfinished (margin {margin:g} s)")
+        records = store.get_many([d.saga_id for d in found])
+        _table([records[d.saga_id] for d in found if d.saga_id in records])
+    else:
+        listed = store.list_sagas(status, limit)
+        if not listed:
+            print(f"no sagas{f' with status {status}' if status else ''}")
+            return 0
+        _table(listed)
+        found = diagnosis.diagnose(store, listed, margin=margin)
+        if not found:
+            return 0
+    print()
+    if stuck:
+        print("what they wait on:")
+    else:
+        n = sum(d.is_stuck for d in found)
+        print(f"what the {len(found)} unfinished saga(s) listed wait on ({n} stuck):")
+    _waiting(found)
     return 0
 
 
@@ -143,7 +208,7 @@ def _timeline(record: SagaRecord, events: Sequence[EventRecord], labels: dict[in
     start = record.created_at
     steps: dict[int, dict[str, list[str]]] = {}
     phase: dict[int, str] = {}  # the kind of the latest intent per step: do or undo
-    retries = restarts = 0
+    retries = 0
     for e in events:
         step = "" if e.step is None else labels.get(e.step, f"step {e.step}")
         intent = e.kind in ("intent", "compensation-intent")
@@ -164,7 +229,6 @@ def _timeline(record: SagaRecord, events: Sequence[EventRecord], labels: dict[in
         ]
         print("  " + "  ".join(c for c in cells if c))
         retries += e.kind == "retry-scheduled"
-        restarts += e.kind == "claimed" and e.detail.get("recovery") is True
         if e.step is None:
             continue
         summary = steps.setdefault(e.step, {"do": [], "undo": []})
@@ -183,14 +247,19 @@ def _timeline(record: SagaRecord, events: Sequence[EventRecord], labels: dict[in
         undo = ", ".join(summary["undo"]) or "-"
         print(f"  {labels.get(index, f'step {index}')}: {do}; compensation: {undo}")
     print(f"retries: {retries}")
-    print(f"restarts: {restarts}")
+    print(diagnosis.describe_restarts(diagnosis.restarts(events)))
 
 
 def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
     """Print a saga's row and its timeline; 1 when the id is unknown."""
     record = store.get(saga_id)
     if record is None:
-        print(f"understudy: error: no saga with id {saga_id!r} in {path!r}", file=sys.stderr)
+        where = redact(path)  # a URL's password is never shown
+        print(
+            f"understudy: error: no saga with id {saga_id!r} in {where!r}; "
+            f"`understudy list {where}` lists the sagas it holds",
+            file=sys.stderr,
+        )
         return 1
     snapshot, note = _snapshot(record)
     if as_json:
@@ -198,7 +267,14 @@ def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
         row = attrs.asdict(record)
         row["payload"], row["payload_error"] = _decode(record.payload, f"payload of {saga_id!r}")
         row["snapshot"], row["snapshot_error"] = snapshot, note
-        out = {"saga": row, "events": [attrs.asdict(e) for e in events]}
+        out = {
+            "saga": row,
+            "waiting": None
+            if record.terminal
+            else attrs.asdict(diagnosis.waiting_on(store, record, events=events)),
+            "restarts": attrs.asdict(diagnosis.restarts(events)),
+            "events": [attrs.asdict(e) for e in events],
+        }
         print(json.dumps(out, indent=2, default=_json_default, ensure_ascii=False))
         return 0
     print(f"saga {record.saga_id}")
@@ -226,8 +302,25 @@ def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
     if record.status == "compensating" and isinstance(stack, list) and stack:
         pending = ", ".join(labels.get(i, f"step {i}") for i in reversed(stack))
         print(f"  still to compensate: {pending}")
+    if not record.terminal:
+        found = diagnosis.waiting_on(store, record, events=events)
+        print(f"  waiting: {diagnosis.describe_stuck(found)}")
+        for line in diagnosis.describe(found):
+            print(f"    {line}")
     _timeline(record, events, labels)
     return 0
+
+
+def cmd_check_inflight(store: SagaStore, definitions: Sequence[SagaDefinition], spec: str) -> int:
+    """Print what recovery would do with each in-flight saga under ``definitions``; 1 when any
+    would not run, would park or would be reinterpreted."""
+    check = diagnosis.check_inflight(store, definitions)
+    print(f"definitions: {', '.join(check.definitions)} (from {spec})")
+    for verdict in check.problems:
+        for line in diagnosis.describe_verdict(verdict):
+            print(line)
+    print(diagnosis.describe_summary(check))
+    return 0 if check.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,12 +333,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--status", type=_status, help=f"only one of: {', '.join(ALL_STATUSES)}")
     listing.add_argument("--limit", type=int, default=100, help="at most N sagas (100)")
+    listing.add_argument(
+        "--stuck",
+        action="store_true",
+        help="only unfinished sagas past their expected time: a reply deadline or a retry time "
+        "passed by more than the margin, an owner gone, a definition version missing",
+    )
+    listing.add_argument(
+        "--margin",
+        type=_margin,
+        default=diagnosis.DEFAULT_MARGIN,
+        metavar="SECONDS",
+        help=f"how late a reply or a retry may be before it is stuck "
+        f"({diagnosis.DEFAULT_MARGIN:g})",
+    )
     show = commands.add_parser("show", help="a saga's row and timeline")
     show.add_argument(
         "store", metavar="STORE", help="the saga store: a SQLite file path or a postgresql:// URL"
     )
     show.add_argument("saga_id", metavar="SAGA_ID")
     show.add_argument("--json", action="store_true", help="print the row and events as JSON")
+    check = commands.add_parser(
+        "check-inflight",
+        help="before a deploy: would every in-flight saga run under the new definitions",
+    )
+    check.add_argument(
+        "store", metavar="STORE", help="the saga store: a SQLite file path or a postgresql:// URL"
+    )
+    check.add_argument(
+        "--definitions",
+        required=True,
+        metavar="MODULE:ATTR",
+        help="the definitions the new code registers: a list or tuple of SagaDefinition, or a "
+        "callable returning one (imported from the current directory or PYTHONPATH)",
+    )
     chaos = commands.add_parser(
         "chaos", help="a seeded fault campaign against a saga scenario (the demo by default)"
     )
@@ -268,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
         from understudy.testing import command
 
         return command.run(args)
+    definitions: tuple[SagaDefinition, ...] = ()
+    if args.command == "check-inflight":
+        try:
+            definitions = diagnosis.load_definitions(args.definitions)
+        except diagnosis.DefinitionsNotLoaded as exc:
+            print(f"understudy: error: {exc}", file=sys.stderr)
+            return 2
     # Checked here too, so a missing file is a usage error (status 2) naming the path.
     if "://" not in args.store and not os.path.isfile(args.store):
         why = "is not a file" if os.path.exists(args.store) else "does not exist"
@@ -276,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open_store(args.store, read_only=True) as store:
             if args.command == "list":
-                return cmd_list(store, args.status, args.limit)
+                return cmd_list(store, args.status, args.limit, args.stuck, args.margin)
+            if args.command == "check-inflight":
+                return cmd_check_inflight(store, definitions, args.definitions)
             return cmd_show(store, args.store, args.saga_id, args.json)
     except UnderstudyError as exc:
         print(f"understudy: error: {exc}", file=sys.stderr)

@@ -26,7 +26,9 @@ A backend implements :class:`SagaStore` (SQLite now; PostgreSQL can follow). The
   (a short reason), never raised for a whole query, so one damaged saga does not stop the others.
 - A terminal status is written once and never changed.
 - Every state change carries its events; the event log is append-only and is what ``understudy
-  show`` prints as a saga's timeline.
+  show`` prints as a saga's timeline. What a runtime says about a saga it leaves alone (recovery
+  suspending a saga whose definition version it lacks) is a :class:`Note`: events appended
+  without changing the saga's row (:meth:`SagaStore.note`).
 - Driver errors are translated to :mod:`understudy.errors` (``StoreUnavailable`` for locked, busy,
   read-only or full databases; ``CorruptRecord`` for rows that fail to decode).
 """
@@ -154,6 +156,17 @@ class Transition:
     events: tuple[Event, ...] = ()
 
 
+@attrs.frozen
+class Note:
+    """Append ``events`` to an unfinished saga's timeline and change nothing of its row (not its
+    snapshot, version, status or ``updated_at``). Applied only while the saga is not terminal
+    and still at ``incarnation``."""
+
+    saga_id: str
+    incarnation: int
+    events: tuple[Event, ...]
+
+
 Write = NewSaga | Transition
 
 
@@ -168,6 +181,16 @@ class SagaStore(abc.ABC):
         one (else :class:`~understudy.errors.LeaseLost`), and clears the shard's blame.
         On error nothing of the batch is applied and a :class:`~understudy.errors.StoreError`
         is raised.
+        """
+
+    @abc.abstractmethod
+    def note(self, notes: Sequence[Note], lease: Lease | None = None) -> list[bool]:
+        """Append each note's events, in one durable transaction; one bool per note (False:
+        the saga is unknown, terminal, or at another incarnation, and nothing of it is written).
+
+        With ``lease``, fenced by its epoch as :meth:`apply` is (else
+        :class:`~understudy.errors.LeaseLost` and nothing is written), but the shard's blame is
+        left as it stands: a note is no batch of the sagas' own work.
         """
 
     @abc.abstractmethod

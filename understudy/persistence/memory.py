@@ -26,6 +26,7 @@ from understudy.persistence.base import (
     EventRecord,
     Lease,
     NewSaga,
+    Note,
     SagaRecord,
     SagaStore,
     Transition,
@@ -122,6 +123,28 @@ class MemoryStore(SagaStore):
         self._events.extend(new_events)
         if lease is not None:
             self._set_blame(lease.shard, ())
+        return results
+
+    def note(self, notes: Sequence[Note], lease: Lease | None = None) -> list[bool]:
+        self._check_open()
+        self._check_lease(lease)  # and the blame stays as it is
+        new_events: list[_StoredEvent] = []
+        results: list[bool] = []
+        for note in notes:
+            current = self._sagas.get(note.saga_id)
+            applied = (
+                current is not None
+                and current.incarnation == note.incarnation
+                and current.status not in TERMINAL_STATUSES
+            )
+            if applied:
+                first_seq = self._next_seq() + len(new_events)
+                new_events.extend(
+                    self._stored(first_seq + offset, note.saga_id, note.incarnation, event)
+                    for offset, event in enumerate(note.events)
+                )
+            results.append(applied)
+        self._events.extend(new_events)
         return results
 
     def get(self, saga_id: str) -> SagaRecord | None:

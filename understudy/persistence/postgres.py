@@ -64,6 +64,7 @@ from understudy.persistence.base import (
     EventRecord,
     Lease,
     NewSaga,
+    Note,
     SagaRecord,
     SagaStore,
     Transition,
@@ -744,6 +745,51 @@ class PostgresStore(SagaStore):
             self._connection()
             return {}
         return self._run(f"claiming {len(saga_ids)} saga(s)", body)
+
+    def note(self, notes: Sequence[Note], lease: Lease | None = None) -> list[bool]:
+        notes = list(notes)
+
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], list[bool]]:
+            # Fenced as claim_all is (FOR SHARE: the epoch stays the shard's until COMMIT) and,
+            # like it, leaving the blame alone. FOR SHARE on the saga rows keeps a concurrent
+            # claim from moving an incarnation read here before this commits.
+            fence = (
+                conn.execute(
+                    "SELECT epoch, holder FROM understudy_shards WHERE shard = %s FOR SHARE",
+                    (lease.shard,),
+                )
+                if lease
+                else None
+            )
+            lookups = [
+                conn.execute(
+                    "SELECT saga_id, incarnation FROM understudy_sagas "
+                    f"WHERE saga_id IN ({marks}) AND status NOT IN {_TERMINAL_SQL} FOR SHARE",
+                    chunk,
+                )
+                for marks, chunk in chunks(list(dict.fromkeys(n.saga_id for n in notes)), "%s")
+            ]
+            pipe.sync()
+            if lease is not None and fence is not None:
+                row = fence.fetchone()
+                if row is None or row[0] != lease.epoch:
+                    raise _lease_lost(lease, row)
+            current: dict[str, int] = {}
+            for cursor in lookups:
+                current.update((row[0], int(row[1])) for row in cursor.fetchall())
+            results = [current.get(note.saga_id) == note.incarnation for note in notes]
+            events: list[tuple[Any, ...]] = []
+            for note, applied in zip(notes, results, strict=True):
+                if applied:
+                    events += event_rows(note.saga_id, note.incarnation, note.events)
+            if events:
+                conn.execute(_INSERT_EVENTS, _event_columns(events))
+            return lambda: results
+
+        if not notes and lease is None:
+            self._connection()  # a closed store still says so
+            return []
+        return self._run(f"noting events of {len(notes)} saga(s)", body)
 
     # --- ownership --------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from understudy.persistence.base import (
     EventRecord,
     Lease,
     NewSaga,
+    Note,
     SagaRecord,
     SagaStore,
     Transition,
@@ -374,6 +375,23 @@ class SQLiteStore(SagaStore):
             failpoints.sqlite_error(failpoints.hit("store.after_commit"))
         except sqlite3.Error as exc:
             raise _translate(exc, self.path, "committing saga records") from exc
+        return results
+
+    def note(self, notes: Sequence[Note], lease: Lease | None = None) -> list[bool]:
+        results: list[bool] = []
+        events: list[tuple[Any, ...]] = []
+        with self._transaction(f"noting events of {len(notes)} saga(s)") as conn:
+            self._check_lease(conn, lease)  # and the blame stays as it is
+            for note in notes:
+                found = conn.execute(
+                    "SELECT 1 FROM understudy_sagas WHERE saga_id = ? AND incarnation = ? "
+                    f"AND status NOT IN {_TERMINAL_SQL}",
+                    (note.saga_id, note.incarnation),
+                ).fetchone()
+                if found is not None:
+                    events.extend(event_rows(note.saga_id, note.incarnation, note.events))
+                results.append(found is not None)
+            conn.executemany(_INSERT_EVENT, events)
         return results
 
     def get(self, saga_id: str) -> SagaRecord | None:

@@ -52,6 +52,7 @@ from understudy.persistence.base import (
     Event,
     Lease,
     NewSaga,
+    Note,
     SagaRecord,
     Transition,
 )
@@ -279,6 +280,7 @@ class ShardRecovery:
         assert self.store is not None
         now = time.time()
         runnable: list[str] = []
+        suspended: list[Note] = []
         records = self.store.get_many(saga_ids)  # one query, not one per saga
         for saga_id in saga_ids:
             record = records.get(saga_id)
@@ -292,9 +294,11 @@ class ShardRecovery:
                 # must not leave the caller waiting.
                 self.send(self.coordinator, finished_from_record(record))
             elif (record.definition, record.version) not in self.definitions:
-                self._suspend(record)
+                suspended.append(self._suspend(record, now))
             else:
                 runnable.append(saga_id)
+        if suspended:
+            self.store.note(suspended, lease=self.lease)
         if self.inflight is not None:
             self.inflight.recovering()  # a crash while loading these is the scan's, not theirs
         # Only the sagas blamed for the crash get a recovery counted (None: all of them), and
@@ -348,9 +352,10 @@ class ShardRecovery:
         else:
             self.send(self.coordinator, HostStarted(saga_id, existing=False))
 
-    def _suspend(self, record: SagaRecord) -> None:
+    def _suspend(self, record: SagaRecord, now: float) -> Note:
         """I15: a saga pinned to a definition version this runtime lacks is left as it is
-        stored (not claimed, not changed), to resume under a runtime that has that version."""
+        stored (not claimed, its row not changed), to resume under a runtime that has that
+        version. The note returned puts a ``suspended`` event in its timeline, saying so."""
         known = sorted(f"{n} v{v}" for n, v in self.definitions)
         log.error(
             "saga %s was started under definition %r v%d, which this runtime does not have "
@@ -362,6 +367,13 @@ class ShardRecovery:
             ", ".join(known) or "none",
             record.status,
         )
+        detail = {
+            "definition": record.definition,
+            "version": record.version,
+            "registered": known,
+            "pid": os.getpid(),
+        }
+        return Note(record.saga_id, record.incarnation, (Event("suspended", now, detail=detail),))
 
     def _resume_record(self, record: SagaRecord, now: float) -> None:
         assert self.setup is not None

@@ -25,6 +25,7 @@ PUBLIC = [
     "MULTIPROC_UDP",
     "ActorSystemError",
     "Coordinator",
+    "CoordinatorGone",
     "CoordinatorReady",
     "CoordinatorTimeout",
     "CorruptRecord",

@@ -10,6 +10,7 @@ from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP, MULTIPROC_UDP
 from understudy.definitions import Irreversible, RetryPolicy, SagaDefinition, Step
 from understudy.errors import (
     ActorSystemError,
+    CoordinatorGone,
     CoordinatorTimeout,
     CorruptRecord,
     DefinitionError,
@@ -53,6 +54,7 @@ __all__ = [
     "MULTIPROC_UDP",
     "ActorSystemError",
     "Coordinator",
+    "CoordinatorGone",
     "CoordinatorReady",
     "CoordinatorTimeout",
     "CorruptRecord",

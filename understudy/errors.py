@@ -19,7 +19,8 @@ an exception of the same meaning, the error subclasses it too, so ``except Timeo
     │   └── StoreInUse                    another live understudy runtime works on this store
     ├── LedgerError                       a participant's ledger database failed (driver errors)
     └── ActorSystemError                  the actor system could not be started or reached
-        └── CoordinatorTimeout (TimeoutError)  no reply within the timeout
+        ├── CoordinatorTimeout (TimeoutError)  no reply within the timeout
+        └── CoordinatorGone                the coordinator's process exited under the runtime
 
 Messages name the saga, the step or the file concerned and say what to do next.
 """
@@ -98,3 +99,9 @@ class ActorSystemError(UnderstudyError):
 
 class CoordinatorTimeout(ActorSystemError, TimeoutError):
     """The coordinator did not answer within the timeout."""
+
+
+class CoordinatorGone(ActorSystemError):
+    """The coordinator's process exited (killed, crashed) while the runtime ran: nothing can be
+    started or answered any more. Shut the runtime down and start it again on the same store;
+    every unfinished saga resumes."""

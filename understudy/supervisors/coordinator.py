@@ -773,11 +773,11 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 self.send(child.address, Stop())
         if self.setup is not None and self.setup.owns_system:
             # Participants the application registered go with understudy's own actor system
-            # (which does not tell them it is going, in-process): they close theirs too.
+            # (which does not tell them it is going, in-process): they close theirs too. Not
+            # waited for: the application may have stopped them already.
             children = [c.address for c in self.children]
-            for name, address in self.participants.items():
+            for address in self.participants.values():
                 if not any(address == child for child in children):
-                    self.stop_pending.add(name)
                     self.send(address, Stop())
         self._stopped_step()
 

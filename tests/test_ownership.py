@@ -14,7 +14,13 @@ from apps import AskStatus, Shop
 from conftest import STORES, effects, order_definition, recorders, start_runtime, store_location
 
 from understudy import Understudy
-from understudy.errors import ShardCountMismatch, StoreError, StoreInUse, StoreUnavailable
+from understudy.errors import (
+    LeaseLost,
+    ShardCountMismatch,
+    StoreError,
+    StoreInUse,
+    StoreUnavailable,
+)
 from understudy.persistence import open_store
 from understudy.persistence.sqlite import SQLiteStore
 from understudy.supervisors.leases import about_me
@@ -197,8 +203,8 @@ def test_a_paused_host_that_lost_its_lease_writes_nothing_and_stops(
         with pytest.raises(Exception, match="taken over"):
             us.run("order-2", "order", {}, timeout=30)
         # Its waiting caller is told, not left waiting: the saga is the new holder's now.
-        told = done.result(30)
-        assert ("order-1", "LeaseLost") == (told.saga_id, told.error)
+        told = done.exception(30)
+        assert isinstance(told, LeaseLost) and "taken over" in str(told), told
     finally:
         # The coordinator answers a shutdown's stop once every host it had has stopped, and the
         # fenced host exited without one: the default 10 s would be waited out in full. A second

@@ -55,6 +55,7 @@ from understudy.definitions import SagaDefinition
 from understudy.errors import (
     ActorSystemError,
     CoordinatorTimeout,
+    LeaseLost,
     PayloadError,
     SagaNotFound,
     SagaRejected,
@@ -98,6 +99,7 @@ _ERRORS: dict[str, type[UnderstudyError]] = {
     "UnknownParticipant": UnknownParticipant,
     "PayloadError": PayloadError,
     "StoreUnavailable": StoreUnavailable,
+    "LeaseLost": LeaseLost,
 }
 
 

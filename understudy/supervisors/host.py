@@ -16,6 +16,11 @@ as many saga steps as arrived while the previous one was being written.
 Supervision: an exception in one saga's handling never leaves this actor (Thespian would redeliver
 the message, then bounce it): the saga is dropped from memory and reloaded from its last durable
 snapshot with a new incarnation, within the restart policy's intensity; past it, the saga parks.
+
+Pacing: a participant takes at most its ``max_in_flight`` requests at once, and each host sends
+at most its share of them (:mod:`understudy.supervisors.pacing`); the rest wait here, in order,
+after their intents are committed, and a request's reply timer starts when it is sent. The
+requests a recovery resends, and those resent to a restarted participant, wait their turn too.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from understudy.persistence.base import (
     Transition,
 )
 from understudy.supervisors.inflight import InFlight
+from understudy.supervisors.pacing import Pacing, Queued, SendWindow, WindowCheck
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
     HostSetup,
@@ -77,6 +83,11 @@ SETUP_RETRY_DELAY = 1.0
 RECOVERY_CHUNK = 500  # sagas claimed per transaction by the startup scan
 _DIRECT = frozenset({HostStart, StepReply})  # what batches carry: see handle_batched
 
+# What became of a request handed to _deliver.
+SENT = 0  # sent (or lost on the way by a failpoint): its reply deadline runs
+QUEUED = 1  # waits for a slot of its participant's window: its reply deadline has not started
+HELD = 2  # its participant is not registered yet: held, its reply deadline runs
+
 
 class _Staged:
     """One saga's writes and the commands to carry out once they are durable."""
@@ -102,7 +113,8 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self.held: dict[str, list[StepRequest]] = {}
         self.batch: list[_Staged] = []
         self.windows: dict[str, RestartWindow] = {}
-        self.timers: list[tuple[float, int, SagaTimer]] = []
+        self.timers: list[tuple[float, int, SagaTimer | WindowCheck]] = []
+        self.pacing = Pacing()  # requests in flight at each participant, and those waiting
         self.timer_seq = itertools.count()
         self.tick_at: float | None = None
         self.uncommitted: set[str] = set()  # new sagas whose start row is not committed yet
@@ -130,6 +142,7 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
         failpoints.arm(msg.faults)
         self.definitions = {d.key: d for d in msg.definitions}
         self.participants = dict(msg.participants)
+        self.pacing.configure(msg.limits, msg.shards)
         self.watch_parent(msg.watch_interval)
         self._open_and_recover()
 
@@ -192,6 +205,13 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self._run(saga, lambda: saga.begin(now), new=new)
 
     def receiveMsg_StepReply(self, msg: StepReply, sender: Any) -> None:
+        pacing = self.pacing
+        if pacing.holder:
+            # Any reply under the request's key frees its slot, stale or not: the participant
+            # is done with it. What waits for the slot goes out with the next flush.
+            pacing.replied(msg.saga_id, msg.key)
+            if pacing.ready:
+                self.schedule_flush()
         saga = self.sagas.get(msg.saga_id)
         if saga is None or msg.incarnation != saga.incarnation:
             return  # stale: an earlier incarnation's reply, or a saga that already ended
@@ -273,7 +293,7 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
 
     # --- timers: one Thespian wakeup per host, a heap of saga deadlines behind it ------------
 
-    def _set_timer(self, due: float, timer: SagaTimer) -> None:
+    def _set_timer(self, due: float, timer: SagaTimer | WindowCheck) -> None:
         # Thespian scans every pending wakeup on every message it delivers, so a wakeup per
         # request made message handling grow with the number of sagas in flight. Deadlines live
         # in this heap instead, and only the earliest one is armed with Thespian.
@@ -286,12 +306,20 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
         if tick.at == self.tick_at:
             self.tick_at = None  # the earliest armed wakeup fired; later ones may still come
         now = time.time()
+        pacing = self.pacing
         while self.timers and self.timers[0][0] <= now:
             _due, _seq, timer = heapq.heappop(self.timers)
+            if isinstance(timer, WindowCheck):
+                self._check_window(timer, now)
+                continue
+            if pacing.holder:
+                pacing.expire(timer.saga_id, now)  # a reply deadline that passed frees its slot
             saga = self.sagas.get(timer.saga_id)
             if saga is not None and saga.incarnation == timer.incarnation:
                 self._working_on(saga.saga_id)
                 self._run(saga, lambda s=saga, t=timer: s.on_timer(t.token, now))
+        if pacing.ready:
+            self.schedule_flush()
         self._idle()
         if self.timers and (self.tick_at is None or self.timers[0][0] < self.tick_at):
             self.tick_at = self.timers[0][0]
@@ -304,22 +332,31 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
             if name in self.participants and self.participants[name] != address
         }
         self.participants = dict(msg.participants)
+        self.pacing.configure(msg.limits, self.setup.shards if self.setup is not None else 1)
         if replaced:
             # A participant was restarted: whatever it was handling when it died is lost, so
             # re-send each outstanding request to the new one now instead of waiting for its
             # reply deadline. Same key, attempt and incarnation: its ledger makes it harmless.
             # Sagas with staged writes are skipped: their in-memory request may not be durable
-            # yet (write-ahead), and the flush sends it to the new address anyway.
+            # yet (write-ahead), and the flush sends it to the new address anyway. The new
+            # participant's window starts empty (its predecessor's mailbox is gone); requests
+            # waiting for a slot were never sent, so they are not resent: they go in turn.
+            for name in replaced:
+                self.pacing.reset(name)
             staged = {st.saga.saga_id for st in self.batch if st.saga is not None}
-            for saga in self.sagas.values():
-                if saga.saga_id in staged:
+            for saga in list(self.sagas.values()):
+                if saga.saga_id in staged or self.pacing.is_waiting(saga.saga_id):
                     continue
                 send = saga.outstanding()
                 if send is not None and send.participant in replaced:
-                    self._deliver(send.participant, send.request)
+                    self._resend(saga, send.participant, send.request)
         for name in [n for n in self.held if n in self.participants]:
             for request in self.held.pop(name):
-                self._deliver(name, request)
+                waiting = self._waiting_saga(request)
+                if waiting is not None:  # else the saga moved on: its newer request goes instead
+                    self._resend(waiting, name, request)
+        if self.pacing.ready:
+            self.schedule_flush()  # the flush sends what waits for the slots freed here
         self._send_outbox()
 
     # --- running a saga, guarded ------------------------------------------------------------
@@ -360,6 +397,7 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
 
     def _stage_raw(self, saga_id: str, write: Transition, finished: SagaFinished) -> None:
         saga = self.sagas.pop(saga_id, None)
+        self._forget(saga_id)
         holder = _Staged(saga, [write], [finished], False)  # type: ignore[arg-type]
         self.batch.append(holder)
         self.schedule_flush()
@@ -369,6 +407,7 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
         assert self.setup is not None
         log.error("saga %s crashed: %s", saga_id, "".join(traceback.format_exception(exc)))
         self.sagas.pop(saga_id, None)
+        self._forget(saga_id)
         if new:
             self.uncommitted.discard(saga_id)
             self.send(self.coordinator, HostStartFailed(saga_id, type(exc).__name__, str(exc)))
@@ -438,6 +477,8 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
             return  # stopped: nothing staged was sent, so dropping it loses nothing durable
         batch, self.batch = self.batch, []
         if not batch:
+            if self.pacing.ready:
+                self._send_waiting()  # slots freed by replies or deadlines that changed nothing
             return
         writes = [w for staged in batch for w in staged.writes]
         try:
@@ -451,6 +492,8 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
             return
         except Exception as exc:
             self._commit_failed(batch, exc)
+            if self.pacing.ready:
+                self._send_waiting()  # requests of other sagas, committed earlier, may go
             return
         finally:
             self.uncommitted.difference_update(s.saga.saga_id for s in batch if s.new)
@@ -464,6 +507,7 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 # Fenced: another incarnation owns this saga now; this copy must go quiet.
                 if saga is not None and self.sagas.get(saga.saga_id) is saga:
                     del self.sagas[saga.saga_id]
+                    self._forget(saga.saga_id)
                 continue
             if staged.new:
                 self._post(self.coordinator, HostStarted(saga.saga_id, existing=False))
@@ -476,7 +520,13 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 # the snapshot, which resends what is outstanding under the same keys.
                 if saga is not None:
                     self._crash(saga.saga_id, exc, new=False)
+        if self.pacing.ready:
+            self._pump(sent)  # behind this batch's own requests, which queued behind them
         self._send_outbox()
+        self._after_sends(sent)
+        self._idle()
+
+    def _after_sends(self, sent: list[tuple[Saga, StepRequest]]) -> None:
         for saga, request in sent:
             try:
                 failpoints.hit(
@@ -486,12 +536,12 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
             except Exception as exc:
                 if self.sagas.get(saga.saga_id) is saga:
                     self._crash(saga.saga_id, exc, new=False)
-        self._idle()
 
     def _carry_out(
         self, saga: Saga | None, commands: list[Any], sent: list[tuple[Saga, StepRequest]]
     ) -> None:
-        for command in commands:
+        deferred: Timer | None = None  # the reply timer of a request that waits for a slot
+        for index, command in enumerate(commands):
             if isinstance(command, Send):
                 request = command.request
                 failpoints.hit(
@@ -500,11 +550,18 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
                     else "host.after_compensation_intent",
                     request.saga_id,
                 )
-                self._deliver(command.participant, request)
-                if saga is not None:
+                # A saga's Send comes with the Timer of its reply deadline right after it.
+                following = commands[index + 1] if index + 1 < len(commands) else None
+                timer = following if isinstance(following, Timer) else None
+                if self._deliver(command.participant, request, timer) == QUEUED:
+                    deferred = timer  # armed when the request is sent, not now
+                elif saga is not None:
                     sent.append((saga, request))
             elif isinstance(command, Timer):
                 assert saga is not None
+                if command is deferred:
+                    deferred = None
+                    continue
                 self._set_timer(
                     time.time() + command.delay,
                     SagaTimer(saga.saga_id, saga.incarnation, command.token),
@@ -514,6 +571,7 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 failpoints.hit("host.after_terminal", saga.saga_id)
                 self.sagas.pop(saga.saga_id, None)
                 self.windows.pop(saga.saga_id, None)
+                self._forget(saga.saga_id)
                 self._post(
                     self.coordinator,
                     SagaFinished(
@@ -527,20 +585,151 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
             elif isinstance(command, SagaFinished):
                 self._post(self.coordinator, command)
 
-    def _deliver(self, participant: str, request: StepRequest) -> None:
-        """Queue ``request`` for ``participant``; :meth:`_send_outbox` sends it."""
+    def _deliver(self, participant: str, request: StepRequest, timer: Timer | None = None) -> int:
+        """Send ``request`` to ``participant`` within its window (:meth:`_send_outbox` sends
+        what was posted), or queue it for a slot: SENT, QUEUED or HELD. ``timer``: the reply
+        timer that goes with the request (the one the saga emitted with its Send, or the one
+        :meth:`_resend` made). The caller arms it unless the request was QUEUED; then the host
+        arms it when it sends the request, so that waiting for a slot costs no time of it."""
         address = self.participants.get(participant)
         if address is None:
             # Not registered (yet): hold it; the reply deadline still runs, so a participant
             # that never appears leads to retries and then compensation, never to a hang.
             self.held.setdefault(participant, []).append(request)
-            return
+            return HELD
+        window = self.pacing.windows.get(participant)
+        if window is not None:
+            delay = timer.delay if timer is not None else self._timeout_of(request)
+            if not window.open() and not self._room_after_purge(window):
+                token = timer.token if timer is not None else None
+                self.pacing.enqueue(window, Queued(participant, request, delay, token))
+                if self.pacing.ready:
+                    self.schedule_flush()
+                self._watch_window(window)
+                return QUEUED
+            self.pacing.take(window, request.saga_id, request.key, time.time() + delay)
+        self._transmit(address, request)
+        return SENT
+
+    def _resend(self, saga: Saga, participant: str, request: StepRequest) -> None:
+        """Send ``request``, which ``saga`` waits on, again (same key, attempt and incarnation:
+        the participant's ledger makes it harmless), with a whole reply timeout from when it is
+        sent: the saga's running reply timer is detached (its token goes stale) and a new one
+        armed now, or when a slot frees if the request has to wait for one."""
+        saga.state.timer += 1
+        timer = Timer(saga.definition.steps[request.step].timeout, saga.state.timer)
+        if self._deliver(participant, request, timer) != QUEUED:
+            self._set_timer(
+                time.time() + timer.delay, SagaTimer(saga.saga_id, saga.incarnation, timer.token)
+            )
+
+    def _transmit(self, address: Any, request: StepRequest) -> None:
         verdict = failpoints.hit("host.send", request.saga_id)
         if verdict == "drop":
             return  # lost on the way: the reply deadline notices
         self._post(address, request)
         if verdict == "duplicate":
             self._post(address, request)
+
+    # --- pacing: requests waiting for a slot of their participant's window -----------------
+
+    def _room_after_purge(self, window: SendWindow) -> bool:
+        """Whether ``window``, full with nobody waiting, has room once the slots whose deadline
+        passed are freed (a reply lost on the way, a saga that went quiet)."""
+        if window.queue:
+            return False
+        self.pacing.purge(window, time.time())
+        self.pacing.ready.pop(window.name, None)  # nothing waits: there is nothing to send
+        return window.open()
+
+    def _timeout_of(self, request: StepRequest) -> float:
+        """The reply timeout of ``request``'s step (0 for a saga no longer in memory)."""
+        saga = self.sagas.get(request.saga_id)
+        return 0.0 if saga is None else float(saga.definition.steps[request.step].timeout)
+
+    def _waiting_saga(self, request: StepRequest) -> Saga | None:
+        """The saga in memory that still waits on exactly ``request``, or None."""
+        saga = self.sagas.get(request.saga_id)
+        if saga is None or saga.incarnation != request.incarnation:
+            return None
+        pending = saga.state.pending
+        if pending is None or (pending[0], pending[1], pending[2]) != (
+            request.kind,
+            request.step,
+            request.attempt,
+        ):
+            return None
+        return saga
+
+    def _watch_window(self, window: SendWindow) -> None:
+        """A window that is full while requests wait is looked at again at its earliest slot
+        deadline: slots free on their own then, whatever happens to their replies."""
+        if window.check_at is None and window.blocked():
+            window.check_at = window.earliest()
+            self._set_timer(window.check_at, WindowCheck(window.name, window.check_at))
+
+    def _check_window(self, check: WindowCheck, now: float) -> None:
+        window = self.pacing.windows.get(check.name)
+        if window is None or window.check_at != check.at:
+            return  # a later check replaced this one, or the window was reset
+        window.check_at = None
+        self.pacing.purge(window, now)
+        self._watch_window(window)
+
+    def _forget(self, saga_id: str) -> None:
+        """``saga_id`` left memory: its slot frees and its waiting request is dropped."""
+        pacing = self.pacing
+        if pacing.holder or pacing.waiting:
+            pacing.forget(saga_id)
+            if pacing.ready:
+                self.schedule_flush()
+
+    def _pump(self, sent: list[tuple[Saga, StepRequest]]) -> None:
+        """Send, in order, the requests that wait in windows with free slots, arming each one's
+        reply timer now. A request whose saga moved on (a new incarnation, another attempt)
+        or left memory is dropped: it is no longer what the saga waits on."""
+        if self.lost or self.store is None:
+            return
+        now = time.time()
+        for window in self.pacing.take_ready():
+            while len(window.used) < window.share:
+                queued = self.pacing.next_waiting(window)
+                if queued is None:
+                    break
+                request = queued.request
+                saga = self._waiting_saga(request)
+                if saga is None:
+                    continue
+                if queued.token is not None:
+                    self._set_timer(
+                        now + queued.delay,
+                        SagaTimer(request.saga_id, saga.incarnation, queued.token),
+                    )
+                address = self.participants.get(window.name)
+                if address is None:  # no longer registered: held, its deadline running
+                    self.held.setdefault(window.name, []).append(request)
+                    continue
+                self.pacing.take(window, request.saga_id, request.key, now + queued.delay)
+                self._working_on(request.saga_id)
+                try:
+                    self._transmit(address, request)
+                except Exception as exc:
+                    self._crash(request.saga_id, exc, new=False)
+                    continue
+                sent.append((saga, request))
+            self._watch_window(window)
+
+    def _send_waiting(self) -> None:
+        """Send what waits for slots freed outside a commit, on its own."""
+        sent: list[tuple[Saga, StepRequest]] = []
+        self._pump(sent)
+        self._send_outbox()
+        self._after_sends(sent)
+        self._idle()
+
+    def _lose_lease(self, exc: LeaseLost) -> None:
+        self.pacing.clear()  # nothing waiting is sent: the shard's new holder resends it all
+        super()._lose_lease(exc)
 
     def _post(self, address: Any, message: Any) -> None:
         self.outbox.add(address, message)
@@ -558,6 +747,7 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 reload.extend(w.saga_id for w in staged.writes if w.saga_id not in reload)
                 continue
             self.sagas.pop(saga.saga_id, None)
+            self._forget(saga.saga_id)
             if staged.new:
                 # An error can come after the commit succeeded (the failpoint after commit,
                 # a connection lost while COMMIT returned): reload decides what to answer.

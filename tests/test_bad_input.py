@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -13,11 +14,14 @@ from conftest import order_definition, recorders, start_runtime, timeline
 
 from understudy import (
     ActorSystemError,
+    DefinitionError,
+    Participant,
     RetryPolicy,
     SagaDefinition,
     StoreUnavailable,
     Understudy,
     UnknownDefinition,
+    action,
 )
 from understudy.failpoints import Fault
 from understudy.persistence.base import Event, NewSaga, Transition
@@ -144,3 +148,32 @@ def test_a_kill_fault_on_the_in_process_base_is_refused(tmp_path: Path) -> None:
     """Every actor runs in the caller's process there: a kill would kill the caller."""
     with pytest.raises(ActorSystemError, match="would kill this very process"):
         start_runtime(tmp_path, faults=[Fault("host.after_send", "kill_system")])
+
+
+def test_a_participant_that_would_shadow_what_understudy_relies_on_is_refused() -> None:
+    """A handler named like an actor's own method (``send``), or state named like the
+    participant's (``name``), would silently break every request: refused when the class is
+    defined, naming what clashes with what."""
+    with pytest.raises(DefinitionError, match=r"'send' \(used by Actor\)"):
+
+        class Mailer(Participant):
+            @action("send")
+            def send(self, step: Any, db: Any) -> None:
+                return None
+
+    with pytest.raises(DefinitionError, match=r"'name' \(used by Participant\)"):
+
+        class Named(Participant):
+            name = "inventory"
+
+    class Fine(Participant):  # handlers and the hooks meant for subclasses are fine
+        max_in_flight = 8
+
+        def setup(self, db: Any, options: dict[str, Any]) -> None:
+            return None
+
+        @action("send")
+        def send_it(self, step: Any, db: Any) -> None:
+            return None
+
+    assert "send" in Fine._actions

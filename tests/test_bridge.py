@@ -289,3 +289,25 @@ def test_submit_async_times_out_when_no_answer_comes(tmp_path: Path, base: str) 
         assert 0.4 <= took < 10.0  # generous: a busy machine
         assert not us.submit("found", "order", {}).existing
         assert "completed" == us.wait("found", timeout=60).status
+
+
+def test_callers_that_gave_up_are_let_go(tmp_path: Path, base: str) -> None:
+    """A caller whose wait timed out (plain or asyncio) is no longer held by the bridge: its
+    saga's reply may never come, and the bridge would keep its entry (and listen without
+    pause) until shutdown. The saga itself goes on."""
+    definition = order_definition(timeout=NEVER)
+    participants = silent_orders(tmp_path)
+    with start_runtime(tmp_path, [definition], participants, base=base, hosts=1) as us:
+        with pytest.raises(CoordinatorTimeout):
+            us.run("plain", "order", {}, timeout=0.3)
+
+        async def run_async() -> None:
+            with pytest.raises(CoordinatorTimeout):
+                await us.run_async("async", "order", {}, timeout=0.3)
+
+        asyncio.run(run_async())
+        deadline = time.monotonic() + 30  # the sweep runs every second; generous when busy
+        while us._bridge.waiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {} == us._bridge.waiting
+        assert "running" == us.status("plain") == us.status("async")

@@ -71,6 +71,9 @@ WATCH_INTERVAL = 0.5
 #: forked (saga hosts, participants) to stop themselves; they check it every watch interval.
 ORPHANS_PATIENCE = 20.0
 
+#: Seconds between the bridge's sweeps of the futures whose callers gave up waiting.
+SWEEP_INTERVAL = 1.0
+
 #: Why a command fails once the runtime stops.
 SHUT_DOWN = "understudy has been shut down"
 
@@ -109,6 +112,7 @@ class Bridge(threading.Thread):
         self._watched: ProcessIdentity | None = None
         self._children: dict[int, ProcessIdentity] = {}
         self._next_check = 0.0
+        self._next_sweep = 0.0
         self._token = f"bridge-{os.getpid()}-{id(self):x}"
 
     def submit(self, message: Any, key: Any) -> concurrent.futures.Future[Any]:
@@ -167,6 +171,8 @@ class Bridge(threading.Thread):
             elif batch is None:
                 return SHUT_DOWN
             self._listen()
+            if self.waiting and time.monotonic() >= self._next_sweep:
+                self._sweep()
             if self._watched is not None and time.monotonic() >= self._next_check:
                 gone = self._coordinator_gone()
                 if gone is not None:
@@ -191,6 +197,17 @@ class Bridge(threading.Thread):
                 waiting[key] = [future]
             else:
                 futures.append(future)
+
+    def _sweep(self) -> None:
+        """Let go of the futures whose callers gave up (cancelled on their timeout): their
+        replies may never come, and while anything waits the bridge listens without pause."""
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        for key in list(self.waiting):
+            futures = [future for future in self.waiting[key] if not future.cancelled()]
+            if futures:
+                self.waiting[key] = futures
+            else:
+                del self.waiting[key]
 
     def _coordinator_gone(self) -> str | None:
         """Why commands fail once the watched coordinator process has exited; None while it

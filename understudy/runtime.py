@@ -338,12 +338,19 @@ class Understudy:
         settle = _finished if wait else _accepted
 
         def resolve(done: concurrent.futures.Future[Any]) -> None:
+            if outcome.done():
+                return  # cancelled: its caller gave up
             try:
                 outcome.set_result(settle(done.result()))
             except BaseException as exc:
                 outcome.set_exception(exc)
 
+        def forget(given_up: concurrent.futures.Future[Any]) -> None:
+            if given_up.cancelled():
+                reply.cancel()  # the bridge stops holding it (Bridge sweeps cancelled ones)
+
         reply.add_done_callback(resolve)
+        outcome.add_done_callback(forget)
         return outcome
 
     def run(
@@ -597,6 +604,7 @@ def _result(future: concurrent.futures.Future[Any], timeout: float | None, what:
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError as exc:
+        future.cancel()  # nobody waits for it any more: the bridge lets go of it
         raise CoordinatorTimeout(
             f"no answer about {what!r} within {timeout} s; a saga goes "
             "on regardless, query its status later"

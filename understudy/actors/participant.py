@@ -107,6 +107,23 @@ _DIRECT = frozenset({StepRequest})  # what batches carry: see handle_batched
 #: See :attr:`Participant.max_in_flight`.
 DEFAULT_MAX_IN_FLIGHT = 64
 
+#: What a subclass may define of the names its bases use: the hooks meant for it.
+_HOOKS = frozenset({"setup", "max_in_flight"})
+#: Attributes a participant sets on itself (Participant.__init__).
+_OWN_STATE = frozenset({"name", "ledger", "staged", "calls", "parked"})
+
+
+def _reserved() -> frozenset[str]:
+    """The public names of a participant's bases (Thespian's actor included) and its own
+    state: a subclass that defines one replaces what understudy relies on, silently."""
+    names = {
+        name
+        for klass in Participant.__mro__
+        for name in vars(klass)
+        if not name.startswith("_") and not name.startswith("receiveMsg_")
+    }
+    return frozenset(names - _HOOKS | _OWN_STATE)
+
 
 @attrs.define
 class _Staged:
@@ -138,6 +155,18 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._actions, cls._compensations = collect(cls, cls._actions, cls._compensations)
+        clash = sorted(set(vars(cls)) & _reserved())
+        if clash:
+            owners = {n: k.__name__ for k in reversed(Participant.__mro__) for n in vars(k)}
+            raise DefinitionError(
+                f"{cls.__qualname__} defines "
+                + ", ".join(
+                    f"{name!r} (used by {owners.get(name, 'Participant')})" for name in clash
+                )
+                + ": a participant is an actor, and understudy relies on these names; rename "
+                "them (handlers are found by their @action/@compensation names, not by their "
+                "method names)"
+            )
         limit = cls.max_in_flight
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 1

@@ -1,41 +1,41 @@
-"""The README's example runs as written."""
+"""The README's examples run as written, saved as scripts."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
-
-import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_the_readme_example_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The saga example completes and prints its status, in a fresh directory."""
-    (code,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
-    monkeypatch.chdir(tmp_path)
-    # Participant classes are loaded by import path, so the example runs as a real module.
-    module = types.ModuleType("readme_example")
-    monkeypatch.setitem(sys.modules, "readme_example", module)
-    exec(compile(code, str(README), "exec"), module.__dict__)
-    assert "completed" == capsys.readouterr().out.strip()
+def blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
 
 
 def test_the_readme_example_runs_saved_as_a_script(tmp_path: Path) -> None:
     """As a user runs it: saved as example.py and run with python, its participants defined in
     the script itself (the in-process base, the default, takes them from ``__main__``)."""
-    (code,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
-    (tmp_path / "example.py").write_text(code)
+    (tmp_path / "example.py").write_text(blocks()[0])
     done = subprocess.run(
         [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert "completed" == done.stdout.strip()
+
+
+def test_the_readme_embedding_example_runs_beside_it(tmp_path: Path) -> None:
+    """The second example, saved as embed.py beside example.py: understudy in the
+    application's own in-process actor system, a saga started by the application's actor."""
+    example, embed = blocks()
+    (tmp_path / "example.py").write_text(example)
+    (tmp_path / "embed.py").write_text(embed)
+    done = subprocess.run(
+        [sys.executable, "embed.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "order-18: completed" == done.stdout.strip()
 
 
 def test_a_script_class_on_a_multi_process_base_is_refused_with_the_fix(tmp_path: Path) -> None:

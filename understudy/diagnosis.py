@@ -663,18 +663,7 @@ def _verdict(
             f"recovery would leave it untouched until a runtime with {label} starts",
         )
     try:
-        if record.corrupt is not None:
-            raise CorruptRecord(record.corrupt)
-        payload = codec.decode(record.payload, f"payload of saga {record.saga_id!r}")
-        Saga.restore(
-            record.saga_id,
-            definition,
-            payload,
-            record.incarnation,
-            record.snapshot,
-            record.snapshot_version,
-            record.recovery_attempts,
-        )
+        Saga.from_record(record, definition)
     except CorruptRecord as exc:
         return Verdict(*base, PARKS, f"{exc}; recovery would park it as failed")
     mismatches = _mismatches(store.events(record.saga_id), definition)

@@ -238,7 +238,9 @@ class Understudy:
         except BaseException:
             RUNNING_HERE.discard(runtime_id)
             raise
-        children = child_pids()
+        # Only a multi-process system understudy starts forks a process of this one (its admin).
+        forks = actor_system is None and is_multiprocess(base)
+        children = child_pids() if forks else set()
         try:
             if actor_system is None:
                 _refuse_taken_port(admin_port)
@@ -289,7 +291,8 @@ class Understudy:
                 if not is_multiprocess(base):
                     handle.listen(0.05)  # in-process, this thread runs what was just sent
             close_handle()
-            reap(child_pids() - children)  # a failed start leaves no zombie admin either
+            if forks:
+                reap(child_pids() - children)  # a failed start leaves no zombie admin either
             give_back_shards(store_config, leases)
             RUNNING_HERE.discard(runtime_id)
             raise
@@ -297,7 +300,7 @@ class Understudy:
         runtime._close_handle = close_handle
         runtime._system = actor_system if actor_system is not None else handle
         runtime._owned = owned
-        runtime._admin = child_pids() - children
+        runtime._admin = child_pids() - children if forks else set()
         runtime._runtime_id = runtime_id
         return runtime
 

@@ -35,6 +35,7 @@ from understudy.persistence.base import (
     RUNNING,
     TERMINAL_STATUSES,
     Event,
+    SagaRecord,
 )
 
 DO = "do"
@@ -202,6 +203,23 @@ class Saga:
                 )
         state.recovery_attempts = recovery_attempts
         return cls(saga_id, definition, payload, incarnation, state, snapshot_version)
+
+    @classmethod
+    def from_record(cls, record: SagaRecord, definition: SagaDefinition) -> Saga:
+        """:meth:`restore` the saga a stored row holds. Raises :class:`CorruptRecord` when the
+        row failed its checksum, or its payload or snapshot cannot be trusted."""
+        if record.corrupt is not None:
+            raise CorruptRecord(record.corrupt)
+        payload = codec.decode(record.payload, f"payload of saga {record.saga_id!r}")
+        return cls.restore(
+            record.saga_id,
+            definition,
+            payload,
+            record.incarnation,
+            record.snapshot,
+            record.snapshot_version,
+            record.recovery_attempts,
+        )
 
     # --- what the host reads ----------------------------------------------------------------
 

@@ -707,16 +707,8 @@ class PostgresStore(SagaStore):
         saga_ids = list(saga_ids)
 
         def body(conn: Connection, pipe: _Pipe) -> Callable[[], dict[str, SagaRecord]]:
-            # FOR SHARE conflicts with acquire's FOR UPDATE: the epoch read here stays the
-            # shard's until COMMIT (claim_all leaves the blame alone: only a batch clears it).
-            fence = (
-                conn.execute(
-                    "SELECT epoch, holder FROM understudy_shards WHERE shard = %s FOR SHARE",
-                    (lease.shard,),
-                )
-                if lease
-                else None
-            )
+            # claim_all leaves the blame alone: only a batch clears it.
+            fence = _share_fence(conn, lease)
             updates = [
                 conn.execute(
                     "UPDATE understudy_sagas SET incarnation = incarnation + 1, "
@@ -728,10 +720,7 @@ class PostgresStore(SagaStore):
                 for marks, chunk in chunks(saga_ids, "%s")
             ]
             pipe.sync()
-            if lease is not None and fence is not None:
-                row = fence.fetchone()
-                if row is None or row[0] != lease.epoch:
-                    raise _lease_lost(lease, row)
+            _check_fence(lease, fence)
             claimed: dict[str, SagaRecord] = {}
             for cursor in updates:
                 claimed.update((row[0], saga_record(row)) for row in cursor.fetchall())
@@ -750,17 +739,10 @@ class PostgresStore(SagaStore):
         notes = list(notes)
 
         def body(conn: Connection, pipe: _Pipe) -> Callable[[], list[bool]]:
-            # Fenced as claim_all is (FOR SHARE: the epoch stays the shard's until COMMIT) and,
-            # like it, leaving the blame alone. FOR SHARE on the saga rows keeps a concurrent
-            # claim from moving an incarnation read here before this commits.
-            fence = (
-                conn.execute(
-                    "SELECT epoch, holder FROM understudy_shards WHERE shard = %s FOR SHARE",
-                    (lease.shard,),
-                )
-                if lease
-                else None
-            )
+            # Fenced as claim_all is and, like it, leaving the blame alone. FOR SHARE on the
+            # saga rows keeps a concurrent claim from moving an incarnation read here before
+            # this commits.
+            fence = _share_fence(conn, lease)
             lookups = [
                 conn.execute(
                     "SELECT saga_id, incarnation FROM understudy_sagas "
@@ -770,10 +752,7 @@ class PostgresStore(SagaStore):
                 for marks, chunk in chunks(list(dict.fromkeys(n.saga_id for n in notes)), "%s")
             ]
             pipe.sync()
-            if lease is not None and fence is not None:
-                row = fence.fetchone()
-                if row is None or row[0] != lease.epoch:
-                    raise _lease_lost(lease, row)
+            _check_fence(lease, fence)
             current: dict[str, int] = {}
             for cursor in lookups:
                 current.update((row[0], int(row[1])) for row in cursor.fetchall())
@@ -1162,6 +1141,24 @@ def _is_lost(conn: Connection, exc: psycopg.Error) -> bool:
     """Whether ``exc`` means the connection is gone (the server or the network went away)."""
     state = exc.sqlstate or ""
     return conn.closed or conn.broken or state.startswith("08") or state in _GONE_STATES
+
+
+def _share_fence(conn: Connection, lease: Lease | None) -> Any:
+    """Read the shard's epoch FOR SHARE (pipelined; see :func:`_check_fence`): it conflicts
+    with acquire's FOR UPDATE, so the epoch read stays the shard's until COMMIT."""
+    if lease is None:
+        return None
+    return conn.execute(
+        "SELECT epoch, holder FROM understudy_shards WHERE shard = %s FOR SHARE", (lease.shard,)
+    )
+
+
+def _check_fence(lease: Lease | None, fence: Any) -> None:
+    """After the pipeline's sync: LeaseLost unless ``lease``'s epoch is still the shard's."""
+    if lease is not None and fence is not None:
+        row = fence.fetchone()
+        if row is None or row[0] != lease.epoch:
+            raise _lease_lost(lease, row)
 
 
 def _lease_lost(lease: Lease, row: Sequence[Any] | None) -> LeaseLost:

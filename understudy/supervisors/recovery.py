@@ -396,20 +396,8 @@ class ShardRecovery:
     def _restore(self, record: SagaRecord, definition: SagaDefinition) -> Saga | None:
         """The saga as stored, or None after parking it when its payload or snapshot is
         unreadable, fails its checksum, or makes no sense for its definition."""
-        if record.corrupt is not None:
-            self._park_unreadable(record, record.corrupt, time.time())
-            return None
         try:
-            payload = codec.decode(record.payload, f"payload of saga {record.saga_id!r}")
-            return Saga.restore(
-                record.saga_id,
-                definition,
-                payload,
-                record.incarnation,
-                record.snapshot,
-                record.snapshot_version,
-                record.recovery_attempts,
-            )
+            return Saga.from_record(record, definition)
         except CorruptRecord as exc:
             self._park_unreadable(record, str(exc), time.time())
             return None

@@ -34,12 +34,17 @@ DEFAULT_TTL = 10.0
 RUNNING_HERE: set[str] = set()
 
 
-def about_me(app: ProcessIdentity | None) -> dict[str, Any]:
-    """What a lease says about its holder: machine, process, and the application behind it."""
+def about_me(
+    app: ProcessIdentity | None, supervisor: ProcessIdentity | None = None
+) -> dict[str, Any]:
+    """What a lease says about its holder: machine, process, the application behind it, and the
+    process supervising it (a saga host's coordinator, on multi-process bases)."""
     pid, started = process_identity(os.getpid())
     about: dict[str, Any] = {"node": socket.gethostname(), "pid": pid, "started": started}
     if app is not None:
         about["app_pid"], about["app_started"] = app
+    if supervisor is not None:
+        about["supervisor_pid"], about["supervisor_started"] = supervisor
     return about
 
 
@@ -53,8 +58,8 @@ def _process(about: dict[str, Any], pid: str, started: str) -> ProcessIdentity |
 
 def holder_state(lease: Lease) -> str:
     """``"free"`` (nobody, or expired), ``"dead"`` (its process on this machine has exited),
-    ``"orphan"`` (it runs, its application does not), ``"live"``, or ``"remote"`` (another
-    machine: only the lease can tell)."""
+    ``"orphan"`` (it runs, its application or its coordinator does not), ``"live"``, or
+    ``"remote"`` (another machine: only the lease can tell)."""
     if not lease.holder:
         return "free"
     if lease.about.get("node") != socket.gethostname():
@@ -67,6 +72,9 @@ def holder_state(lease: Lease) -> str:
     app = _process(lease.about, "app_pid", "app_started")
     if app is not None and not is_running(app):
         return "orphan"
+    supervisor = _process(lease.about, "supervisor_pid", "supervisor_started")
+    if supervisor is not None and not is_running(supervisor):
+        return "orphan"  # its coordinator died: it stops on its own within its watch
     return "live"
 
 

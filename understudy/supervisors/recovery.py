@@ -36,6 +36,7 @@ from understudy import codec
 from understudy.actors.batching import Outbox
 from understudy.actors.saga import Saga
 from understudy.actors.system import ActorExitRequest
+from understudy.actors.watch import process_identity
 from understudy.definitions import SagaDefinition
 from understudy.errors import (
     CorruptRecord,
@@ -187,6 +188,14 @@ class ShardRecovery:
             self.store.close()
             self.store = None
 
+    def _about(self) -> dict[str, Any]:
+        """What this host's lease says of it: on multi-process bases its coordinator too (the
+        process it was forked from), so that a host whose coordinator died is waited for, not
+        taken for a live runtime's (leases.holder_state)."""
+        assert self.setup is not None
+        multiprocess = self.setup.watch_interval is not None
+        return about_me(self.setup.app, process_identity(os.getppid()) if multiprocess else None)
+
     def _adopt_or_acquire(self, store: SagaStore) -> Lease | None:
         """The lease the runtime's start took for this shard (renewed now: the start may have
         been slow), or, for a host restarted later, the shard's lease taken anew: at once from
@@ -194,14 +203,14 @@ class ShardRecovery:
         assert self.setup is not None
         if self.setup.lease is not None:
             # The lease says who holds it from now on: this process, not the application's.
-            renewed = store.renew(self.setup.lease, self.setup.lease_ttl, about_me(self.setup.app))
+            renewed = store.renew(self.setup.lease, self.setup.lease_ttl, self._about())
             # Dropped only once renewed: after a store error the retry renews it again. Taking
             # the shard anew instead would start an epoch that blames everyone, forgetting whom
             # the previous holder's death is blamed on (I12).
             self.setup = attrs.evolve(self.setup, lease=None)
             return renewed
         shard, holder, ttl = self.setup.shard, self.setup.runtime, self.setup.lease_ttl
-        about = about_me(self.setup.app)
+        about = self._about()
         lease = store.acquire(shard, holder, ttl, about)
         if lease is None and take_over_dead(store, store.leases()[shard]):
             lease = store.acquire(shard, holder, ttl, about)

@@ -3,7 +3,8 @@
 ``understudy list STORE`` prints counts by status, one line per saga, newest first, and what
 each unfinished saga waits on (``--stuck``: only those past their expected time);
 ``understudy show STORE SAGA_ID`` prints a saga's row, what it waits on and its timeline
-(``--json`` for machines); ``understudy check-inflight STORE --definitions MODULE:ATTR`` says
+(``--json`` for machines, ``--html FILE`` for a swimlane picture of it); ``understudy serve
+STORE`` shows the same pictures in a browser, read-only, on loopback; ``understudy check-inflight STORE --definitions MODULE:ATTR`` says
 whether every in-flight saga would run under the definitions of the code about to be deployed.
 STORE is the path of a SQLite saga store or a postgresql:// URL; it is never created here. The
 answers come from :mod:`understudy.diagnosis`; this module only prints them. Exit status: 0 on
@@ -353,6 +354,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("saga_id", metavar="SAGA_ID")
     show.add_argument("--json", action="store_true", help="print the row and events as JSON")
+    show.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the saga's timeline as a swimlane picture to FILE, a page any browser opens",
+    )
+    serve = commands.add_parser(
+        "serve", help="show the sagas and their timelines in a browser, read-only, on loopback"
+    )
+    serve.add_argument(
+        "store", metavar="STORE", help="the saga store: a SQLite file path or a postgresql:// URL"
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (127.0.0.1: only this machine can connect)",
+    )
+    serve.add_argument("--port", type=int, default=8765, help="the port to listen on (8765)")
     check = commands.add_parser(
         "check-inflight",
         help="before a deploy: would every in-flight saga run under the new definitions",
@@ -401,8 +419,16 @@ def main(argv: list[str] | None = None) -> int:
         why = "is not a file" if os.path.exists(args.store) else "does not exist"
         print(f"understudy: error: saga store {args.store!r} {why}", file=sys.stderr)
         return 2
+    if args.command == "serve":
+        from understudy import serve
+
+        return serve.run(args.store, host=args.host, port=args.port)
     try:
         with open_store(args.store, read_only=True) as store:
+            if args.command == "show" and args.html:
+                from understudy import picture
+
+                return picture.write_html(store, args.store, args.saga_id, args.html)
             if args.command == "list":
                 return cmd_list(store, args.status, args.limit, args.stuck, args.margin)
             if args.command == "check-inflight":

@@ -713,9 +713,9 @@ def test_the_operating_doc_runs_as_written(
             for command, shown, printed in run_doc(tmp_path, capsys)
         ]
     finally:
-        for name in ("shop", "crash", "release"):
+        for name in ("shop", "crash", "release", "resume"):
             sys.modules.pop(name, None)
     assert sum(line.startswith("$ ") for line in DOC.read_text().splitlines()) == len(ran)
-    assert 3 == sum(language == "python" for language, _ in doc_blocks())
+    assert 4 == sum(language == "python" for language, _ in doc_blocks())
     for command, shown, printed in ran:
         assert shown == printed, command

@@ -817,7 +817,7 @@ def test_a_fault_scoped_to_one_saga_leaves_the_others_alone(tmp_path: Path) -> N
     # Every request of b is lost, its compensation's too: its first step and then that step's
     # compensation run out of attempts (3 each), and b parks naming what is outstanding.
     assert b.status == "failed"
-    assert b.outstanding == ("compensate step 'create' (cancel)",)
+    assert b.outstanding == ("compensate step 'create' (cancel): owed, no reply within 0.3 s",)
     assert timeline(tmp_path, "b") == []
     fired = log.read_text().splitlines()
     assert len(fired) == 6

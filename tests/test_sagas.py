@@ -104,11 +104,14 @@ def test_a_compensation_that_keeps_failing_parks_the_saga(start: Start) -> None:
     us = start()
     finished = us.run("o-5", "order", {"reject": "charge", "fail": {"release": -1}})
     assert finished.status == "failed"
+    # the compensation that failed is owed (debt, with its last error); the one behind it waits
     assert finished.outstanding == (
-        "compensate step 'reserve' (release)",
+        "compensate step 'reserve' (release): owed, RuntimeError: release failing on purpose (3)",
         "compensate step 'create' (cancel)",
     )
     assert "release" in (finished.reason or "")
+    with us.operator() as op:
+        assert [(d.saga_id, d.name, d.attempts) for d in op.debt()] == [("o-5", "reserve", 3)]
 
 
 def test_a_participant_that_never_replies_times_out_then_compensates(
@@ -140,7 +143,7 @@ def test_a_participant_that_never_replies_times_out_then_compensates(
     finished = us.run("o-6", "order", {}, timeout=30)
     assert finished.status == "failed"  # the silent participant never confirms its refund
     assert (finished.outstanding) == (
-        "compensate step 'charge' (refund)",
+        "compensate step 'charge' (refund): owed, no reply within 0.2 s",
         "compensate step 'create' (cancel)",
     )
     kinds = [e.kind for e in stored(saga_store, "o-6")[1]]

@@ -37,18 +37,24 @@ from understudy.errors import (
     StoreUnavailable,
 )
 from understudy.messages import StepReply
-from understudy.persistence import open_store
+from understudy.persistence import integrity, open_store
 from understudy.persistence.base import (
+    APPLIED,
     COMPENSATED,
     COMPENSATING,
     COMPLETED,
     EVERYONE,
     FAILED,
+    PENDING,
+    REFUSED,
     RUNNING,
+    CommandDone,
+    CommandRecord,
     Event,
     Lease,
     NewSaga,
     Note,
+    OperatorCommand,
     SagaRecord,
     SagaStore,
     Transition,
@@ -94,6 +100,7 @@ def transition(
     recovery_attempts: int = 0,
     reason: str | None = None,
     events: tuple[Event, ...] = (),
+    reopen: bool = False,
 ) -> Transition:
     return Transition(
         saga_id,
@@ -105,6 +112,7 @@ def transition(
         at,
         reason,
         events,
+        reopen,
     )
 
 
@@ -278,6 +286,57 @@ def test_transition_events_are_written_at_the_writers_incarnation(store: SagaSto
     assert [("claimed", 2), ("step_done", 2)] == [
         (e.kind, e.incarnation) for e in store.events("s1")
     ]
+
+
+def test_a_transition_with_reopen_takes_up_a_failed_saga(store: SagaStore) -> None:
+    """A saga parked as failed refuses a plain Transition and takes one with reopen (an
+    operator's verb), its events with it."""
+    store.apply([new_saga("s1")])
+    store.apply([transition("s1", status=FAILED, snapshot_version=1, reason="boom")])
+    retry = transition("s1", snapshot_version=2, events=(Event("retried", T0 + 2),))
+
+    assert [False] == store.apply([retry])
+    assert [True] == store.apply([attrs.evolve(retry, reopen=True)])
+
+    record = store.get("s1")
+    assert record is not None
+    assert (RUNNING, 2, None) == (record.status, record.snapshot_version, record.reason)
+    assert ["retried"] == kinds(store, "s1")
+
+
+@pytest.mark.parametrize("closed", [COMPLETED, COMPENSATED])
+def test_a_transition_with_reopen_never_takes_up_a_completed_or_compensated_saga(
+    store: SagaStore, closed: str
+) -> None:
+    """reopen reaches only failed sagas: a completed or compensated one stays as it is."""
+    store.apply([new_saga("s1")])
+    store.apply([transition("s1", status=closed, snapshot_version=1)])
+    before = store.get("s1")
+
+    reopened = transition("s1", snapshot_version=2, reopen=True, events=(Event("late", T0),))
+    assert [False] == store.apply([reopened])
+
+    assert (before, []) == (store.get("s1"), store.events("s1"))
+
+
+def test_a_transition_with_reopen_keeps_the_incarnation_and_version_fences(
+    store: SagaStore,
+) -> None:
+    """reopen lifts the failed fence only: a stale incarnation or a snapshot version that is
+    not newer still changes nothing."""
+    store.apply([new_saga("s1")])
+    store.apply([transition("s1", status=FAILED, snapshot_version=3)])
+    store.claim("s1", recovery=False, at=T0 + 2)  # a failed saga is terminal: nothing to claim
+    before = store.get("s1")
+
+    results = store.apply(
+        [
+            transition("s1", incarnation=2, snapshot_version=4, reopen=True),
+            transition("s1", incarnation=1, snapshot_version=3, reopen=True),
+        ]
+    )
+
+    assert ([False, False], before) == (results, store.get("s1"))
 
 
 # --- claim ---------------------------------------------------------------------------------------
@@ -977,6 +1036,277 @@ def test_release_of_a_lost_lease_leaves_the_shard_alone(store: SagaStore) -> Non
     assert before == store.leases()
 
 
+# --- operators' commands -------------------------------------------------------------------------
+
+
+def operator_command(
+    saga_id: str = "s1", *, shard: int = 0, verb: str = "retry", at: float = T0
+) -> OperatorCommand:
+    return OperatorCommand(saga_id, shard, verb, {"step": 1}, "alice", "the card works again", at)
+
+
+def command_done(
+    record: CommandRecord,
+    incarnation: int | None = 1,
+    *,
+    state: str = APPLIED,
+    events: tuple[Event, ...] = (),
+) -> CommandDone:
+    return CommandDone(
+        record.id, record.saga_id, incarnation, state, f"{record.verb}: {state}", T0 + 5, events
+    )
+
+
+def states(store: SagaStore, *records: CommandRecord) -> list[str]:
+    """The state each of ``records`` is in now."""
+    found = [store.command(record.id) for record in records]
+    return [record.state if record is not None else "missing" for record in found]
+
+
+def test_submit_returns_a_pending_command_with_an_id_and_every_field(store: SagaStore) -> None:
+    """submit stores the command as pending and returns it with its id; reading it back by id
+    gives the same record, every field (nested arguments too) as submitted."""
+    args = {"step": 2, "result": {"id": "o-1", "lines": [1, 2.5, None, True]}, "raw": b"\x00\xff"}
+    submitted = OperatorCommand("s1", 3, "resolve", args, "alice", "refunded by hand", T0 + 0.25)
+
+    record = store.submit(submitted)
+
+    expected = CommandRecord(
+        record.id, "s1", 3, "resolve", args, "alice", "refunded by hand", T0 + 0.25,
+        PENDING, None, None,
+    )  # fmt: skip
+    assert (True, expected) == (isinstance(record.id, int), record)
+    assert expected == store.command(record.id)
+
+
+def test_command_ids_grow(store: SagaStore) -> None:
+    """Each command submitted gets a larger id than the one before."""
+    ids = [store.submit(operator_command(f"s{n}")).id for n in range(3)]
+
+    assert sorted(set(ids)) == ids
+
+
+def test_command_of_an_unknown_id_is_none(store: SagaStore) -> None:
+    """Reading a command id the store never gave out returns None."""
+    store.submit(operator_command())
+
+    assert None is store.command(10_000)
+
+
+def test_commands_filter_by_shard_saga_and_pending_oldest_first(store: SagaStore) -> None:
+    """commands() lists pending commands oldest first; shard and saga_id narrow it, and
+    pending=False adds the ones already done."""
+    store.apply([new_saga("a"), new_saga("b")])
+    a0 = store.submit(operator_command("a", shard=0))
+    b1 = store.submit(operator_command("b", shard=1))
+    a0_again = store.submit(operator_command("a", shard=0, verb="cancel"))
+    b1_again = store.submit(operator_command("b", shard=1, verb="pause"))
+    assert [True] == store.apply([command_done(a0)])
+    done = store.command(a0.id)
+
+    def ids(records: list[CommandRecord]) -> list[int]:
+        return [record.id for record in records]
+
+    assert [b1.id, a0_again.id, b1_again.id] == ids(store.commands())
+    assert [a0_again.id] == ids(store.commands(shard=0))
+    assert [b1.id, b1_again.id] == ids(store.commands(saga_id="b"))
+    assert [] == store.commands(shard=0, saga_id="b")
+    assert [done, store.command(a0_again.id)] == store.commands(saga_id="a", pending=False)
+    assert [a0.id, b1.id, a0_again.id, b1_again.id] == ids(store.commands(pending=False))
+
+
+def test_commands_honour_the_limit(store: SagaStore) -> None:
+    """commands(limit=n) returns the n oldest that match; a negative limit is no limit."""
+    submitted = [store.submit(operator_command(f"s{n}")).id for n in range(5)]
+
+    assert submitted[:2] == [record.id for record in store.commands(limit=2)]
+    assert submitted == [record.id for record in store.commands(limit=-1)]
+
+
+def test_a_command_with_unencodable_arguments_is_refused_and_nothing_stored(
+    store: SagaStore,
+) -> None:
+    """Arguments msgpack cannot encode raise PayloadError naming the field; no command is
+    stored."""
+    broken = attrs.evolve(operator_command(), args={"when": {1, 2}})
+
+    with pytest.raises(PayloadError) as raised:
+        store.submit(broken)
+
+    assert ("when" in str(raised.value), []) == (True, store.commands(pending=False))
+
+
+def test_a_command_done_applies_once(store: SagaStore) -> None:
+    """A CommandDone marks its pending command with state, outcome and done_at, and writes
+    its events; a second one for the same command returns False and changes nothing."""
+    store.apply([new_saga("s1")])
+    record = store.submit(operator_command())
+    applied = command_done(record, events=(Event("command_applied", T0 + 5),))
+
+    assert [True] == store.apply([applied])
+    after = store.command(record.id)
+    refused = command_done(record, state=REFUSED, events=(Event("command_refused", T0 + 6),))
+    assert [False] == store.apply([refused])
+
+    assert attrs.evolve(record, state=APPLIED, outcome="retry: applied", done_at=T0 + 5) == after
+    assert (after, ["command_applied"]) == (store.command(record.id), kinds(store, "s1"))
+
+
+def test_a_command_done_twice_in_one_batch_applies_once(store: SagaStore) -> None:
+    """The second CommandDone of one command in the same batch sees the first: False."""
+    store.apply([new_saga("s1")])
+    record = store.submit(operator_command())
+
+    results = store.apply([command_done(record), command_done(record, state=REFUSED)])
+
+    assert ([True, False], [APPLIED]) == (results, states(store, record))
+
+
+def test_a_command_done_is_fenced_by_the_incarnation(store: SagaStore) -> None:
+    """A CommandDone from an owner whose saga was claimed since (a newer incarnation) returns
+    False, writes no events, and leaves the command pending for the new owner."""
+    store.apply([new_saga("s1")])
+    record = store.submit(operator_command())
+    store.claim("s1", recovery=True, at=T0 + 1)
+
+    stale = command_done(record, 1, events=(Event("command_applied", T0 + 5),))
+    assert [False] == store.apply([stale])
+
+    assert (record, ["claimed"]) == (store.command(record.id), kinds(store, "s1"))
+    assert [True] == store.apply([command_done(record, 2)])
+
+
+def test_a_command_done_without_incarnation_applies_without_a_saga_and_writes_no_events(
+    store: SagaStore,
+) -> None:
+    """A command for a saga the store does not hold is refused with incarnation None: it
+    applies, and its events go nowhere (there is no timeline to write them to)."""
+    record = store.submit(operator_command("ghost"))
+
+    refused = command_done(record, None, state=REFUSED, events=(Event("command_refused", T0),))
+    assert [True] == store.apply([refused])
+
+    assert ([REFUSED], None, []) == (
+        states(store, record),
+        store.get("ghost"),
+        store.events("ghost"),
+    )
+
+
+def test_a_command_done_with_an_incarnation_needs_the_saga_row(store: SagaStore) -> None:
+    """With an incarnation, a CommandDone for a saga the store does not hold is fenced."""
+    record = store.submit(operator_command("ghost"))
+
+    assert [False] == store.apply([command_done(record, 1)])
+
+    assert [PENDING] == states(store, record)
+
+
+def test_command_done_events_land_at_the_rows_incarnation(store: SagaStore) -> None:
+    """A CommandDone's events carry the saga row's incarnation, with or without one given."""
+    store.apply([new_saga("s1")])
+    store.claim("s1", recovery=False, at=T0 + 1)
+    first, second = store.submit(operator_command()), store.submit(operator_command())
+
+    store.apply([command_done(first, 2, events=(Event("first", T0 + 5),))])
+    store.apply([command_done(second, None, events=(Event("second", T0 + 6),))])
+
+    assert [("claimed", 2), ("first", 2), ("second", 2)] == [
+        (e.kind, e.incarnation) for e in store.events("s1")
+    ]
+
+
+def test_a_command_done_sees_the_writes_before_it_in_its_batch(store: SagaStore) -> None:
+    """In one batch, a CommandDone after a NewSaga finds the saga's row, and its events follow
+    the events of a Transition written before it."""
+    first, second = store.submit(operator_command()), store.submit(operator_command())
+
+    results = store.apply(
+        [
+            new_saga("s1", events=(Event("started", T0),)),
+            command_done(first, 1, events=(Event("first_done", T0 + 1),)),
+            transition("s1", events=(Event("step_done", T0 + 2),)),
+            command_done(second, 1, events=(Event("second_done", T0 + 3),)),
+        ]
+    )
+
+    assert [True] * 4 == results
+    assert ["started", "first_done", "step_done", "second_done"] == kinds(store, "s1")
+    assert [APPLIED, APPLIED] == states(store, first, second)
+
+
+def test_a_command_done_after_a_fenced_transition_is_fenced_by_its_own_incarnation(
+    store: SagaStore,
+) -> None:
+    """What holds when the Transition before it in the batch is fenced: the CommandDone is
+    fenced by its incarnation alone, not by the Transition's result. With the stale
+    incarnation that fenced the Transition, it is fenced too (the command stays pending); at
+    the row's incarnation it applies even though the Transition (an old snapshot version) did
+    not, so an owner marks a command applied only with the Transition that carried it out."""
+    store.apply([new_saga("s1")])
+    store.apply([transition("s1", snapshot_version=1)])
+    stale, current = store.submit(operator_command()), store.submit(operator_command())
+    store.claim("s1", recovery=False, at=T0 + 1)
+
+    stale_batch: list[Write] = [
+        transition("s1", incarnation=1, snapshot_version=2),
+        command_done(stale, 1),
+    ]
+    old_version: list[Write] = [
+        transition("s1", incarnation=2, snapshot_version=1),
+        command_done(current, 2),
+    ]
+
+    assert [False, False] == store.apply(stale_batch)
+    assert [False, True] == store.apply(old_version)
+    assert [PENDING, APPLIED] == states(store, stale, current)
+
+
+def test_a_command_done_under_a_lost_lease_raises_and_applies_nothing(store: SagaStore) -> None:
+    """A batch carrying a CommandDone under a lease the shard has moved on from raises
+    LeaseLost: the command stays pending and no row or event of the batch is written."""
+    old, _ = lost_lease(store)
+    record = store.submit(operator_command())
+    before, events_before = store.get("s1"), store.events("s1")
+
+    with pytest.raises(LeaseLost):
+        store.apply(
+            [
+                transition("s1", events=(Event("retried", T0 + 2),)),
+                command_done(record, events=(Event("command_applied", T0 + 2),)),
+            ],
+            old,
+        )
+
+    assert (before, events_before) == (store.get("s1"), store.events("s1"))
+    assert record == store.command(record.id)
+
+
+def test_a_command_done_that_would_leave_its_command_pending_is_refused(
+    store: SagaStore,
+) -> None:
+    """A CommandDone must say applied or refused; pending raises ValueError and nothing of
+    the batch is written."""
+    record = store.submit(operator_command())
+
+    with pytest.raises(ValueError):
+        store.apply([new_saga("s1"), command_done(record, state=PENDING)])
+
+    assert (None, record) == (store.get("s1"), store.command(record.id))
+
+
+def test_submit_needs_no_lease_while_a_host_holds_the_shard(store: SagaStore) -> None:
+    """Anyone may submit while a saga host holds the command's shard; the host's poll of its
+    shard finds the command."""
+    store.fix_shards(2)
+    lease = store.acquire(1, "host-a", LONG)
+    assert lease is not None
+
+    record = store.submit(operator_command(shard=1))
+
+    assert [record] == store.commands(shard=1)
+
+
 # --- integrity -----------------------------------------------------------------------------------
 #
 # These damage stored bytes behind the store's back, with SQL, so they run on the SQL backends
@@ -1001,6 +1331,7 @@ class SQLBackend:
 
     store: SagaStore
     query: Callable[[str, tuple[Any, ...]], list[Any]]
+    where: str  # the store's file or URL, to open it again
 
     def set(self, table: str, column: str, value: Any, where: str, key: Any) -> None:
         self.query(f"UPDATE {table} SET {column} = ? WHERE {where} = ?", (value, key))
@@ -1028,7 +1359,7 @@ def sql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLB
         cursor = raw.execute(sql.replace("?", marks), params)
         return list(cursor.fetchall()) if sql.startswith("SELECT") else []
 
-    yield SQLBackend(backend, query)
+    yield SQLBackend(backend, query, where)
     raw.close()
     backend.close()
 
@@ -1157,6 +1488,85 @@ def test_a_damaged_event_is_reported_corrupt_and_the_rest_of_the_timeline_read(
     assert ({}, True) == (events[1].detail, "'s1'" in str(events[1].corrupt))
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("args", b"\x81\xa4step\x02"), ("verb", "abandon"), ("shard", 7), ("saga_id", "s2")],
+)
+def test_a_damaged_command_is_reported_corrupt_naming_it(
+    sql_backend: SQLBackend, column: str, value: Any
+) -> None:
+    """A command whose stored arguments, verb, shard or saga changed behind the store's back
+    comes back corrupt (naming the command and its saga) from command() and commands(), and
+    the commands next to it come back intact."""
+    store = sql_backend.store
+    damaged, intact = store.submit(operator_command()), store.submit(operator_command())
+    sql_backend.set("understudy_commands", column, value, "id", damaged.id)
+
+    found = store.command(damaged.id)
+    listed = store.commands(pending=False)
+
+    assert found is not None and found.corrupt is not None
+    assert (True, True) == (f"command {damaged.id} " in found.corrupt, "saga " in found.corrupt)
+    assert [found, intact] == listed
+
+
+def test_command_arguments_that_do_not_decode_are_reported_corrupt(
+    sql_backend: SQLBackend,
+) -> None:
+    """Arguments that are no msgpack map (stored with a checksum that holds: written by a
+    faulty process) come back corrupt with empty arguments, never raised."""
+    store = sql_backend.store
+    record = store.submit(operator_command())
+    for garbage in (b"\xc1", b"\x93\x01\x02\x03"):  # not msgpack; a list, not a map
+        check = integrity.command_sum("s1", 0, "retry", garbage, "alice", "the card works again")
+        sql_backend.set("understudy_commands", "args", garbage, "id", record.id)
+        sql_backend.set("understudy_commands", "command_sum", check, "id", record.id)
+
+        found = store.command(record.id)
+
+        assert found is not None
+        assert ({}, True) == (found.args, f"command {record.id} of saga 's1'" in str(found.corrupt))
+
+
+def test_a_read_only_store_refuses_a_submit_as_it_refuses_a_batch(sql_backend: SQLBackend) -> None:
+    """submit on a store opened read-only raises StoreUnavailable, as apply does, and stores
+    nothing; the reader lists what a writer submitted."""
+    written = sql_backend.store.submit(operator_command())
+
+    with open_store(sql_backend.where, read_only=True) as reader:
+        with pytest.raises(StoreUnavailable):
+            reader.apply([new_saga("s2")])
+        with pytest.raises(StoreUnavailable):
+            reader.submit(operator_command("s2"))
+        assert [written] == reader.commands(pending=False)
+
+
+def test_a_store_from_before_commands_gains_the_table_when_opened_for_writing(
+    sql_backend: SQLBackend,
+) -> None:
+    """A store created before the commands table existed reads no commands (and refuses a
+    submit as a read-only store does) when opened read-only, and gets the table when opened
+    for writing; a reader opened before that sees commands submitted after."""
+    sql_backend.store.apply([new_saga("s1")])
+    sql_backend.store.close()
+    sql_backend.query("DROP TABLE understudy_commands", ())
+
+    with open_store(sql_backend.where, read_only=True) as reader:
+        assert ([], None, 1) == (
+            reader.commands(pending=False),
+            reader.command(1),
+            len(reader.list_sagas()),
+        )
+        with pytest.raises(StoreUnavailable):
+            reader.submit(operator_command())
+
+        with open_store(sql_backend.where) as writer:
+            record = writer.submit(operator_command())
+            assert [record] == writer.commands()
+
+        assert ([record], record) == (reader.commands(), reader.command(record.id))
+
+
 def test_a_store_failure_inside_the_transaction_applies_nothing(sql_backend: SQLBackend) -> None:
     """A batch whose transaction fails before its commit (an injected I/O error) raises
     StoreUnavailable and leaves no row or event of it; the store works on afterwards."""
@@ -1262,6 +1672,39 @@ class TestSQLiteStore:
             assert str(path) in str(raised.value)
             assert ([], None, None) == (store.list_sagas(), store.get("s1"), store.get("s2"))
             assert [True, True] == store.apply([new_saga("s1"), new_saga("s2")])
+
+    def test_a_submit_waits_for_a_saga_hosts_transaction(self, tmp_path: Path) -> None:
+        """submit from another connection waits (up to busy_timeout) for the write lock a
+        saga host's batch holds, then stores the command."""
+        path = tmp_path / "sagas.db"
+        with SQLiteStore(path, busy_timeout=5.0) as store:
+            with closing(
+                sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            ) as host:
+                host.execute("BEGIN IMMEDIATE")
+                commit = threading.Timer(0.3, host.execute, ("COMMIT",))
+                commit.start()
+                started = time.monotonic()
+                record = store.submit(operator_command())
+                waited = time.monotonic() - started
+                commit.join()
+
+            assert (True, [record]) == (waited > 0.2, store.commands())
+
+    def test_a_submit_to_a_database_locked_past_busy_timeout_raises_store_unavailable(
+        self, tmp_path: Path
+    ) -> None:
+        """A submit that cannot get the write lock within busy_timeout raises StoreUnavailable
+        naming the file, and stores nothing."""
+        path = tmp_path / "sagas.db"
+        with SQLiteStore(path, busy_timeout=0.2) as store:
+            with closing(sqlite3.connect(path, isolation_level=None)) as locker:
+                locker.execute("BEGIN IMMEDIATE")
+                with pytest.raises(StoreUnavailable) as raised:
+                    store.submit(operator_command())
+                locker.execute("ROLLBACK")
+
+            assert (True, []) == (str(path) in str(raised.value), store.commands())
 
     def test_a_file_that_is_not_a_database_is_refused_at_open(self, tmp_path: Path) -> None:
         """Opening a file of garbage bytes raises a StoreError that names the file."""
@@ -1686,7 +2129,7 @@ class TestPostgresStore:
             with psycopg.connect(postgres_url, autocommit=True) as admin:
                 admin.execute(
                     "DROP TABLE IF EXISTS understudy_meta, understudy_sagas, understudy_events, "
-                    "understudy_shards"
+                    "understudy_shards, understudy_commands"
                 )
             barrier = threading.Barrier(8)
             results: list[str] = []

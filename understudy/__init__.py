@@ -26,6 +26,7 @@ from understudy.errors import (
     UnderstudyError,
     UnknownDefinition,
     UnknownParticipant,
+    VerbRefused,
 )
 from understudy.messages import (
     ParticipantReady,
@@ -37,7 +38,8 @@ from understudy.messages import (
     StartRejected,
     StartSaga,
 )
-from understudy.persistence.base import COMPENSATED, COMPLETED, FAILED, SagaRecord
+from understudy.operate import Debt, Operator
+from understudy.persistence.base import COMPENSATED, COMPLETED, FAILED, CommandRecord, SagaRecord
 from understudy.runtime import Understudy
 from understudy.supervisors.coordinator import Coordinator
 from understudy.supervisors.policy import RestartPolicy
@@ -53,16 +55,19 @@ __all__ = [
     "MULTIPROC_TCP",
     "MULTIPROC_UDP",
     "ActorSystemError",
+    "CommandRecord",
     "Coordinator",
     "CoordinatorGone",
     "CoordinatorReady",
     "CoordinatorTimeout",
     "CorruptRecord",
+    "Debt",
     "DefinitionError",
     "HostsInfo",
     "Irreversible",
     "LeaseLost",
     "LedgerError",
+    "Operator",
     "Participant",
     "ParticipantReady",
     "PayloadError",
@@ -91,6 +96,7 @@ __all__ = [
     "UnderstudyError",
     "UnknownDefinition",
     "UnknownParticipant",
+    "VerbRefused",
     "action",
     "compensation",
 ]

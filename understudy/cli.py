@@ -4,12 +4,15 @@
 each unfinished saga waits on (``--stuck``: only those past their expected time);
 ``understudy show STORE SAGA_ID`` prints a saga's row, what it waits on and its timeline
 (``--json`` for machines, ``--html FILE`` for a swimlane picture of it); ``understudy serve
-STORE`` shows the same pictures in a browser, read-only, on loopback; ``understudy check-inflight STORE --definitions MODULE:ATTR`` says
-whether every in-flight saga would run under the definitions of the code about to be deployed.
-STORE is the path of a SQLite saga store or a postgresql:// URL; it is never created here. The
-answers come from :mod:`understudy.diagnosis`; this module only prints them. Exit status: 0 on
-success, 1 for an unknown saga id, a store error or in-flight sagas that would not run as they
-are, 2 for a usage error, a missing store or ``--definitions`` that name no definitions.
+STORE`` shows the same pictures in a browser, read-only, on loopback; ``understudy
+check-inflight STORE --definitions MODULE:ATTR`` says whether every in-flight saga would run
+under the definitions of the code about to be deployed. The operators' verbs (``understudy
+cancel STORE SAGA_ID --why ...`` and the others) and ``understudy debt`` are in
+:mod:`understudy.cli_verbs`. STORE is the path of a SQLite saga store or a postgresql:// URL;
+it is never created here. The answers come from :mod:`understudy.diagnosis`; this module only
+prints them. Exit status: 0 on success, 1 for an unknown saga id, a store error or in-flight
+sagas that would not run as they are, 2 for a usage error, a missing store or
+``--definitions`` that name no definitions.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from understudy import codec, diagnosis
+from understudy import cli_verbs, codec, diagnosis
 from understudy.definitions import SagaDefinition
 from understudy.diagnosis import iso as _iso
 from understudy.errors import CorruptRecord, UnderstudyError
@@ -385,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the definitions the new code registers: a list or tuple of SagaDefinition, or a "
         "callable returning one (imported from the current directory or PYTHONPATH)",
     )
+    cli_verbs.add_parsers(commands)
     chaos = commands.add_parser(
         "chaos", help="a seeded fault campaign against a saga scenario (the demo by default)"
     )
@@ -407,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         from understudy.testing import command
 
         return command.run(args)
+    # Checked here too, so a missing file is a usage error (status 2) naming the path.
+    if "://" not in args.store and not os.path.isfile(args.store):
+        why = "is not a file" if os.path.exists(args.store) else "does not exist"
+        print(f"understudy: error: saga store {args.store!r} {why}", file=sys.stderr)
+        return 2
+    if cli_verbs.is_verb(args.command):
+        return cli_verbs.run(args)
     definitions: tuple[SagaDefinition, ...] = ()
     if args.command == "check-inflight":
         try:
@@ -414,11 +425,6 @@ def main(argv: list[str] | None = None) -> int:
         except diagnosis.DefinitionsNotLoaded as exc:
             print(f"understudy: error: {exc}", file=sys.stderr)
             return 2
-    # Checked here too, so a missing file is a usage error (status 2) naming the path.
-    if "://" not in args.store and not os.path.isfile(args.store):
-        why = "is not a file" if os.path.exists(args.store) else "does not exist"
-        print(f"understudy: error: saga store {args.store!r} {why}", file=sys.stderr)
-        return 2
     if args.command == "serve":
         from understudy import serve
 

@@ -118,6 +118,21 @@ class MissingDefinition:
 
 
 @attrs.frozen
+class Paused:
+    """An operator paused the saga (``who``, ``why``, ``since``): it sends nothing new until
+    resumed. ``held`` is the send held back, as ``(kind, step, step name, attempt)``, or None
+    while the saga still waits on ``then`` (a reply to a request already out, or a retry due,
+    which is held when it comes due)."""
+
+    who: str
+    why: str
+    since: float
+    held: tuple[str, int, str | None, int] | None
+    then: Reply | Backoff | None
+    what: str = attrs.field(default="paused", init=False)
+
+
+@attrs.frozen
 class Unreadable:
     """The saga's row or snapshot cannot be read (``reason``): understudy acts on nothing of it
     and parks it as failed when it loads it."""
@@ -135,7 +150,7 @@ class Idle:
     what: str = attrs.field(default="nothing", init=False)
 
 
-Wait = Reply | Backoff | MissingDefinition | Unreadable | Idle
+Wait = Reply | Backoff | MissingDefinition | Paused | Unreadable | Idle
 
 
 @attrs.frozen
@@ -320,7 +335,27 @@ def _wait(record: SagaRecord, events: Sequence[EventRecord]) -> Wait:
         )
     if problem is not None:
         return Unreadable(problem)
+    paused = _paused(state, intact, then) if state is not None else None
+    if paused is not None:
+        return paused
     return then if then is not None else Idle(record.updated_at)
+
+
+def _paused(
+    state: dict[str, Any], events: Sequence[EventRecord], then: Reply | Backoff | None
+) -> Paused | None:
+    """The operator's pause ``state`` records (snapshots written before pauses existed have
+    none), with the send it holds back."""
+    paused, held = state.get("paused"), state.get("held")
+    if not isinstance(paused, list) or len(paused) != 3:
+        return None
+    who, why, since = paused
+    hold: tuple[str, int, str | None, int] | None = None
+    if isinstance(held, list) and len(held) == 3:
+        kind, step, attempt = held
+        names = [e.detail.get("name") for e in events if e.step == step and "name" in e.detail]
+        hold = (str(kind), _int(step, 0), _text(names[-1]) if names else None, _int(attempt, 1))
+    return Paused(str(who), str(why), float(since), hold, then)
 
 
 def _state(record: SagaRecord) -> tuple[dict[str, Any] | None, str | None]:
@@ -781,6 +816,14 @@ def describe_wait(wait: Wait, now: float) -> str:
             f"untouched {when}; it resumes when understudy starts with {label} among its "
             "definitions"
         )
+    if isinstance(wait, Paused):
+        text = f"paused by {wait.who} {iso(wait.since)}: {' '.join(wait.why.split())}"
+        if wait.held is not None:
+            kind, step, name, attempt = wait.held
+            return text + f"; holding back {_which(kind, step, name, attempt)} until resumed"
+        if wait.then is not None:
+            return text + f"; meanwhile {describe_wait(wait.then, now)}, then holds what is next"
+        return text
     if isinstance(wait, Unreadable):
         return (
             f"nothing it can act on: {wait.reason}; understudy parks it as failed when it loads it"

@@ -56,6 +56,11 @@ class SagaRejected(UnderstudyError):
     """The coordinator refused to start a saga; the message says why."""
 
 
+class VerbRefused(UnderstudyError):
+    """An operator's verb that would break an invariant (or has nothing to act on) was refused;
+    the message says why and what to do instead. Nothing of the saga changed."""
+
+
 class StoreError(UnderstudyError):
     """The saga store failed. Driver errors are translated to this tree at the store boundary."""
 

@@ -62,6 +62,8 @@ POINT_KINDS: Final[dict[str, str]] = {
     "host.after_compensation_send": CODE,  # compensation sent, its reply not received yet
     "host.after_compensation_reply": CODE,  # compensation confirmed, not committed yet
     "host.after_terminal": CODE,  # terminal state durable, caller not told
+    "host.before_verb": CODE,  # an operator's command about to be applied to its saga
+    "host.after_verb": CODE,  # the command and the saga's transition durable, nothing sent
     "store.in_transaction": STORE,  # inside the snapshot transaction, before its commit
     "store.after_commit": STORE,  # the snapshot transaction committed, caller not told yet
     "store.claim": STORE,  # inside a recovery claim (incarnation bump) transaction

@@ -72,6 +72,7 @@ from understudy.messages import (
     StartRejected,
     StartSaga,
 )
+from understudy.operate import Operator
 from understudy.persistence import SagaStore, open_store, redact
 from understudy.persistence.base import SagaRecord
 from understudy.supervisors.coordinator import Coordinator
@@ -458,6 +459,17 @@ class Understudy:
                 f"no saga with id {saga_id!r} in {redact(self._store_config.location)!r}"
             )
         return record.status
+
+    def operator(self, who: str | None = None, wait: float = 10.0) -> Operator:
+        """Operators' verbs (cancel, pause, resume, retry, skip, resolve, abandon) and
+        compensation debt for this runtime's sagas, recorded as done by ``who`` (default
+        ``user@host``). Its saga hosts apply each verb within about half a second; a verb
+        waits up to ``wait`` seconds for that. Close it when done (it is a context manager)::
+
+            with us.operator(who="alice") as op:
+                op.cancel("order-17", why="the customer called it off")
+        """
+        return Operator(self._store_config.location, who=who, wait=wait)
 
     def wait(self, saga_id: str, timeout: float = 60.0, poll: float = 0.02) -> SagaRecord:
         """Poll the store until the saga is terminal (works across process restarts)."""

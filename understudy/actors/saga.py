@@ -91,11 +91,25 @@ class SagaState:
     outstanding: list[str] = attrs.field(factory=list)
     timer: int = 0
     recovery_attempts: int = 0
+    # Added with operators' verbs: snapshots written before them lack these fields and restore
+    # with their defaults (_LATER_FIELDS).
+    paused: list[Any] | None = None  # [who, why, at]: an operator paused it; nothing new is sent
+    held: list[Any] | None = None  # [kind, step, attempt]: a send held back while paused
+    # Compensations owed and not being attempted: [step, error, attempts, since] each, for a
+    # compensation that exhausted its retries or one an operator abandoned. Never dropped: an
+    # entry leaves only when a retry pays it or an operator resolves it (I2).
+    debt: list[list[Any]] = attrs.field(factory=list)
+    stopped_in: str | None = None  # the phase a parked saga stopped in (running, compensating)
 
 
 _STATE_FIELDS = tuple(field.name for field in attrs.fields(SagaState))
+_LATER_FIELDS = frozenset({"paused", "held", "debt", "stopped_in"})
 _STATE_VALUES = operator.attrgetter(*_STATE_FIELDS)  # every field's value, in one C call
 _PHASES = (RUNNING, COMPENSATING, *TERMINAL_STATUSES)
+_ACTIVE = (RUNNING, COMPENSATING)
+#: ``stopped_in`` of a saga parked because its snapshot outgrew its cap: its step results were
+#: dropped, so it cannot be taken up again.
+OVERFLOW = "overflow"
 
 
 def _is_int(value: Any) -> bool:
@@ -134,8 +148,8 @@ def check_state(s: SagaState, definition: SagaDefinition) -> str | None:
         return "reason is not text"
     if not isinstance(s.outstanding, list) or not all(isinstance(o, str) for o in s.outstanding):
         return "outstanding work is not a list of text"
-    if s.pending is not None and s.waiting is not None:
-        return "both waits on a reply and on a retry"
+    if sum(w is not None for w in (s.pending, s.waiting, s.held)) > 1:
+        return "waits on more than one of a reply, a retry and a resume"
     for label, wait in (("request out", s.pending), ("retry due", s.waiting)):
         if wait is None:
             continue
@@ -151,6 +165,40 @@ def check_state(s: SagaState, definition: SagaDefinition) -> str | None:
             )
         if not _is_int(attempt) or attempt < 1 or not isinstance(due, (int, float)):
             return f"{label} has a malformed attempt or deadline"
+    return _check_operated(s, n)
+
+
+def _check_operated(s: SagaState, n: int) -> str | None:
+    """The part of :func:`check_state` about what operators' verbs add: a pause, a send held
+    back by it, compensation debt and the phase a parked saga stopped in."""
+    if s.paused is not None and (
+        not isinstance(s.paused, list) or len(s.paused) != 3 or s.phase not in _ACTIVE
+    ):
+        return f"pause {str(s.paused)[:40]} is malformed or in a finished saga"
+    if s.held is not None:
+        if s.paused is None or not isinstance(s.held, list) or len(s.held) != 3:
+            return f"send held back {str(s.held)[:40]} without a pause, or malformed"
+        kind, step, attempt = s.held
+        if s.phase == RUNNING:
+            # A forward send held before its step was pushed (the next step) or after (a retry).
+            fits = kind == DO and step in (s.step, s.step + 1) and _is_int(step) and step < n
+        else:
+            fits = kind == UNDO and bool(s.stack) and step == s.stack[-1]
+        if not fits or not _is_int(attempt) or attempt < 1:
+            return f"send held back {str(s.held)[:40]} does not fit {s.phase} at step {s.step}"
+    if not isinstance(s.debt, list):
+        return "debt is not a list"
+    owed = set()
+    for entry in s.debt:
+        if not isinstance(entry, list) or len(entry) != 4 or not _is_int(entry[0]):
+            return f"debt entry {str(entry)[:40]} is malformed"
+        if not 0 <= entry[0] < n or entry[0] in s.stack or entry[0] in owed:
+            return f"debt for step {entry[0]} that is not owed apart from the stack"
+        owed.add(entry[0])
+    if s.debt and s.phase not in (FAILED, COMPENSATING):
+        return f"compensation debt in a {s.phase} saga"
+    if s.stopped_in not in (None, RUNNING, COMPENSATING, OVERFLOW):
+        return f"stopped in unknown phase {str(s.stopped_in)[:20]!r}"
     return None
 
 
@@ -192,7 +240,9 @@ class Saga:
         if snapshot is not None:
             what = f"snapshot v{snapshot_version} of saga {saga_id!r}"
             data = codec.decode(snapshot, what)
-            if not isinstance(data, dict) or set(data) != set(_STATE_FIELDS):
+            if not isinstance(data, dict) or not (
+                set(_STATE_FIELDS) - _LATER_FIELDS <= set(data) <= set(_STATE_FIELDS)
+            ):
                 raise CorruptRecord(f"{what} does not hold a saga state (fields do not match)")
             state = SagaState(**data)
             problem = check_state(state, definition)
@@ -261,6 +311,8 @@ class Saga:
         self._event(
             "resumed", now, detail={"phase": s.phase, "recovery_attempts": s.recovery_attempts}
         )
+        if s.held is not None:
+            return []  # paused by an operator: the held send goes when they resume it
         if (
             s.phase == RUNNING
             and self.definition.on_recovery == "compensate"
@@ -357,6 +409,7 @@ class Saga:
             now,
         )
         self.state.results = {}
+        self.state.stopped_in = OVERFLOW
         return commands
 
     # --- transitions ------------------------------------------------------------------------
@@ -375,6 +428,24 @@ class Saga:
             self._event("retry-scheduled", now, step, attempt + 1, {"kind": kind, "in": delay})
             return [self._arm_timer(delay)]
         if kind == UNDO:
+            # The compensation becomes debt: durable, listed by `understudy debt`, paid by a
+            # retry or resolved by hand, never dropped. The steps before it stay on the stack:
+            # they are compensated only after it (I5), so the saga parks here.
+            s.stack.pop()
+            s.debt.append([step, reason, attempt, now])
+            self._event(
+                "debt",
+                now,
+                step,
+                attempt,
+                {
+                    "name": spec.name,
+                    "participant": spec.participant,
+                    "compensation": spec.compensation,
+                    "error": reason,
+                    "attempts": attempt,
+                },
+            )
             return self._park(
                 f"compensation {spec.compensation!r} of step {spec.name!r} failed after "
                 f"{attempt} attempt(s): {reason}",
@@ -403,7 +474,7 @@ class Saga:
         s = self.state
         s.phase = COMPENSATING
         s.reason = reason
-        s.pending = s.waiting = None
+        s.pending = s.waiting = s.held = None
         self._event(
             "aborted",
             now,
@@ -431,22 +502,36 @@ class Saga:
                 s.stack.pop()
                 continue
             return self._send(UNDO, index, 1, now)
+        if s.debt:
+            # Never reported compensated while a compensation is owed: it stays parked, its
+            # debt listed, until a retry pays it or an operator resolves it.
+            return self._park(s.reason or "compensations are owed", now)
         return self._finish(COMPENSATED, s.reason, (), now)
 
     def _park(self, reason: str, now: float) -> list[Command]:
         s = self.state
-        outstanding: list[str] = []
-        if s.phase == COMPENSATING:
-            outstanding = [
-                f"compensate step {self._name(i)!r} ({self.definition.steps[i].compensation})"
-                for i in reversed(s.stack)
+        if s.phase in _ACTIVE:
+            s.stopped_in = s.phase
+        return self._finish(FAILED, reason, tuple(self._outstanding()), now)
+
+    def _outstanding(self) -> list[str]:
+        """What a parked saga leaves for a person: compensations owed (debt first, then the
+        stack in the order they are due), or the forward steps not finished."""
+        s = self.state
+        steps = self.definition.steps
+        if s.stopped_in == RUNNING and not s.debt:
+            return [
+                f"finish step {self._name(i)!r} ({steps[i].action})"
+                for i in range(s.step, len(steps))
             ]
-        else:
-            outstanding = [
-                f"finish step {self._name(i)!r} ({self.definition.steps[i].action})"
-                for i in range(s.step, len(self.definition.steps))
-            ]
-        return self._finish(FAILED, reason, tuple(outstanding), now)
+        owed = [
+            f"compensate step {self._name(e[0])!r} ({steps[e[0]].compensation}): owed, {e[1]}"
+            for e in s.debt
+        ]
+        return owed + [
+            f"compensate step {self._name(i)!r} ({steps[i].compensation})"
+            for i in reversed(s.stack)
+        ]
 
     def _finish(
         self, status: str, reason: str | None, outstanding: tuple[str, ...], now: float
@@ -455,7 +540,7 @@ class Saga:
         s.phase = status
         s.reason = reason
         s.outstanding = list(outstanding)
-        s.pending = s.waiting = None
+        s.pending = s.waiting = s.held = s.paused = None
         detail: dict[str, Any] = {}
         if reason:
             detail["reason"] = reason
@@ -466,6 +551,9 @@ class Saga:
 
     def _send_forward(self, step: int, attempt: int, now: float) -> list[Command]:
         s = self.state
+        if s.paused is not None and step not in s.stack:
+            # Held before the step is pushed: no intent, nothing to compensate for it (I4).
+            return self._hold(DO, step, attempt, now)
         s.step = step
         if step not in s.stack:
             s.stack.append(step)
@@ -475,6 +563,8 @@ class Saga:
         self, kind: str, step: int, attempt: int, now: float, resent: bool = False
     ) -> list[Command]:
         s = self.state
+        if s.paused is not None:
+            return self._hold(kind, step, attempt, now)
         spec = self.definition.steps[step]
         action = spec.action if kind == DO else spec.compensation
         assert action is not None
@@ -495,6 +585,15 @@ class Saga:
             },
         )
         return [self._request(kind, step, attempt), self._arm_timer(spec.timeout)]
+
+    def _hold(self, kind: str, step: int, attempt: int, now: float) -> list[Command]:
+        """Paused: keep the send for when an operator resumes the saga, and send nothing."""
+        s = self.state
+        s.pending = s.waiting = None
+        s.held = [kind, step, attempt]
+        who = s.paused[0] if s.paused is not None else None
+        self._event("held", now, step, attempt, {"kind": kind, "paused_by": who})
+        return []
 
     def outstanding(self) -> Send | None:
         """The request this saga waits on, rebuilt identically (same key, attempt and

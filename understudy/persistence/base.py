@@ -49,6 +49,12 @@ COMPLETED: Final = "completed"
 COMPENSATED: Final = "compensated"
 FAILED: Final = "failed"  # failed, needs attention: a person must look at it
 
+#: What became of an operator's command (:class:`CommandRecord.state`).
+PENDING: Final = "pending"  # submitted, not applied yet: the saga's owner applies it
+APPLIED: Final = "applied"
+REFUSED: Final = "refused"
+COMMAND_STATES: Final = (PENDING, APPLIED, REFUSED)
+
 ACTIVE_STATUSES: Final = (RUNNING, COMPENSATING)
 TERMINAL_STATUSES: Final = (COMPLETED, COMPENSATED, FAILED)
 ALL_STATUSES: Final = ACTIVE_STATUSES + TERMINAL_STATUSES
@@ -154,6 +160,9 @@ class Transition:
     at: float
     reason: str | None = None
     events: tuple[Event, ...] = ()
+    #: Applies to a saga parked as failed too (never to a completed or compensated one): an
+    #: operator's verb takes a parked saga up again (retry, resolve, cancel).
+    reopen: bool = False
 
 
 @attrs.frozen
@@ -167,7 +176,61 @@ class Note:
     events: tuple[Event, ...]
 
 
-Write = NewSaga | Transition
+@attrs.frozen
+class OperatorCommand:
+    """An operator's verb for one saga, as submitted (:meth:`SagaStore.submit`): ``verb`` is one
+    of cancel, pause, resume, retry, skip, resolve, abandon, with its ``args``; ``who`` and
+    ``why`` are recorded with it and in the saga's timeline. ``shard`` is the saga's shard, so
+    that its owner finds it."""
+
+    saga_id: str
+    shard: int
+    verb: str
+    args: dict[str, Any]
+    who: str
+    why: str
+    at: float
+
+
+@attrs.frozen
+class CommandRecord:
+    """An operator's command as stored: ``state`` is pending until the saga's owner applies or
+    refuses it, in the same transaction as what it did (``outcome`` says what, or why not)."""
+
+    id: int
+    saga_id: str
+    shard: int
+    verb: str
+    args: dict[str, Any]
+    who: str
+    why: str
+    at: float
+    state: str
+    outcome: str | None
+    done_at: float | None
+    #: Why this row cannot be trusted (fails its checksum or does not decode); None when intact.
+    #: A damaged command is refused, never applied.
+    corrupt: str | None = None
+
+
+@attrs.frozen
+class CommandDone:
+    """Mark command ``command_id`` applied or refused (``state``), with ``outcome``, and append
+    ``events`` to its saga's timeline. Applied only while the command is still pending and the
+    saga's row is at ``incarnation`` (None: whatever the row, or no row at all, for a command
+    refused because its saga does not exist); so a command is applied exactly once, in the
+    same transaction as the saga's transition it caused."""
+
+    command_id: int
+    saga_id: str
+    incarnation: int | None
+    state: str
+    outcome: str
+    at: float
+    events: tuple[Event, ...] = ()
+
+
+Write = NewSaga | Transition | CommandDone
 
 
 class SagaStore(abc.ABC):
@@ -192,6 +255,33 @@ class SagaStore(abc.ABC):
         :class:`~understudy.errors.LeaseLost` and nothing is written), but the shard's blame is
         left as it stands: a note is no batch of the sagas' own work.
         """
+
+    # --- operators' commands ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def submit(self, command: OperatorCommand) -> CommandRecord:
+        """Store ``command`` as pending (durable when this returns) and return it with its id.
+        Anyone may submit, holding no lease: the saga's owner applies it with a
+        :class:`CommandDone` in its next batch."""
+
+    @abc.abstractmethod
+    def commands(
+        self,
+        *,
+        shard: int | None = None,
+        saga_id: str | None = None,
+        pending: bool = True,
+        limit: int = 100,
+    ) -> list[CommandRecord]:
+        """Commands, oldest first: only pending ones unless ``pending`` is false, optionally
+        only those of ``shard`` or of ``saga_id``. Cheap when few are pending (what every saga
+        host polls)."""
+
+    @abc.abstractmethod
+    def command(self, command_id: int) -> CommandRecord | None:
+        """One command by id, or None."""
+
+    # --- sagas ------------------------------------------------------------------------------
 
     @abc.abstractmethod
     def get(self, saga_id: str) -> SagaRecord | None:

@@ -11,7 +11,9 @@ its own, such as the incarnation a claim bumps):
 
 - the payload: saga id, definition name and version, payload bytes;
 - the snapshot: saga id, status, snapshot version, snapshot bytes and reason;
-- an event: saga id, kind, step, attempt, incarnation and detail bytes.
+- an event: saga id, kind, step, attempt, incarnation and detail bytes;
+- an operator's command: saga id, shard, verb, who, why and argument bytes (what was submitted;
+  not its state, outcome or done_at, which the saga's owner writes later).
 
 CRC-32 (zlib's, in C): it catches every single-byte flip and every burst of damage up to 32
 bits long, and a row copied from another saga (the id is in the sum) but for a chance of one in
@@ -66,6 +68,15 @@ def event_sum(
         f"\x1f{detail is None}".encode()
     )
     return crc if detail is None else _crc32(detail, crc)
+
+
+def command_sum(saga_id: str, shard: int, verb: str, args: bytes, who: str, why: str) -> int:
+    # who and why are free text an operator typed: repr keeps a \x1f in them from moving a field
+    # boundary (as reason's does in snapshot_sum).
+    crc = _crc32(
+        f"command\x1f{saga_id}\x1f{shard}\x1f{verb}\x1f{who!r}\x1f{why!r}\x1fFalse".encode()
+    )
+    return _crc32(args, crc)
 
 
 def saga_row_damage(

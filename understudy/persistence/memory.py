@@ -1,9 +1,9 @@
 """The in-memory saga store: a reference backend for tests and experiments.
 
 It keeps the same contract as :class:`~understudy.persistence.sqlite.SQLiteStore` (fencing,
-write-once terminal status, all-or-nothing batches, event details stored as msgpack) so the
-contract suite in ``tests/test_store_contract.py`` runs against both. It is not durable: it dies
-with the process, so never use it where a saga must survive a crash.
+write-once terminal status, all-or-nothing batches, event details and command arguments stored as
+msgpack) so the contract suite in ``tests/test_store_contract.py`` runs against both. It is not
+durable: it dies with the process, so never use it where a saga must survive a crash.
 """
 
 from __future__ import annotations
@@ -20,19 +20,29 @@ from understudy.errors import LeaseLost, StoreError
 from understudy.persistence.base import (
     ACTIVE_STATUSES,
     EVERYONE,
+    PENDING,
     RUNNING,
     TERMINAL_STATUSES,
+    CommandDone,
+    CommandRecord,
     Event,
     EventRecord,
     Lease,
     NewSaga,
     Note,
+    OperatorCommand,
     SagaRecord,
     SagaStore,
     Transition,
     Write,
 )
-from understudy.persistence.rows import shard_count_mismatch
+from understudy.persistence.rows import (
+    CLOSED_STATUSES,
+    check_done,
+    command_record,
+    command_row,
+    shard_count_mismatch,
+)
 
 
 @attrs.frozen
@@ -49,6 +59,29 @@ class _StoredEvent:
     detail: bytes | None
 
 
+@attrs.frozen
+class _StoredCommand:
+    """A command as held in memory: a row as the SQL backends store it (COMMAND_COLUMNS), its
+    arguments encoded and checksummed, read back through the same decoding (so a caller never
+    holds the store's own dict)."""
+
+    id: int
+    saga_id: str
+    shard: int
+    verb: str
+    args: bytes
+    who: str
+    why: str
+    at: float
+    command_sum: int
+    state: str
+    outcome: str | None = None
+    done_at: float | None = None
+
+    def record(self) -> CommandRecord:
+        return command_record(attrs.astuple(self, recurse=False))
+
+
 class MemoryStore(SagaStore):
     """A :class:`SagaStore` held in dicts and lists; for tests and experiments only.
 
@@ -61,6 +94,8 @@ class MemoryStore(SagaStore):
         self._closed = False
         self._shards: int | None = None
         self._leases: dict[int, Lease] = {}
+        self._commands: dict[int, _StoredCommand] = {}
+        self._last_command = 0  # ids are never reused, as an autoincrement key's
 
     def apply(self, writes: Sequence[Write], lease: Lease | None = None) -> list[bool]:
         self._check_open()
@@ -68,10 +103,12 @@ class MemoryStore(SagaStore):
         # Stage every change first and publish only when the whole batch succeeded, so a write
         # that raises (an unencodable event detail, say) leaves nothing of the batch behind.
         staged: dict[str, SagaRecord] = {}
+        staged_commands: dict[int, _StoredCommand] = {}
         new_events: list[_StoredEvent] = []
         results: list[bool] = []
         for write in writes:
             current = staged.get(write.saga_id, self._sagas.get(write.saga_id))
+            incarnation: int | None
             if isinstance(write, NewSaga):
                 applied = current is None
                 incarnation = 1
@@ -92,10 +129,11 @@ class MemoryStore(SagaStore):
                         updated_at=at,
                     )
             elif isinstance(write, Transition):
+                fenced = CLOSED_STATUSES if write.reopen else TERMINAL_STATUSES
                 applied = (
                     current is not None
                     and current.incarnation == write.incarnation
-                    and current.status not in TERMINAL_STATUSES
+                    and current.status not in fenced
                     and current.snapshot_version < write.snapshot_version
                 )
                 incarnation = write.incarnation
@@ -110,9 +148,28 @@ class MemoryStore(SagaStore):
                         reason=write.reason,
                         updated_at=float(write.at),
                     )
+            elif isinstance(write, CommandDone):
+                check_done(write)
+                stored = staged_commands.get(write.command_id, self._commands.get(write.command_id))
+                applied = (
+                    stored is not None
+                    and stored.saga_id == write.saga_id
+                    and stored.state == PENDING
+                    and (
+                        write.incarnation is None
+                        or (current is not None and current.incarnation == write.incarnation)
+                    )
+                )
+                # Its events go to the row's incarnation; without a row there is no timeline.
+                incarnation = None if current is None else current.incarnation
+                if applied:
+                    assert stored is not None
+                    staged_commands[write.command_id] = attrs.evolve(
+                        stored, state=write.state, outcome=write.outcome, done_at=float(write.at)
+                    )
             else:  # pragma: no cover - guarded by the type checker
                 raise TypeError(f"not a store write: {write!r}")
-            if applied:
+            if applied and incarnation is not None:
                 first_seq = self._next_seq() + len(new_events)
                 new_events.extend(
                     self._stored(first_seq + offset, write.saga_id, incarnation, event)
@@ -120,6 +177,7 @@ class MemoryStore(SagaStore):
                 )
             results.append(applied)
         self._sagas.update(staged)
+        self._commands.update(staged_commands)
         self._events.extend(new_events)
         if lease is not None:
             self._set_blame(lease.shard, ())
@@ -146,6 +204,37 @@ class MemoryStore(SagaStore):
             results.append(applied)
         self._events.extend(new_events)
         return results
+
+    def submit(self, command: OperatorCommand) -> CommandRecord:
+        self._check_open()
+        row = command_row(command)  # raises for unencodable arguments, before an id is used
+        self._last_command += 1
+        stored = _StoredCommand(self._last_command, *row)
+        self._commands[stored.id] = stored
+        return stored.record()
+
+    def commands(
+        self,
+        *,
+        shard: int | None = None,
+        saga_id: str | None = None,
+        pending: bool = True,
+        limit: int = 100,
+    ) -> list[CommandRecord]:
+        self._check_open()
+        found = [
+            stored.record()
+            for stored in self._commands.values()  # in id order: ids are inserted growing
+            if (not pending or stored.state == PENDING)
+            and (shard is None or stored.shard == shard)
+            and (saga_id is None or stored.saga_id == saga_id)
+        ]
+        return found if limit < 0 else found[:limit]
+
+    def command(self, command_id: int) -> CommandRecord | None:
+        self._check_open()
+        stored = self._commands.get(command_id)
+        return None if stored is None else stored.record()
 
     def get(self, saga_id: str) -> SagaRecord | None:
         self._check_open()

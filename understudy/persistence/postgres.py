@@ -59,12 +59,16 @@ from understudy.errors import CorruptRecord, LeaseLost, StoreError, StoreUnavail
 from understudy.persistence import integrity, pg_arrays, redact, secrets_in
 from understudy.persistence.base import (
     ACTIVE_STATUSES,
+    PENDING,
     RUNNING,
     TERMINAL_STATUSES,
+    CommandDone,
+    CommandRecord,
     EventRecord,
     Lease,
     NewSaga,
     Note,
+    OperatorCommand,
     SagaRecord,
     SagaStore,
     Transition,
@@ -80,11 +84,18 @@ from understudy.persistence.pg_arrays import (
     columns,
 )
 from understudy.persistence.rows import (
+    CLOSED_STATUSES,
+    COMMAND_COLUMNS,
+    COMMAND_INSERT_COLUMNS,
     EVENT_COLUMNS,
     EVENT_INSERT_COLUMNS,
     SAGA_COLUMNS,
+    check_done,
     chunks,
     claimed_event_rows,
+    command_query,
+    command_record,
+    command_row,
     event_record,
     event_rows,
     pack_about,
@@ -92,6 +103,7 @@ from understudy.persistence.rows import (
     saga_record,
     saga_sums,
     shard_count_mismatch,
+    submitted,
     unpack_about,
     unpack_blame,
 )
@@ -167,11 +179,34 @@ _SCHEMA: Final = (
         blame BYTEA
     )""",
 )
+# Added after schema 2 was out: opening an older store for writing runs these alone (see
+# _set_up), which lock no table a running saga host writes. The pending index is all a saga
+# host's poll of its shard reads.
+_COMMANDS_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS understudy_commands (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        saga_id TEXT NOT NULL,
+        shard INTEGER NOT NULL,
+        verb TEXT NOT NULL,
+        args BYTEA NOT NULL,
+        who TEXT NOT NULL,
+        why TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        command_sum BIGINT,
+        state TEXT NOT NULL,
+        outcome TEXT,
+        done_at DOUBLE PRECISION
+    )""",
+    """CREATE INDEX IF NOT EXISTS understudy_commands_pending
+        ON understudy_commands (shard, id) WHERE state = 'pending'""",
+    "CREATE INDEX IF NOT EXISTS understudy_commands_saga ON understudy_commands (saga_id, id)",
+)
 
 # Explicit, so that a database whose default isolation is another keeps these rules.
 _BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _BEGIN_READ = "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY"
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
+_CLOSED_SQL = "(" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
 _ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
 # The database's clock, never a node's: every lease is compared against this one clock.
 _DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
@@ -190,7 +225,7 @@ _INSERT_SAGAS = (
     "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
 )
 # Fenced exactly as SQLite's: the writer's incarnation, not terminal, an older snapshot.
-_TRANSITIONS = (
+_TRANSITION = (
     "UPDATE understudy_sagas AS s SET status = w.status, snapshot = w.snapshot, "
     "snapshot_version = w.snapshot_version, recovery_attempts = w.recovery_attempts, "
     "reason = w.reason, updated_at = w.at, snapshot_sum = w.snapshot_sum "
@@ -198,8 +233,34 @@ _TRANSITIONS = (
     "%b::bigint[], %b::text[], %b::float8[], %b::bigint[]) AS w(saga_id, incarnation, status, "
     "snapshot, snapshot_version, recovery_attempts, reason, at, snapshot_sum) "
     "WHERE s.saga_id = w.saga_id AND s.incarnation = w.incarnation "
-    f"AND s.status NOT IN {_TERMINAL_SQL} AND s.snapshot_version < w.snapshot_version "
+    "AND s.status NOT IN {} AND s.snapshot_version < w.snapshot_version "
     "RETURNING s.saga_id"
+)
+_TRANSITIONS = _TRANSITION.format(_TERMINAL_SQL)
+# Transitions with reopen, which may also take up a saga parked as failed: a statement of their
+# own (sent only in a batch that has one), so the common one keeps its columns and its plan.
+_REOPENS = _TRANSITION.format(_CLOSED_SQL)
+# Commands done, fenced as SQLite's: still pending, and the saga's row at the writer's
+# incarnation (NULL: whatever the row, or none). The row's incarnation comes back for the
+# events (NULL without a row: no events). A later layer of the batch than the saga's other
+# writes (see _plan), so it sees them. Both fences hold under READ COMMITTED: a second
+# transaction marking the same command waits for the first's row lock, then finds it no longer
+# pending (an UPDATE re-checks its WHERE on the newest row version); and the saga's row is read
+# FOR SHARE, so a claim in flight is waited for and its new incarnation seen (a plain join would
+# read the incarnation as of the statement's start).
+_COMMANDS_DONE = (
+    "UPDATE understudy_commands AS c SET state = w.state, outcome = w.outcome, done_at = w.at "
+    "FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::text[], "
+    "%b::float8[]) AS w(id, saga_id, incarnation, state, outcome, at) "
+    "LEFT JOIN LATERAL (SELECT incarnation FROM understudy_sagas "
+    "WHERE saga_id = w.saga_id FOR SHARE) AS s ON true "
+    f"WHERE c.id = w.id AND c.saga_id = w.saga_id AND c.state = '{PENDING}' "
+    "AND (w.incarnation IS NULL OR s.incarnation = w.incarnation) "
+    "RETURNING c.saga_id, s.incarnation"
+)
+_INSERT_COMMAND = (
+    f"INSERT INTO understudy_commands ({COMMAND_INSERT_COLUMNS}) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
 )
 # Rows come out of unnest in array order, so seq numbers them in the order they were written.
 _INSERT_EVENTS = (
@@ -304,6 +365,8 @@ class PostgresStore(SagaStore):
         self._conn: Connection | None = None
         self._closed = False
         self._commit_sent = False
+        # Whether the commands table is there; _set_up finds out at every (re)connection.
+        self._commands_table = False
         self._conn = self._open()
 
     def __repr__(self) -> str:
@@ -371,14 +434,21 @@ class PostgresStore(SagaStore):
                 "synchronous_commit = on) or role, or pass allow_async_commit=True to accept "
                 "that risk"
             )
-        found = self._schema_version(conn)
+        found, has_commands = self._schema_version(conn)
+        if found is None and self.read_only:
+            raise StoreError(
+                f"saga store {self.where} holds no understudy tables; start understudy on "
+                "it once (it creates them) before opening it read-only"
+            )
         if found is None:
-            if self.read_only:
-                raise StoreError(
-                    f"saga store {self.where} holds no understudy tables; start understudy on "
-                    "it once (it creates them) before opening it read-only"
-                )
-            found = self._create_schema(conn)
+            found = self._create_schema(conn, _SCHEMA + _COMMANDS_SCHEMA)
+            has_commands = True
+        elif found == SCHEMA_VERSION and not has_commands and not self.read_only:
+            # A store from before the commands table gains it; a read-only one goes without,
+            # reading no commands.
+            found = self._create_schema(conn, _COMMANDS_SCHEMA)
+            has_commands = True
+        self._commands_table = has_commands
         if found != SCHEMA_VERSION:
             raise StoreError(
                 f"saga store {self.where} has schema version {found}, this understudy expects "
@@ -386,26 +456,30 @@ class PostgresStore(SagaStore):
             )
 
     @staticmethod
-    def _schema_version(conn: Connection) -> int | None:
-        """The schema version, or None when the tables are not there (no lock taken: opening a
-        store that exists, the common case, never waits for another opener)."""
-        row = conn.execute("SELECT to_regclass('understudy_meta') IS NOT NULL").fetchone()
+    def _schema_version(conn: Connection) -> tuple[int | None, bool]:
+        """The schema version, or None when the tables are not there, and whether the commands
+        table is (no lock taken: opening a store that exists, the common case, never waits for
+        another opener)."""
+        row = conn.execute(
+            "SELECT to_regclass('understudy_meta') IS NOT NULL, "
+            "to_regclass('understudy_commands') IS NOT NULL"
+        ).fetchone()
         version = None
         if row is not None and row[0]:
             found = conn.execute(
                 "SELECT value FROM understudy_meta WHERE key = 'schema_version'"
             ).fetchone()
             version = None if found is None else int(found[0])
-        return version
+        return version, row is not None and bool(row[1])
 
     @staticmethod
-    def _create_schema(conn: Connection) -> int:
+    def _create_schema(conn: Connection, statements: Sequence[str]) -> int:
         with _pipeline(conn):
             conn.execute(_BEGIN)
             # Held until COMMIT: a second process opening the fresh database waits here, then
             # finds every table there and creates nothing.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for statement in _SCHEMA:
+            for statement in statements:
                 conn.execute(statement)
             conn.execute(
                 "INSERT INTO understudy_meta (key, value) VALUES ('schema_version', %s) "
@@ -643,7 +717,7 @@ class PostgresStore(SagaStore):
             # so every saga row this transaction touches is touched under the shard's lock.
             fence = conn.execute(_FENCE, (_NOBODY, lease.shard, lease.epoch)) if lease else None
             runs = [
-                (conn.execute(sql, columns(_KINDS[sql], rows)), indexes)
+                (sql, conn.execute(sql, columns(_KINDS[sql], rows)), indexes)
                 for sql, indexes, rows in _plan(writes)
             ]
             pipe.sync()
@@ -652,15 +726,28 @@ class PostgresStore(SagaStore):
             if blame is not None:
                 failpoints.hit("host.before_commit")
             results = [False] * len(writes)
-            for cursor, indexes in runs:
+            # Where a command's events go: its saga row's incarnation (None: no row, no events).
+            found: dict[int, int | None] = {}
+            for sql, cursor, indexes in runs:
+                returned = cursor.fetchall()
                 # Within a run every saga id is distinct: the ids returned are the writes applied.
-                applied = {row[0] for row in cursor.fetchall()}
+                applied = {row[0] for row in returned}
                 for index in indexes:
                     results[index] = writes[index].saga_id in applied
+                if sql == _COMMANDS_DONE:
+                    incarnation_of = {row[0]: row[1] for row in returned}  # None: no row
+                    found.update((i, incarnation_of.get(writes[i].saga_id)) for i in indexes)
             events: list[tuple[Any, ...]] = []
-            for write, done in zip(writes, results, strict=True):
-                if done and write.events:
-                    incarnation = 1 if isinstance(write, NewSaga) else write.incarnation
+            for index, write in enumerate(writes):
+                if not (results[index] and write.events):
+                    continue
+                if isinstance(write, NewSaga):
+                    incarnation: int | None = 1
+                elif isinstance(write, Transition):
+                    incarnation = write.incarnation
+                else:
+                    incarnation = found[index]
+                if incarnation is not None:
                     events += event_rows(write.saga_id, incarnation, write.events)
             # Second round trip: the whole batch's timeline rows and the COMMIT, together.
             if events:
@@ -769,6 +856,57 @@ class PostgresStore(SagaStore):
             self._connection()  # a closed store still says so
             return []
         return self._run(f"noting events of {len(notes)} saga(s)", body)
+
+    # --- operators' commands ----------------------------------------------------------------
+
+    def submit(self, command: OperatorCommand) -> CommandRecord:
+        row = command_row(command)
+        doing = f"submitting a command for saga {command.saga_id!r}"
+        if not self._has_commands():
+            # Only a read-only store of a database from before the table lacks it: say what any
+            # write to a read-only store says, not that a table is missing.
+            refusal = psycopg.errors.ReadOnlySqlTransaction(
+                "cannot execute INSERT in a read-only transaction"
+            )
+            raise self._translate(refusal, doing, lost=False)
+
+        def body(conn: Connection, pipe: _Pipe) -> Callable[[], TupleRow | None]:
+            # No lease and no fence: anyone may submit. One round trip, durable at COMMIT.
+            return conn.execute(_INSERT_COMMAND, row).fetchone
+
+        inserted = self._run(doing, body)
+        assert inserted is not None  # INSERT ... RETURNING returns its row
+        return submitted(int(inserted[0]), row)
+
+    def commands(
+        self,
+        *,
+        shard: int | None = None,
+        saga_id: str | None = None,
+        pending: bool = True,
+        limit: int = 100,
+    ) -> list[CommandRecord]:
+        if not self._has_commands():
+            return []
+        sql, params = command_query("%s", shard, saga_id, pending, limit)
+        return [command_record(row) for row in self._read(sql, params)]
+
+    def command(self, command_id: int) -> CommandRecord | None:
+        if not self._has_commands():
+            return None
+        rows = self._read(
+            f"SELECT {COMMAND_COLUMNS} FROM understudy_commands WHERE id = %s", (command_id,)
+        )
+        return command_record(rows[0]) if rows else None
+
+    def _has_commands(self) -> bool:
+        """Whether the commands table is there: always on a store opened for writing; on a
+        read-only one of an older database, once a writer has opened it since (asked each time
+        until then, so a reader started before the upgrade sees commands after it)."""
+        if not self._commands_table:
+            rows = self._read("SELECT to_regclass('understudy_commands') IS NOT NULL")
+            self._commands_table = bool(rows[0][0])
+        return self._commands_table
 
     # --- ownership --------------------------------------------------------------------------
 
@@ -1014,7 +1152,7 @@ def _row(write: Write) -> tuple[str, tuple[Any, ...]]:
             snapshot_check,
         )
     if isinstance(write, Transition):
-        return _TRANSITIONS, (
+        return _REOPENS if write.reopen else _TRANSITIONS, (
             write.saga_id,
             write.incarnation,
             write.status,
@@ -1027,23 +1165,36 @@ def _row(write: Write) -> tuple[str, tuple[Any, ...]]:
                 write.saga_id, write.status, write.snapshot_version, write.snapshot, write.reason
             ),
         )
+    if isinstance(write, CommandDone):
+        check_done(write)
+        return _COMMANDS_DONE, (
+            write.command_id,
+            write.saga_id,
+            write.incarnation,
+            write.state,
+            write.outcome,
+            float(write.at),
+        )
     raise TypeError(f"not a store write: {write!r}")  # pragma: no cover - the type checker
 
 
 #: The element types of each batch statement's arrays, in parameter order (see pg_arrays).
+_TRANSITION_KINDS: Final = (
+    TextArray,
+    Int8Array,
+    TextArray,
+    ByteaArray,
+    Int8Array,
+    Int8Array,
+    TextArray,
+    Float8Array,
+    Int8Array,
+)
 _KINDS: Final[dict[str, tuple[type[PackedArray], ...]]] = {
     _INSERT_SAGAS: (TextArray, TextArray, Int8Array, ByteaArray, Float8Array, Int8Array, Int8Array),
-    _TRANSITIONS: (
-        TextArray,
-        Int8Array,
-        TextArray,
-        ByteaArray,
-        Int8Array,
-        Int8Array,
-        TextArray,
-        Float8Array,
-        Int8Array,
-    ),
+    _TRANSITIONS: _TRANSITION_KINDS,
+    _REOPENS: _TRANSITION_KINDS,
+    _COMMANDS_DONE: (Int8Array, TextArray, Int8Array, TextArray, TextArray, Float8Array),
 }
 #: Event rows as :func:`~understudy.persistence.rows.event_rows` gives them.
 _EVENT_KINDS: Final = (

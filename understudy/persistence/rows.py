@@ -14,7 +14,21 @@ from typing import Any
 from understudy import codec
 from understudy.errors import CorruptRecord, ShardCountMismatch
 from understudy.persistence import integrity
-from understudy.persistence.base import EVERYONE, Event, EventRecord, SagaRecord
+from understudy.persistence.base import (
+    APPLIED,
+    COMMAND_STATES,
+    COMPENSATED,
+    COMPLETED,
+    EVERYONE,
+    PENDING,
+    REFUSED,
+    CommandDone,
+    CommandRecord,
+    Event,
+    EventRecord,
+    OperatorCommand,
+    SagaRecord,
+)
 
 SAGA_COLUMNS = (
     "saga_id, definition, version, status, payload, snapshot, snapshot_version, incarnation, "
@@ -23,6 +37,14 @@ SAGA_COLUMNS = (
 EVENT_COLUMNS = "seq, saga_id, kind, at, step, attempt, incarnation, detail, detail_sum"
 #: The columns an event row is inserted with, in the order :func:`event_rows` gives them.
 EVENT_INSERT_COLUMNS = "saga_id, kind, at, step, attempt, incarnation, detail, detail_sum"
+#: The columns a command row is inserted with, in the order :func:`command_row` gives them:
+#: what was submitted, its checksum, and its state (pending).
+COMMAND_INSERT_COLUMNS = "saga_id, shard, verb, args, who, why, at, command_sum, state"
+#: A command row as read: its id, the inserted columns, then what its saga's owner writes.
+COMMAND_COLUMNS = f"id, {COMMAND_INSERT_COLUMNS}, outcome, done_at"
+#: The statuses even a Transition with ``reopen`` may not leave: a saga parked as failed can be
+#: taken up again, one that completed or compensated has done everything it ever will.
+CLOSED_STATUSES = (COMPLETED, COMPENSATED)
 CHUNK = 500  # ids per IN (...) list: well under every backend's limit on bound parameters
 
 
@@ -139,6 +161,93 @@ def claimed_event_rows(
             record.saga_id, record.incarnation, [Event("claimed", at, detail=detail)]
         )
     return rows
+
+
+def command_row(command: OperatorCommand) -> tuple[Any, ...]:
+    """An insert row (as :data:`COMMAND_INSERT_COLUMNS`) for a command just submitted: pending,
+    its arguments encoded (unencodable ones raise :class:`~understudy.errors.PayloadError`)."""
+    args = codec.encode(command.args, "command arguments")
+    check = integrity.command_sum(
+        command.saga_id, command.shard, command.verb, args, command.who, command.why
+    )
+    return (
+        command.saga_id,
+        command.shard,
+        command.verb,
+        args,
+        command.who,
+        command.why,
+        float(command.at),
+        check,
+        PENDING,
+    )
+
+
+def submitted(command_id: int, row: tuple[Any, ...]) -> CommandRecord:
+    """The record of a command just inserted as ``row`` (:func:`command_row`) under
+    ``command_id``: decoded from the stored bytes, as a later read returns it."""
+    return command_record((command_id, *row, None, None))
+
+
+def command_record(row: Sequence[Any]) -> CommandRecord:
+    """A :class:`CommandRecord` from a row selected as :data:`COMMAND_COLUMNS`; a row that fails
+    its checksum, holds arguments that do not decode to a dict, or has no known state comes back
+    with ``corrupt`` set (and empty arguments), never raised."""
+    command_id, saga_id, shard, verb, args, who, why, at, check, state, outcome, done_at = row
+    args = bytes(args)
+    decoded: Any = {}
+    damage = None
+    what = f"command {command_id} of saga {saga_id!r}"
+    if check != integrity.command_sum(saga_id, shard, verb, args, who, why):
+        damage = f"{what} fails its checksum (the stored row is damaged)"
+    elif state not in COMMAND_STATES:
+        damage = f"{what} has the unknown state {str(state)[:20]!r} (the stored row is damaged)"
+    else:
+        try:
+            decoded = codec.decode(args, what)
+        except CorruptRecord as exc:
+            damage = str(exc)
+        if not isinstance(decoded, dict):
+            decoded, damage = {}, damage or f"the arguments of {what} are not a map"
+    return CommandRecord(
+        command_id, saga_id, shard, verb, decoded, who, why, at, state, outcome, done_at, damage
+    )
+
+
+def check_done(write: CommandDone) -> None:
+    """A CommandDone must end its command: one that wrote ``pending`` again would let the
+    command be applied a second time."""
+    if write.state not in (APPLIED, REFUSED):
+        raise ValueError(
+            f"command {write.command_id} of saga {write.saga_id!r} can only be marked "
+            f"{APPLIED!r} or {REFUSED!r}, not {write.state!r}"
+        )
+
+
+def command_query(
+    mark: str, shard: int | None, saga_id: str | None, pending: bool, limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The query of :meth:`~understudy.persistence.base.SagaStore.commands` and its parameters
+    (``mark`` is the backend's placeholder). The pending test is written out, not bound: only
+    then do both databases use the partial index of pending commands a saga host polls."""
+    where: list[str] = []
+    params: list[Any] = []
+    if pending:
+        where.append(f"state = '{PENDING}'")
+    if shard is not None:
+        where.append(f"shard = {mark}")
+        params.append(shard)
+    if saga_id is not None:
+        where.append(f"saga_id = {mark}")
+        params.append(saga_id)
+    sql = f"SELECT {COMMAND_COLUMNS} FROM understudy_commands"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id"
+    if limit >= 0:  # a negative limit is no limit, as list_sagas has it
+        sql += f" LIMIT {mark}"
+        params.append(limit)
+    return sql, tuple(params)
 
 
 def chunks(items: Sequence[str], mark: str) -> Iterator[tuple[str, tuple[str, ...]]]:

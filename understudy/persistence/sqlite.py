@@ -25,23 +25,34 @@ from understudy.persistence import integrity
 from understudy.persistence.base import (
     ACTIVE_STATUSES,
     EVERYONE,
+    PENDING,
     RUNNING,
     TERMINAL_STATUSES,
+    CommandDone,
+    CommandRecord,
     EventRecord,
     Lease,
     NewSaga,
     Note,
+    OperatorCommand,
     SagaRecord,
     SagaStore,
     Transition,
     Write,
 )
 from understudy.persistence.rows import (
+    CLOSED_STATUSES,
+    COMMAND_COLUMNS,
+    COMMAND_INSERT_COLUMNS,
     EVENT_COLUMNS,
     EVENT_INSERT_COLUMNS,
     SAGA_COLUMNS,
+    check_done,
     chunks,
     claimed_event_rows,
+    command_query,
+    command_record,
+    command_row,
     event_record,
     event_rows,
     pack_about,
@@ -49,6 +60,7 @@ from understudy.persistence.rows import (
     saga_record,
     saga_sums,
     shard_count_mismatch,
+    submitted,
     unpack_about,
     unpack_blame,
 )
@@ -99,13 +111,49 @@ CREATE TABLE IF NOT EXISTS understudy_shards (
     about BLOB,
     blame BLOB
 );
+CREATE TABLE IF NOT EXISTS understudy_commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    saga_id TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    verb TEXT NOT NULL,
+    args BLOB NOT NULL,
+    who TEXT NOT NULL,
+    why TEXT NOT NULL,
+    at REAL NOT NULL,
+    command_sum INTEGER,
+    state TEXT NOT NULL,
+    outcome TEXT,
+    done_at REAL
+);
+CREATE INDEX IF NOT EXISTS understudy_commands_pending
+    ON understudy_commands (shard, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS understudy_commands_saga ON understudy_commands (saga_id, id);
 """
 
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
+_CLOSED_SQL = "(" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
 _ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
 _EVENTS_SQL = f"SELECT {EVENT_COLUMNS} FROM understudy_events WHERE saga_id = ? ORDER BY seq"
 _INSERT_EVENT = (
     f"INSERT INTO understudy_events ({EVENT_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A Transition's fence: the writer's incarnation, not terminal (not closed, with reopen: a saga
+# parked as failed is taken up again), an older snapshot.
+_TRANSITION = (
+    "UPDATE understudy_sagas SET status = ?, snapshot = ?, snapshot_version = ?, "
+    "recovery_attempts = ?, reason = ?, updated_at = ?, snapshot_sum = ? "
+    "WHERE saga_id = ? AND incarnation = ? AND status NOT IN {} AND snapshot_version < ?"
+)
+_TRANSITIONS = {False: _TRANSITION.format(_TERMINAL_SQL), True: _TRANSITION.format(_CLOSED_SQL)}
+# A command is done once: only while pending, and only while its saga's row is at the writer's
+# incarnation (NULL: whatever the row, or none).
+_COMMAND_DONE = (
+    "UPDATE understudy_commands SET state = ?, outcome = ?, done_at = ? "
+    f"WHERE id = ? AND saga_id = ? AND state = '{PENDING}' AND (? IS NULL OR EXISTS "
+    "(SELECT 1 FROM understudy_sagas WHERE saga_id = ? AND incarnation = ?))"
+)
+_INSERT_COMMAND = (
+    f"INSERT INTO understudy_commands ({COMMAND_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 _NOBODY = pack_blame(())
@@ -161,6 +209,9 @@ class SQLiteStore(SagaStore):
         self.path = os.fspath(path)
         self._blame_files: dict[int, int] = {}
         self._blamed: set[int] = set()  # shards whose side file holds a blame to clear
+        # Opening for writing creates the commands table; a file from before it has none, which
+        # a read-only store looks for again when asked (see _has_commands).
+        self._commands_table = not read_only
         if read_only:
             self._open_read_only(busy_timeout)
             return
@@ -303,6 +354,7 @@ class SQLiteStore(SagaStore):
         with self._transaction(f"writing {len(writes)} saga record(s)") as conn:
             self._check_lease(conn, lease)
             for write in writes:
+                incarnation: int | None
                 if isinstance(write, NewSaga):
                     payload_check, snapshot_check = saga_sums(
                         write.saga_id,
@@ -334,11 +386,7 @@ class SQLiteStore(SagaStore):
                     incarnation = 1
                 elif isinstance(write, Transition):
                     cursor = conn.execute(
-                        "UPDATE understudy_sagas SET status = ?, snapshot = ?, "
-                        "snapshot_version = ?, recovery_attempts = ?, reason = ?, updated_at = ?, "
-                        "snapshot_sum = ? "
-                        f"WHERE saga_id = ? AND incarnation = ? AND status NOT IN {_TERMINAL_SQL} "
-                        "AND snapshot_version < ?",
+                        _TRANSITIONS[write.reopen],
                         (
                             write.status,
                             write.snapshot,
@@ -360,9 +408,11 @@ class SQLiteStore(SagaStore):
                     )
                     applied = cursor.rowcount == 1
                     incarnation = write.incarnation
+                elif isinstance(write, CommandDone):
+                    applied, incarnation = _command_done(conn, write)
                 else:  # pragma: no cover - guarded by the type checker
                     raise TypeError(f"not a store write: {write!r}")
-                if applied and write.events:
+                if applied and write.events and incarnation is not None:
                     events.extend(event_rows(write.saga_id, incarnation, write.events))
                 results.append(applied)
             # One statement for the whole batch's timeline rows, not one per saga.
@@ -393,6 +443,58 @@ class SQLiteStore(SagaStore):
                 results.append(found is not None)
             conn.executemany(_INSERT_EVENT, events)
         return results
+
+    # --- operators' commands ----------------------------------------------------------------
+
+    def submit(self, command: OperatorCommand) -> CommandRecord:
+        row = command_row(command)
+        doing = f"submitting a command for saga {command.saga_id!r}"
+        if not self._has_commands():
+            # Only a read-only store of a file from before the table lacks it: say what any
+            # write to a read-only store says, not that a table is missing.
+            raise _translate(
+                sqlite3.OperationalError("attempt to write a readonly database"), self.path, doing
+            )
+        # No lease: anyone may submit. The write lock waits busy_timeout for a saga host's
+        # batch, as every write does, and the commit is durable as theirs are.
+        with self._transaction(doing) as conn:
+            command_id = conn.execute(_INSERT_COMMAND, row).lastrowid
+        assert command_id is not None  # an INSERT into a rowid table always sets it
+        return submitted(command_id, row)
+
+    def commands(
+        self,
+        *,
+        shard: int | None = None,
+        saga_id: str | None = None,
+        pending: bool = True,
+        limit: int = 100,
+    ) -> list[CommandRecord]:
+        if not self._has_commands():
+            return []
+        sql, params = command_query("?", shard, saga_id, pending, limit)
+        return [command_record(row) for row in self._read(sql, params)]
+
+    def command(self, command_id: int) -> CommandRecord | None:
+        if not self._has_commands():
+            return None
+        rows = self._read(
+            f"SELECT {COMMAND_COLUMNS} FROM understudy_commands WHERE id = ?", (command_id,)
+        )
+        return command_record(rows[0]) if rows else None
+
+    def _has_commands(self) -> bool:
+        """Whether the commands table is there: always on a store opened for writing; on a
+        read-only one of an older file, once a writer has opened it since (asked each time
+        until then, so a reader started before the upgrade sees commands after it)."""
+        if not self._commands_table:
+            found = self._read(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'understudy_commands'"
+            )
+            self._commands_table = bool(found)
+        return self._commands_table
+
+    # --- sagas ------------------------------------------------------------------------------
 
     def get(self, saga_id: str) -> SagaRecord | None:
         row = self._read(
@@ -643,6 +745,33 @@ class SQLiteStore(SagaStore):
             os.close(fd)
         self._blame_files.clear()
         self._conn.close()
+
+
+def _command_done(conn: sqlite3.Connection, write: CommandDone) -> tuple[bool, int | None]:
+    """Apply ``write`` inside a batch's transaction (so it sees the batch's earlier writes):
+    whether it applied, and the incarnation its events go to (None: no saga row, no events)."""
+    check_done(write)
+    cursor = conn.execute(
+        _COMMAND_DONE,
+        (
+            write.state,
+            write.outcome,
+            write.at,
+            write.command_id,
+            write.saga_id,
+            write.incarnation,
+            write.saga_id,
+            write.incarnation,
+        ),
+    )
+    if cursor.rowcount != 1:
+        return False, None
+    if write.incarnation is not None:
+        return True, write.incarnation  # the fence just found the row at it
+    row = conn.execute(
+        "SELECT incarnation FROM understudy_sagas WHERE saga_id = ?", (write.saga_id,)
+    ).fetchone()
+    return True, None if row is None else int(row[0])
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

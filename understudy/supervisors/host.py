@@ -47,11 +47,13 @@ from understudy.errors import LeaseLost, StoreError
 from understudy.messages import SagaFinished, StepReply, StepRequest
 from understudy.persistence import SagaStore
 from understudy.persistence.base import (
+    CommandDone,
     Lease,
     NewSaga,
     SagaRecord,
     Transition,
 )
+from understudy.supervisors.commands import CommandIntake
 from understudy.supervisors.inflight import InFlight
 from understudy.supervisors.pacing import Pacing, Queued, SendWindow, WindowCheck
 from understudy.supervisors.policy import RestartWindow
@@ -61,6 +63,7 @@ from understudy.supervisors.protocol import (
     HostStarted,
     HostStartFailed,
     ParticipantTable,
+    PollCommands,
     Reload,
     RenewLease,
     RetrySetup,
@@ -101,7 +104,7 @@ class _Staged:
         self.new = new
 
 
-class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
+class SagaHost(ShardRecovery, CommandIntake, GroupCommit, OwnerWatch, ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.setup: HostSetup | None = None
@@ -132,6 +135,10 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
         # Stored rows of the sagas a batch of starts names, read with one query for the whole
         # batch (None: no batch is being handled); a start absent from it reads its own row.
         self.known: dict[str, SagaRecord | None] | None = None
+        # Operators' commands staged and not committed yet: the next poll must not apply them
+        # again while their batch is being written.
+        self.applying: set[int] = set()
+        self.polling = False
 
     # --- setup (recovery: see understudy.supervisors.recovery) -----------------------------
 
@@ -286,6 +293,8 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
             self._open_and_recover()
         elif isinstance(payload, RenewLease):
             self._renew()
+        elif isinstance(payload, PollCommands):
+            self._poll_commands()
         elif isinstance(payload, Reload):
             for saga_id in payload.saga_ids:
                 if saga_id not in self.sagas:
@@ -361,8 +370,17 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
 
     # --- running a saga, guarded ------------------------------------------------------------
 
-    def _run(self, saga: Saga, step: Any, new: NewSaga | None = None) -> None:
-        """Run one input through ``saga`` and stage the result; a crash restarts the saga."""
+    def _run(
+        self,
+        saga: Saga,
+        step: Any,
+        new: NewSaga | None = None,
+        done: CommandDone | None = None,
+        reopen: bool = False,
+    ) -> None:
+        """Run one input through ``saga`` and stage the result; a crash restarts the saga.
+        ``done``: the operator's command this input applies, committed with its transition
+        (``reopen``: to a saga parked as failed)."""
         try:
             commands = step()
             if commands is None:
@@ -387,8 +405,11 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
                     time.time(),
                     saga.state.reason,
                     saga.take_events(),
+                    reopen,
                 )
             )
+            if done is not None:
+                writes.append(done)
         except Exception as exc:
             self._crash(saga.saga_id, exc, new is not None)
             return
@@ -400,6 +421,11 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self._forget(saga_id)
         holder = _Staged(saga, [write], [finished], False)  # type: ignore[arg-type]
         self.batch.append(holder)
+        self.schedule_flush()
+
+    def _stage_done(self, done: CommandDone) -> None:
+        """Stage an operator's command refused: committed with the next batch."""
+        self.batch.append(_Staged(None, [done], [], False))  # type: ignore[arg-type]
         self.schedule_flush()
 
     def _crash(self, saga_id: str, exc: BaseException, new: bool) -> None:
@@ -497,6 +523,9 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
             return
         finally:
             self.uncommitted.difference_update(s.saga.saga_id for s in batch if s.new)
+            self.applying.difference_update(
+                w.command_id for s in batch for w in s.writes if isinstance(w, CommandDone)
+            )
         position = 0
         sent: list[tuple[Saga, StepRequest]] = []
         for staged in batch:
@@ -514,6 +543,8 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
             try:
                 if saga is not None:
                     self._working_on(saga.saga_id)
+                    if staged.writes and isinstance(staged.writes[-1], CommandDone):
+                        failpoints.hit("host.after_verb", saga.saga_id)
                 self._carry_out(saga, staged.commands, sent)
             except Exception as exc:
                 # The saga's state is durable, its commands only half done: restart it from
@@ -744,7 +775,11 @@ class SagaHost(ShardRecovery, GroupCommit, OwnerWatch, ActorTypeDispatcher):
         for staged in batch:
             saga = staged.saga
             if saga is None:  # a parked record: park it again after the reload
-                reload.extend(w.saga_id for w in staged.writes if w.saga_id not in reload)
+                reload.extend(
+                    w.saga_id
+                    for w in staged.writes
+                    if isinstance(w, Transition) and w.saga_id not in reload
+                )
                 continue
             self.sagas.pop(saga.saga_id, None)
             self._forget(saga.saga_id)

@@ -38,6 +38,7 @@ class HostSetup:
     app: tuple[int, str | None] | None = None  # the application process (pid, start)
     lease: Lease | None = None  # the shard's lease the start took, for the first host only
     limits: dict[str, int | None] = attrs.field(factory=dict)  # as in ParticipantTable
+    command_poll: float = 0.5  # seconds between looks for operators' commands to apply
 
 
 @attrs.frozen
@@ -101,6 +102,11 @@ class Tick:
     """The host's one armed wakeup, for the earliest deadline at ``at`` (wall clock)."""
 
     at: float
+
+
+@attrs.frozen
+class PollCommands:
+    """A host's reminder to look for operators' commands for its shard."""
 
 
 @attrs.frozen

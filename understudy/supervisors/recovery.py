@@ -132,6 +132,8 @@ class ShardRecovery:
 
         def _idle(self) -> None: ...
 
+        def _start_polling(self) -> None: ...
+
         def send(self, address: Any, message: Any) -> None: ...
 
         def wakeupAfter(self, delay: timedelta, payload: Any = None) -> None: ...
@@ -171,6 +173,7 @@ class ShardRecovery:
             self.wakeupAfter(seconds(SETUP_RETRY_DELAY), RetrySetup())
             return
         self.send(self.coordinator, HostReady(shard, os.getpid(), resumed))
+        self._start_polling()
 
     def receiveMsg_StandDown(self, msg: StandDown, sender: Any) -> None:
         # The runtime shuts its actor system down after a failed start; on the in-process base

@@ -1,0 +1,204 @@
+"""A saga host's intake of operators' commands: find the ones for its shard, apply each to its
+saga exactly once, or refuse it with the reason.
+
+An operator (``understudy cancel ...``, :class:`understudy.operate.Operator`) stores a command
+as pending; the host that owns the saga's shard looks for pending commands every
+``command_poll`` seconds (0.5 by default), applies the verb to the saga
+(:mod:`understudy.actors.verbs`) and commits the saga's transition and the command's
+:class:`~understudy.persistence.base.CommandDone` in one transaction, before anything the verb
+caused is sent (I3). A host that dies before that commit leaves the command pending, and the
+next holder of the shard applies it; a host that dies after it leaves it applied, and the next
+holder resends what the saga waits on: a verb is applied once, whatever crashes. A refusal is
+committed the same way, with an ``operator-refused`` event in the saga's timeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from understudy import failpoints
+from understudy.actors import verbs
+from understudy.actors.saga import Saga
+from understudy.errors import CorruptRecord, LeaseLost, StoreError, VerbRefused
+from understudy.persistence.base import (
+    APPLIED,
+    FAILED,
+    CommandDone,
+    CommandRecord,
+    NewSaga,
+    SagaRecord,
+)
+from understudy.supervisors.protocol import HostSetup, PollCommands
+
+if TYPE_CHECKING:
+    from understudy.definitions import SagaDefinition
+    from understudy.persistence import SagaStore
+    from understudy.persistence.base import Lease
+
+log = logging.getLogger("understudy.host")
+
+#: Commands looked at per poll: more wait for the next one, half a second later.
+POLL_LIMIT = 100
+
+
+class CommandIntake:
+    """Mixed into the saga host, which provides the state and methods below."""
+
+    setup: HostSetup | None
+    store: SagaStore | None
+    lease: Lease | None
+    lost: bool
+    stopped: bool
+    sagas: dict[str, Saga]
+    batch: list[Any]
+    applying: set[int]
+    polling: bool
+    definitions: dict[tuple[str, int], SagaDefinition]
+
+    if TYPE_CHECKING:
+
+        def _run(
+            self,
+            saga: Saga,
+            step: Any,
+            new: NewSaga | None = None,
+            done: CommandDone | None = None,
+            reopen: bool = False,
+        ) -> None: ...
+
+        def _stage_done(self, done: CommandDone) -> None: ...
+
+        def _lose_lease(self, exc: LeaseLost) -> None: ...
+
+        def _working_on(self, saga_id: str) -> None: ...
+
+        def _idle(self) -> None: ...
+
+        def wakeupAfter(self, delay: timedelta, payload: Any = None) -> None: ...
+
+    def _start_polling(self) -> None:
+        """Once the shard's sagas are resumed: look for commands from now on."""
+        if not self.polling:
+            self.polling = True
+            self._poll_commands()
+
+    def _poll_commands(self) -> None:
+        if self.store is None or self.lease is None or self.setup is None or self.lost:
+            return  # stopped or lost: the shard's next holder applies what is pending
+        try:
+            pending = self.store.commands(shard=self.setup.shard, limit=POLL_LIMIT)
+            for command in pending:
+                if command.id not in self.applying:
+                    self._apply_command(command)
+        except LeaseLost as exc:
+            self._lose_lease(exc)
+            return
+        except StoreError as exc:
+            log.warning("saga host %d could not read commands (%s)", self.setup.shard, exc)
+        self.wakeupAfter(timedelta(seconds=self.setup.command_poll), PollCommands())
+
+    def _apply_command(self, command: CommandRecord) -> None:
+        """Apply ``command`` to its saga, or refuse it; staged with the next batch."""
+        assert self.store is not None
+        now = time.time()
+        if command.corrupt is not None:
+            self._refuse(command, None, f"the stored command cannot be trusted: {command.corrupt}")
+            return
+        saga = self.sagas.get(command.saga_id)
+        reopen = False
+        if saga is None:
+            record = self.store.get(command.saga_id)
+            loaded = self._parked_saga(command, record)
+            if loaded is None:
+                return
+            saga, reopen = loaded, True
+            self.sagas[saga.saga_id] = saga
+        self.applying.add(command.id)
+        refused: list[str] = []
+
+        def step() -> Any:
+            # Inside the saga's guard: a bug here restarts the saga, as a crash would, and the
+            # command stays pending for its next incarnation.
+            failpoints.hit("host.before_verb", command.saga_id)
+            try:
+                return verbs.operate(
+                    saga, command.verb, command.args, command.who, command.why, command.id, now
+                )
+            except VerbRefused as exc:
+                refused.append(str(exc))
+                return None
+
+        done = CommandDone(command.id, saga.saga_id, saga.incarnation, APPLIED, "applied", now)
+        self._working_on(saga.saga_id)
+        self._run(saga, step, done=done, reopen=reopen)
+        self._idle()
+        if self.sagas.get(saga.saga_id) is not saga:
+            # The saga crashed applying it (and restarts from its snapshot): nothing of the
+            # command is staged, so it stays pending and the next poll applies it again.
+            self.applying.discard(command.id)
+            return
+        if refused:
+            if reopen:
+                self.sagas.pop(saga.saga_id, None)  # still parked: it leaves memory again
+            self.applying.discard(command.id)
+            self._refuse(command, saga.incarnation, refused[0])
+        else:
+            log.info(
+                "saga %s: %s by %s applied (%s)",
+                saga.saga_id,
+                command.verb,
+                command.who,
+                command.why,
+            )
+
+    def _parked_saga(self, command: CommandRecord, record: SagaRecord | None) -> Saga | None:
+        """The saga of a command that is not in memory, when it is parked and can be acted on;
+        otherwise the command is refused (unknown, finished, unreadable, no definition) or
+        left for a later poll (a saga being reloaded) and None is returned."""
+        if record is None:
+            self._refuse(command, None, f"no saga with id {command.saga_id!r} in this store")
+            return None
+        if record.status != FAILED:
+            if record.terminal:
+                self._refuse(
+                    command,
+                    record.incarnation,
+                    f"cannot {command.verb} saga {command.saga_id!r}: it is {record.status}, "
+                    "and a finished saga is never changed",
+                )
+            elif (record.definition, record.version) not in self.definitions:
+                self._refuse(
+                    command,
+                    record.incarnation,
+                    f"saga {command.saga_id!r} is pinned to definition {record.definition!r} "
+                    f"v{record.version}, which the runtime owning it does not have; start one "
+                    "with that version registered",
+                )
+            # else: unfinished and not in memory yet (being reloaded): the next poll applies it
+            return None
+        definition = self.definitions.get((record.definition, record.version))
+        if definition is None:
+            self._refuse(
+                command,
+                record.incarnation,
+                f"saga {command.saga_id!r} is pinned to definition {record.definition!r} "
+                f"v{record.version}, which this runtime does not have",
+            )
+            return None
+        try:
+            return Saga.from_record(record, definition)
+        except CorruptRecord as exc:
+            self._refuse(
+                command, record.incarnation, f"the saga's stored state cannot be read: {exc}"
+            )
+            return None
+
+    def _refuse(self, command: CommandRecord, incarnation: int | None, reason: str) -> None:
+        log.info(  # an operator's mistake, answered to them: not the runtime's problem
+            "saga %s: %s by %s refused: %s", command.saga_id, command.verb, command.who, reason
+        )
+        self.applying.add(command.id)
+        self._stage_done(verbs.refusal(command, incarnation, reason, time.time()))

@@ -224,6 +224,7 @@ def test_resolve_settles_debt_and_the_saga_goes_on_compensating() -> None:
     }
     done = finish(saga.on_reply(answer(next_undo), 5.0))
     assert done is not None and done.status == COMPENSATED
+    assert done.reason == "step 'reserve' was rejected: no", "why it compensated, not the debt"
 
 
 def test_abandon_records_every_outstanding_compensation_as_debt_and_never_reports_compensated() -> (
@@ -284,7 +285,7 @@ def test_snapshots_written_before_the_verbs_existed_still_restore() -> None:
 
     saga, _out = at_step(1)
     old = codec.decode(saga.snapshot(), "snapshot")
-    for later in ("paused", "held", "debt", "stopped_in"):
+    for later in ("paused", "held", "debt", "stopped_in", "cause"):
         del old[later]
     back = Saga.restore("s", ORDER, {}, 2, codec.encode(old, "snapshot"), 1, 0)
     assert back.state.debt == [] and back.state.paused is None

@@ -100,10 +100,13 @@ class SagaState:
     # entry leaves only when a retry pays it or an operator resolves it (I2).
     debt: list[list[Any]] = attrs.field(factory=list)
     stopped_in: str | None = None  # the phase a parked saga stopped in (running, compensating)
+    # Why it is compensating (the abort's reason): a saga parked while compensating has another
+    # reason meanwhile, and says this one again when it ends compensated.
+    cause: str | None = None
 
 
 _STATE_FIELDS = tuple(field.name for field in attrs.fields(SagaState))
-_LATER_FIELDS = frozenset({"paused", "held", "debt", "stopped_in"})
+_LATER_FIELDS = frozenset({"paused", "held", "debt", "stopped_in", "cause"})
 _STATE_VALUES = operator.attrgetter(*_STATE_FIELDS)  # every field's value, in one C call
 _PHASES = (RUNNING, COMPENSATING, *TERMINAL_STATUSES)
 _ACTIVE = (RUNNING, COMPENSATING)
@@ -199,6 +202,8 @@ def _check_operated(s: SagaState, n: int) -> str | None:
         return f"compensation debt in a {s.phase} saga"
     if s.stopped_in not in (None, RUNNING, COMPENSATING, OVERFLOW):
         return f"stopped in unknown phase {str(s.stopped_in)[:20]!r}"
+    if s.cause is not None and not isinstance(s.cause, str):
+        return "cause is not text"
     return None
 
 
@@ -473,7 +478,7 @@ class Saga:
     def _abort(self, reason: str, now: float) -> list[Command]:
         s = self.state
         s.phase = COMPENSATING
-        s.reason = reason
+        s.reason = s.cause = reason
         s.pending = s.waiting = s.held = None
         self._event(
             "aborted",
@@ -506,7 +511,7 @@ class Saga:
             # Never reported compensated while a compensation is owed: it stays parked, its
             # debt listed, until a retry pays it or an operator resolves it.
             return self._park(s.reason or "compensations are owed", now)
-        return self._finish(COMPENSATED, s.reason, (), now)
+        return self._finish(COMPENSATED, s.cause or s.reason, (), now)
 
     def _park(self, reason: str, now: float) -> list[Command]:
         s = self.state

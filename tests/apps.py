@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from understudy import SagaFinished, StartRejected, StartSaga
+from understudy import SagaEvent, SagaFinished, StartRejected, StartSaga, Subscribe, Subscribed
 from understudy.actors.system import ActorTypeDispatcher
 from understudy.messages import QueryStatus, SagaStatus
 
@@ -47,3 +47,38 @@ class Shop(ActorTypeDispatcher):  # type: ignore[misc]
 
     def receiveMsg_SagaStatus(self, msg: SagaStatus, sender: Any) -> None:
         self.send(self.asked.pop(msg.saga_id), msg)
+
+
+@attrs.frozen
+class Listen:
+    """Ask a Listener to subscribe to ``definition``'s lifecycle events at ``coordinator``."""
+
+    coordinator: Any
+    definition: str | None = None
+
+
+@attrs.frozen
+class Heard:
+    """Ask a Listener for the lifecycle events it received so far."""
+
+
+class Listener(ActorTypeDispatcher):  # type: ignore[misc]
+    """An application actor that subscribes to lifecycle events and keeps what it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[SagaEvent] = []
+        self.asker: Any = None
+
+    def receiveMsg_Listen(self, msg: Listen, sender: Any) -> None:
+        self.asker = sender
+        self.send(msg.coordinator, Subscribe(definition=msg.definition))
+
+    def receiveMsg_Subscribed(self, msg: Subscribed, sender: Any) -> None:
+        self.send(self.asker, msg)
+
+    def receiveMsg_SagaEvent(self, msg: SagaEvent, sender: Any) -> None:
+        self.events.append(msg)
+
+    def receiveMsg_Heard(self, msg: Heard, sender: Any) -> None:
+        self.send(sender, tuple(self.events))

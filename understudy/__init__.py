@@ -28,6 +28,7 @@ from understudy.errors import (
     UnknownParticipant,
     VerbRefused,
 )
+from understudy.lifecycle import SagaEvent, Subscribe, Subscribed, Unsubscribe
 from understudy.messages import (
     ParticipantReady,
     QueryStatus,
@@ -41,6 +42,7 @@ from understudy.messages import (
 from understudy.operate import Debt, Operator
 from understudy.persistence.base import COMPENSATED, COMPLETED, FAILED, CommandRecord, SagaRecord
 from understudy.runtime import Understudy
+from understudy.subscription import Subscription
 from understudy.supervisors.coordinator import Coordinator
 from understudy.supervisors.policy import RestartPolicy
 from understudy.supervisors.protocol import CoordinatorReady, HostsInfo, StartCoordinator
@@ -78,6 +80,7 @@ __all__ = [
     "RetryPolicy",
     "SagaAccepted",
     "SagaDefinition",
+    "SagaEvent",
     "SagaFinished",
     "SagaNotFound",
     "SagaRecord",
@@ -92,10 +95,14 @@ __all__ = [
     "StoreError",
     "StoreInUse",
     "StoreUnavailable",
+    "Subscribe",
+    "Subscribed",
+    "Subscription",
     "Understudy",
     "UnderstudyError",
     "UnknownDefinition",
     "UnknownParticipant",
+    "Unsubscribe",
     "VerbRefused",
     "action",
     "compensation",

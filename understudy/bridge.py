@@ -47,6 +47,7 @@ from understudy.actors.plumbing import Batch, Stop
 from understudy.actors.system import PoisonMessage
 from understudy.actors.watch import ProcessIdentity, is_running, process_identity
 from understudy.errors import ActorSystemError, CoordinatorGone
+from understudy.lifecycle import SagaEvent, Subscribe, Subscribed
 from understudy.messages import (
     AddParticipant,
     ParticipantReady,
@@ -114,6 +115,9 @@ class Bridge(threading.Thread):
         self._next_check = 0.0
         self._next_sweep = 0.0
         self._token = f"bridge-{os.getpid()}-{id(self):x}"
+        #: Lifecycle subscriptions of this runtime, by id: the events the coordinator sends
+        #: here are delivered into them (see understudy.subscription).
+        self.subscriptions: dict[str, Any] = {}
 
     def submit(self, message: Any, key: Any) -> concurrent.futures.Future[Any]:
         """Send ``message`` to the coordinator; the future resolves with the reply for ``key``,
@@ -192,6 +196,9 @@ class Bridge(threading.Thread):
             return
         waiting = self.waiting
         for _message, key, future in batch:
+            if key is None:  # told, no reply expected
+                future.set_result(None)
+                continue
             futures = waiting.get(key)
             if futures is None:
                 waiting[key] = [future]
@@ -235,6 +242,8 @@ class Bridge(threading.Thread):
             for future in futures:
                 _fail(future, reason)
         self.waiting.clear()
+        for subscription in list(self.subscriptions.values()):
+            subscription.end(reason)
         while True:
             try:
                 item = self.commands.get_nowait()
@@ -297,6 +306,11 @@ class Bridge(threading.Thread):
             for message in reply.messages:
                 self._resolve(message)
             return
+        if isinstance(reply, SagaEvent):
+            subscription = self.subscriptions.get(reply.subscription_id)
+            if subscription is not None:
+                subscription.deliver(reply)
+            return
         if isinstance(reply, (SagaFinished, SagaAccepted, StartRejected)):
             key: Any = ("request", reply.request_id)
         elif isinstance(reply, ParticipantReady):
@@ -310,6 +324,8 @@ class Bridge(threading.Thread):
             key = ("pong", reply.token)
         elif isinstance(reply, CoordinatorReady):
             key = ("ready",)
+        elif isinstance(reply, Subscribed):
+            key = ("subscribed", reply.subscription_id)
         elif isinstance(reply, PoisonMessage):
             self._poisoned(reply)
             return
@@ -370,6 +386,8 @@ def _request_key(message: Any) -> Any:
         return ("pong", "stop")
     if isinstance(message, Ping):
         return ("pong", message.token)
+    if isinstance(message, Subscribe):
+        return ("subscribed", message.subscription_id)
     return None
 
 

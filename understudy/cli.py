@@ -426,9 +426,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"understudy: error: {exc}", file=sys.stderr)
             return 2
     if args.command == "serve":
-        from understudy import serve
+        from understudy.serve import run as serve
 
-        return serve.run(args.store, host=args.host, port=args.port)
+        return serve(args.store, host=args.host, port=args.port)
     try:
         with open_store(args.store, read_only=True) as store:
             if args.command == "show" and args.html:

@@ -65,6 +65,7 @@ from understudy.errors import (
     UnknownParticipant,
 )
 from understudy.failpoints import Fault
+from understudy.lifecycle import Subscribe, Unsubscribe, check_kinds
 from understudy.messages import (
     AddParticipant,
     SagaAccepted,
@@ -75,6 +76,7 @@ from understudy.messages import (
 from understudy.operate import Operator
 from understudy.persistence import SagaStore, open_store, redact
 from understudy.persistence.base import SagaRecord
+from understudy.subscription import Subscription
 from understudy.supervisors.coordinator import Coordinator
 from understudy.supervisors.leases import (
     DEFAULT_TTL,
@@ -108,6 +110,11 @@ def _rejection_error(reply: StartRejected) -> UnderstudyError:
     return _ERRORS.get(reply.error, SagaRejected)(reply.reason)
 
 
+#: Threads that read the store for asyncio queries (status_async): SQLite readers do not block
+#: one another, and two keep one slow read from holding up the rest.
+ASYNC_READERS = 2
+
+
 class Understudy:
     """An understudy runtime embedded in this process: actor system, coordinator, hosts.
 
@@ -135,6 +142,9 @@ class Understudy:
         self._readers: list[SagaStore] = []
         self._admin: set[int] = set()
         self._readers_lock = threading.Lock()
+        # The threads asyncio queries read the store in (each with its own reader, opened once):
+        # a query costs a hop to one of them, not a connection and a thread of its own.
+        self._async_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._tokens = itertools.count()
         self._client_id = f"{os.getpid()}-{id(self):x}"
         self._runtime_id = ""  # set by start: the holder of this runtime's shard leases
@@ -446,19 +456,21 @@ class Understudy:
         return self.record(saga_id).status
 
     async def status_async(self, saga_id: str) -> str:
-        """asyncio twin of :meth:`status`: SQLite is read through aiosqlite, a database
-        server through this runtime's reader in a worker thread (its driver is synchronous)."""
-        if "://" in self._store_config.location:
-            return (await asyncio.to_thread(self.record, saga_id)).status
-        from understudy.persistence.aio import open_async_reader
-
-        async with open_async_reader(self._store_config.location) as reader:
-            record = await reader.get(saga_id)
-        if record is None:
-            raise SagaNotFound(
-                f"no saga with id {saga_id!r} in {redact(self._store_config.location)!r}"
-            )
+        """asyncio twin of :meth:`status`. The store is read in one of two threads this runtime
+        keeps for asyncio queries, each with its reader open for the runtime's life, so that
+        thousands of concurrent calls cost the event loop a hand-off each, never a connection
+        or a thread of their own."""
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(self._async_readers(), self.record, saga_id)
         return record.status
+
+    def _async_readers(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._readers_lock:
+            if self._async_pool is None:
+                self._async_pool = concurrent.futures.ThreadPoolExecutor(
+                    ASYNC_READERS, thread_name_prefix="understudy-reader"
+                )
+            return self._async_pool
 
     def operator(self, who: str | None = None, wait: float = 10.0) -> Operator:
         """Operators' verbs (cancel, pause, resume, retry, skip, resolve, abandon) and
@@ -495,6 +507,64 @@ class Understudy:
         reply = _result(future, timeout, name)
         if reply.error:
             raise ActorSystemError(f"participant {name!r} could not start: {reply.error}")
+
+    def subscribe(
+        self,
+        definition: str | None = None,
+        saga_id: str | None = None,
+        kinds: Sequence[str] | None = None,
+        *,
+        buffer: int = 10_000,
+        timeout: float = 10.0,
+    ) -> Subscription:
+        """Lifecycle events (:mod:`understudy.lifecycle`) of every saga, of one definition's
+        or of one saga's, of every kind or of ``kinds``, as they are committed from now on:
+        iterate the :class:`~understudy.subscription.Subscription` (``for``, or ``async for``
+        in asyncio code) and close it when done (it is a context manager). A reader that falls
+        more than ``buffer`` events behind loses the oldest. Returns once every saga host
+        sends them. Unknown kinds raise :class:`ValueError`."""
+        checked = check_kinds(kinds)
+        subscription_id = f"sub-{uuid.uuid4().hex[:12]}"
+        bridge = self._bridge
+        subscription = Subscription(
+            subscription_id, buffer, lambda: self._unsubscribe(subscription_id)
+        )
+        bridge.subscriptions[subscription_id] = subscription
+        try:
+            reply = _result(
+                bridge.submit(
+                    Subscribe(definition, saga_id, checked, subscription_id),
+                    ("subscribed", subscription_id),
+                ),
+                timeout,
+                "a subscription to lifecycle events",
+            )
+        except BaseException:
+            bridge.subscriptions.pop(subscription_id, None)
+            raise
+        if reply.error:
+            bridge.subscriptions.pop(subscription_id, None)
+            raise ValueError(reply.error)
+        return subscription
+
+    async def subscribe_async(
+        self,
+        definition: str | None = None,
+        saga_id: str | None = None,
+        kinds: Sequence[str] | None = None,
+        *,
+        buffer: int = 10_000,
+        timeout: float = 10.0,
+    ) -> Subscription:
+        """asyncio twin of :meth:`subscribe` (it waits for the saga hosts without blocking the
+        event loop): ``async for event in await us.subscribe_async(...)``."""
+        return await asyncio.to_thread(
+            self.subscribe, definition, saga_id, kinds, buffer=buffer, timeout=timeout
+        )
+
+    def _unsubscribe(self, subscription_id: str) -> None:
+        self._bridge.subscriptions.pop(subscription_id, None)
+        self._bridge.submit(Unsubscribe(subscription_id), None)
 
     def hosts(self, timeout: float = 10.0) -> HostsInfo:
         """Pids of the saga hosts and participants (for crash tests and diagnostics)."""
@@ -536,6 +606,9 @@ class Understudy:
         self._bridge.join(timeout=30)
         with self._readers_lock:
             readers, self._readers = self._readers, []
+            pool, self._async_pool = self._async_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         for reader in readers:  # every thread's, so that no connection outlives the runtime
             reader.close()
         self._local = threading.local()

@@ -145,14 +145,7 @@ class CommandIntake:
                 self.sagas.pop(saga.saga_id, None)  # still parked: it leaves memory again
             self.applying.discard(command.id)
             self._refuse(command, saga.incarnation, refused[0])
-        else:
-            log.info(
-                "saga %s: %s by %s applied (%s)",
-                saga.saga_id,
-                command.verb,
-                command.who,
-                command.why,
-            )
+        # Applied: logged (understudy.saga) once committed, with the saga's other events.
 
     def _parked_saga(self, command: CommandRecord, record: SagaRecord | None) -> Saga | None:
         """The saga of a command that is not in memory, when it is parked and can be acted on;

@@ -48,6 +48,7 @@ from understudy.messages import (
     StartSaga,
 )
 from understudy.persistence import open_store
+from understudy.supervisors.fanout import EventFanout
 from understudy.supervisors.host import SagaHost, shard_of
 from understudy.supervisors.leases import RUNNING_HERE
 from understudy.supervisors.policy import RestartWindow
@@ -107,9 +108,10 @@ class _Child:
         self.pid = 0
 
 
-class Coordinator(OwnerWatch, ActorTypeDispatcher):
+class Coordinator(EventFanout, OwnerWatch, ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
+        self._fanout_init()
         self.setup: CoordinatorSetup | None = None
         # No store connection stays open here: on multi-process bases this process forks every
         # saga host and participant, and a SQLite connection open across fork() breaks the
@@ -279,6 +281,7 @@ class Coordinator(OwnerWatch, ActorTypeDispatcher):
                 dict(self.limits),
             ),
         )
+        self._send_table_to(address)
 
     def _create_participant(self, spec: AddParticipant) -> None:
         try:

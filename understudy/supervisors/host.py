@@ -55,6 +55,7 @@ from understudy.persistence.base import (
 )
 from understudy.supervisors.commands import CommandIntake
 from understudy.supervisors.inflight import InFlight
+from understudy.supervisors.notify import Notifier
 from understudy.supervisors.pacing import Pacing, Queued, SendWindow, WindowCheck
 from understudy.supervisors.policy import RestartWindow
 from understudy.supervisors.protocol import (
@@ -104,7 +105,9 @@ class _Staged:
         self.new = new
 
 
-class SagaHost(ShardRecovery, CommandIntake, GroupCommit, OwnerWatch, ActorTypeDispatcher):
+class SagaHost(
+    ShardRecovery, CommandIntake, Notifier, GroupCommit, OwnerWatch, ActorTypeDispatcher
+):
     def __init__(self) -> None:
         super().__init__()
         self.setup: HostSetup | None = None
@@ -553,6 +556,8 @@ class SagaHost(ShardRecovery, CommandIntake, GroupCommit, OwnerWatch, ActorTypeD
                     self._crash(saga.saga_id, exc, new=False)
         if self.pacing.ready:
             self._pump(sent)  # behind this batch's own requests, which queued behind them
+        if self.watchers or self.logging_events:
+            self._notify(batch, results)
         self._send_outbox()
         self._after_sends(sent)
         self._idle()

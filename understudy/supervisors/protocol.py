@@ -9,6 +9,7 @@ import attrs
 
 from understudy.definitions import SagaDefinition
 from understudy.failpoints import Fault
+from understudy.lifecycle import SagaEvent, Subscribe
 from understudy.persistence.base import Lease
 from understudy.supervisors.policy import RestartPolicy
 
@@ -102,6 +103,29 @@ class Tick:
     """The host's one armed wakeup, for the earliest deadline at ``at`` (wall clock)."""
 
     at: float
+
+
+@attrs.frozen
+class SubscriptionTable:
+    """The coordinator's subscriptions (``version`` counts changes): a saga host sends the
+    lifecycle events they match to the coordinator after each commit, and answers
+    :class:`SubscriptionsApplied`."""
+
+    version: int
+    filters: tuple[Subscribe, ...]
+
+
+@attrs.frozen
+class SubscriptionsApplied:
+    shard: int
+    version: int
+
+
+@attrs.frozen
+class SagaEvents:
+    """Lifecycle events a saga host committed, for the coordinator to hand to subscribers."""
+
+    events: tuple[SagaEvent, ...]
 
 
 @attrs.frozen

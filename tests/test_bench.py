@@ -195,3 +195,19 @@ def test_the_chart_is_drawn_when_matplotlib_is_installed(
     results, _table = smoke
     path = render_chart(results, tmp_path / "figures.png")
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_status_async_bench_runs_and_prints_its_ratios() -> None:
+    """``python -m bench.status_async`` (small sizes): both ways answer every call."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.status_async", "30", "200", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "status_async: 200 concurrent calls beside 30 sagas, 1 rounds each"
+    assert all("failed calls: 0" in line for line in lines[1:3])
+    assert lines[3].startswith("  shared / per-call: stall x")

@@ -21,7 +21,15 @@ import attrs
 import pytest
 from conftest import STORES, order_definition, start_runtime, store_location, stored, timeline
 
-from understudy import COMPENSATED, COMPLETED, FAILED, RetryPolicy, SagaDefinition, Understudy
+from understudy import (
+    COMPENSATED,
+    COMPLETED,
+    FAILED,
+    RetryPolicy,
+    SagaDefinition,
+    Understudy,
+    diagnosis,
+)
 from understudy.errors import SagaNotFound, VerbRefused
 from understudy.failpoints import Fault
 from understudy.operate import Operator
@@ -290,3 +298,63 @@ def test_the_command_line_verbs_and_debt(
     assert understudy("debt", saga_store).stdout.strip() == "no compensation debt"
     usage = understudy("skip", saga_store, "cli-1", "--why", "x", "--step", "charge")
     assert usage.returncode == 2 and "--result" in usage.stderr
+
+
+def test_a_paused_saga_says_who_paused_it_and_a_pending_verb_is_shown(
+    tmp_path: Path, saga_store: str, start: Callable[..., Understudy]
+) -> None:
+    from understudy.cli import main
+
+    us = start([slow_charge()])
+    waiting_in_backoff(us, "w-1", {"fail": {"charge": 1}})
+    with us.operator(who="hana") as op:
+        op.pause("w-1", why="the provider is in maintenance")
+    with open_store(saga_store, read_only=True) as store:
+        record = store.get("w-1")
+        assert record is not None
+        found = diagnosis.waiting_on(store, record)
+    assert isinstance(found.wait, diagnosis.Paused)
+    assert (found.wait.who, found.wait.why) == ("hana", "the provider is in maintenance")
+    assert isinstance(found.wait.then, diagnosis.Backoff), "it still waits for its retry"
+    assert not found.is_stuck, "a pause is an operator's choice, not a stuck saga"
+    us.shutdown()
+    with Operator(saga_store, who="ivan", wait=0.2) as op:
+        assert op.resume("w-1", why="maintenance over").state == PENDING
+    import contextlib
+    import io
+
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        assert main(["show", saga_store, "w-1"]) == 0
+    text = shown.getvalue()
+    assert "paused by hana" in text and "the provider is in maintenance" in text
+    assert "operators' commands not applied yet" in text
+    assert "resume by ivan" in text and "maintenance over" in text
+
+
+def test_a_start_while_an_operator_holds_a_shard_waits_for_it(
+    tmp_path: Path, saga_store: str
+) -> None:
+    import threading
+
+    from understudy.supervisors.leases import OPERATOR_HOLDER, about_me
+
+    with start_runtime(tmp_path, [slow_charge()], store=saga_store) as us:
+        waiting_in_backoff(us, "h-1", {"fail": {"charge": 1}})
+    with open_store(saga_store) as store:
+        lease = store.acquire(0, f"{OPERATOR_HOLDER}test", 30.0, about_me(None))
+        assert lease is not None
+
+    def let_go() -> None:
+        with open_store(saga_store) as other:
+            other.expire(0, lease.epoch)
+
+    timer = threading.Timer(1.0, let_go)
+    timer.start()
+    try:
+        with start_runtime(tmp_path, [slow_charge()], store=saga_store) as us:
+            with us.operator(who="judy") as op:
+                op.cancel("h-1", why="after the operator let go")
+            assert us.wait("h-1", timeout=30).status == COMPENSATED
+    finally:
+        timer.join()

@@ -311,6 +311,14 @@ def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
         print(f"  waiting: {diagnosis.describe_stuck(found)}")
         for line in diagnosis.describe(found):
             print(f"    {line}")
+    pending = store.commands(saga_id=saga_id)
+    if pending:
+        print("  operators' commands not applied yet (the saga's owner applies them):")
+        for command in pending:
+            print(
+                f"    {command.verb} by {command.who} {_iso(command.at)}: "
+                f"{_shorten(command.why)} (command {command.id})"
+            )
     _timeline(record, events, labels)
     return 0
 

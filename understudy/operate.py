@@ -53,7 +53,7 @@ from understudy.persistence.base import (
     OperatorCommand,
     Transition,
 )
-from understudy.supervisors.leases import about_me, take_over_dead
+from understudy.supervisors.leases import OPERATOR_HOLDER, about_me, take_over_dead
 from understudy.supervisors.recovery import shard_of
 
 __all__ = ["Debt", "Operator", "default_who"]
@@ -190,7 +190,7 @@ class Operator:
     def _apply_here(self, command: CommandRecord) -> None:
         """Apply ``command`` in this process when nobody owns its saga's shard."""
         store = self._store
-        holder = f"operator:{uuid.uuid4().hex[:12]}"
+        holder = f"{OPERATOR_HOLDER}{uuid.uuid4().hex[:12]}"
         lease = store.acquire(command.shard, holder, OPERATOR_LEASE_TTL, about_me(None))
         if lease is None and take_over_dead(store, store.leases()[command.shard]):
             lease = store.acquire(command.shard, holder, OPERATOR_LEASE_TTL, about_me(None))

@@ -28,6 +28,9 @@ from understudy.persistence.base import Lease, SagaStore
 #: Seconds a shard lease lasts unless renewed; hosts renew every third of it.
 DEFAULT_TTL = 10.0
 
+#: How an operator applying a verb itself names itself as a shard's holder (for a moment).
+OPERATOR_HOLDER = "operator:"
+
 #: The ids of the runtimes running in this process. A lease that names this very process as its
 #: holder for a runtime not among them is left over from one that stopped or failed here (its
 #: shutdown hung, or its failed start could not give its leases back): it is as good as dead.
@@ -110,7 +113,9 @@ def claim_shards(
             taken[lease.shard] = lease
             continue
         holder = store.leases()[current.shard]
-        if holder_state(holder) == "orphan":
+        if holder_state(holder) == "orphan" or holder.holder.startswith(OPERATOR_HOLDER):
+            # Let go of soon: an orphaned host winding down, or an operator applying a verb
+            # (for a moment). The shard's host takes it once it is free.
             continue
         for mine in taken.values():
             store.blame(mine, mine.blamed)  # what the previous holder left stays for the next

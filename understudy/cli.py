@@ -30,10 +30,12 @@ from understudy import cli_verbs, codec, diagnosis
 from understudy.definitions import SagaDefinition
 from understudy.diagnosis import iso as _iso
 from understudy.errors import CorruptRecord, UnderstudyError
+from understudy.operate import debts
 from understudy.persistence import open_store, redact
 from understudy.persistence.base import (
     ACTIVE_STATUSES,
     ALL_STATUSES,
+    FAILED,
     EventRecord,
     SagaRecord,
     SagaStore,
@@ -143,6 +145,7 @@ def cmd_list(
     limit: int,
     stuck: bool = False,
     margin: float = diagnosis.DEFAULT_MARGIN,
+    path: str = "STORE",
 ) -> int:
     """Print counts by status, then one line per saga, newest first, then what each unfinished
     saga listed waits on; with ``stuck``, only the unfinished sagas past their expected time."""
@@ -150,6 +153,13 @@ def cmd_list(
     known = [s for s in ALL_STATUSES if s in counts] + sorted(set(counts) - set(ALL_STATUSES))
     summary = ", ".join(f"{counts[s]} {s}" for s in known) or "none"
     print(f"{sum(counts.values())} saga(s): {summary}")
+    owed = debts(store) if counts.get(FAILED) else []
+    if owed:
+        sagas = len({d.saga_id for d in owed})
+        print(
+            f"compensation debt: {len(owed)} owed by {sagas} saga(s) "
+            f"(understudy debt {redact(path)} lists them)"
+        )
     if stuck:
         unfinished = sum(counts.get(s, 0) for s in ACTIVE_STATUSES)
         found = [
@@ -311,10 +321,10 @@ def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
         print(f"  waiting: {diagnosis.describe_stuck(found)}")
         for line in diagnosis.describe(found):
             print(f"    {line}")
-    pending = store.commands(saga_id=saga_id)
-    if pending:
+    queued = store.commands(saga_id=saga_id)
+    if queued:
         print("  operators' commands not applied yet (the saga's owner applies them):")
-        for command in pending:
+        for command in queued:
             print(
                 f"    {command.verb} by {command.who} {_iso(command.at)}: "
                 f"{_shorten(command.why)} (command {command.id})"
@@ -444,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 return picture.write_html(store, args.store, args.saga_id, args.html)
             if args.command == "list":
-                return cmd_list(store, args.status, args.limit, args.stuck, args.margin)
+                return cmd_list(store, args.status, args.limit, args.stuck, args.margin, args.store)
             if args.command == "check-inflight":
                 return cmd_check_inflight(store, definitions, args.definitions)
             return cmd_show(store, args.store, args.saga_id, args.json)

@@ -288,6 +288,8 @@ def test_the_command_line_verbs_and_debt(
     assert refused.returncode == 1
     assert "refused: cannot pause saga 'cli-1'" in refused.stderr
     assert understudy("cancel", saga_store, "cli-1", "--why", "no").returncode == 0
+    listed = understudy("list", saga_store).stdout.splitlines()
+    assert listed[1].startswith("compensation debt: 1 owed by 1 saga(s) (understudy debt ")
     debt = understudy("debt", saga_store)
     assert debt.returncode == 0
     assert "1 compensation(s) owed" in debt.stdout and "inventory.release" in debt.stdout

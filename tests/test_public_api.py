@@ -36,6 +36,8 @@ PUBLIC = [
     "Irreversible",
     "LeaseLost",
     "LedgerError",
+    "Local",
+    "LocalStepFailed",
     "Operator",
     "Participant",
     "ParticipantReady",

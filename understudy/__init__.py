@@ -16,6 +16,7 @@ from understudy.errors import (
     DefinitionError,
     LeaseLost,
     LedgerError,
+    LocalStepFailed,
     PayloadError,
     SagaNotFound,
     SagaRejected,
@@ -29,6 +30,7 @@ from understudy.errors import (
     VerbRefused,
 )
 from understudy.lifecycle import SagaEvent, Subscribe, Subscribed, Unsubscribe
+from understudy.local import Local
 from understudy.messages import (
     ParticipantReady,
     QueryStatus,
@@ -69,6 +71,8 @@ __all__ = [
     "Irreversible",
     "LeaseLost",
     "LedgerError",
+    "Local",
+    "LocalStepFailed",
     "Operator",
     "Participant",
     "ParticipantReady",

@@ -11,6 +11,8 @@ an exception of the same meaning, the error subclasses it too, so ``except Timeo
     ├── UnknownParticipant (LookupError)  a definition names a participant that is not registered
     ├── SagaNotFound (LookupError)        a status query for a saga id the store does not hold
     ├── SagaRejected                      the coordinator refused to start a saga
+    ├── LocalStepFailed                   a step of a local transaction failed: nothing was kept
+    ├── VerbRefused                       an operator's verb would break an invariant: not applied
     ├── StoreError                        the saga store failed; driver errors are translated here
     │   ├── StoreUnavailable              locked, busy, read-only or unwritable database
     │   ├── CorruptRecord                 a stored row that fails to decode or its checksum
@@ -26,6 +28,8 @@ Messages name the saga, the step or the file concerned and say what to do next.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class UnderstudyError(Exception):
@@ -54,6 +58,21 @@ class SagaNotFound(UnderstudyError, LookupError):
 
 class SagaRejected(UnderstudyError):
     """The coordinator refused to start a saga; the message says why."""
+
+
+class LocalStepFailed(UnderstudyError):
+    """A step of a :class:`Local` transaction failed, and nothing any step wrote was kept.
+
+    ``step`` names it; the step's own exception is ``__cause__`` (none when the step broke the
+    transaction itself without raising: the message says how)."""
+
+    def __init__(self, message: str, step: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps ``step`` when pickled (a multi-process actor system pickles what it sends).
+        return (type(self), (str(self), self.step))
 
 
 class VerbRefused(UnderstudyError):

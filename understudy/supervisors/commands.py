@@ -108,7 +108,9 @@ class CommandIntake:
             self._refuse(command, None, f"the stored command cannot be trusted: {command.corrupt}")
             return
         saga = self.sagas.get(command.saga_id)
-        reopen = False
+        # A saga parked by a batch not committed yet is still in memory, and parked in the store
+        # by the time this transition commits (after that batch): it reopens it too.
+        reopen = saga is not None and saga.status == FAILED
         if saga is None:
             record = self.store.get(command.saga_id)
             loaded = self._parked_saga(command, record)

@@ -605,9 +605,12 @@ class SagaHost(
             elif isinstance(command, Finish):
                 assert saga is not None
                 failpoints.hit("host.after_terminal", saga.saga_id)
-                self.sagas.pop(saga.saga_id, None)
-                self.windows.pop(saga.saga_id, None)
-                self._forget(saga.saga_id)
+                if saga.terminal:
+                    # Not when an operator's verb, staged in this batch after the end, took
+                    # the parked saga up again: it goes on in memory.
+                    self.sagas.pop(saga.saga_id, None)
+                    self.windows.pop(saga.saga_id, None)
+                    self._forget(saga.saga_id)
                 self._post(
                     self.coordinator,
                     SagaFinished(

@@ -31,7 +31,13 @@ from understudy.actors.ledger import PostgresLedger
 from understudy.definitions import SagaDefinition, Step
 from understudy.errors import LedgerError
 from understudy.persistence import redact
-from understudy.persistence.base import Event, NewSaga, Transition
+from understudy.persistence.base import (
+    CommandDone,
+    Event,
+    NewSaga,
+    OperatorCommand,
+    Transition,
+)
 from understudy.persistence.sqlite import SQLiteStore
 from understudy.supervisors.policy import RestartPolicy
 from understudy.testing import ChaosRunner, Participants, Scenario, single_fault
@@ -88,6 +94,12 @@ class Story:
         return self.events, self.effects
 
 
+def operator_event(verb: str, command: int, at: float, **args: Any) -> Event:
+    """The ``operator`` event of an applied verb (the story's clock: it is in the timeline)."""
+    detail = {"verb": verb, "who": "alice", "why": "test", "command": command, **args}
+    return Event("operator", at, detail=detail)
+
+
 def completed_story(saga_id: str) -> Timeline:
     """Intents at T, T+1, T+2; completed at T+3."""
     return Story(saga_id).step("do", 0).step("do", 1).step("do", 2).end("completed")
@@ -134,9 +146,11 @@ class Run:
         attempts: int | None = None,
         before: Iterable[Event] = (),
         claims: int = 0,
+        state: dict[str, Any] | None = None,
     ) -> None:
         """Write the saga: ``before`` with its start, then ``claims`` recoveries through the
-        store's own claim (recorded as "claimed" events), then ``story`` in one transition."""
+        store's own claim (recorded as "claimed" events), then ``story`` in one transition.
+        ``state``: more of its snapshot (its stack, debt, results)."""
         events, effects = story
         self.submitted.append(SagaStart(saga_id, "order", {"sku": "x"}))
         self.acknowledged.add(saga_id)
@@ -148,6 +162,7 @@ class Run:
             assert self.store.claim(saga_id, recovery=True, at=T + 0.9 + n / 100) is not None
         end = max((e.at for e in events), default=T) + 0.01
         snapshot: dict[str, Any] = {"phase": status, "outstanding": list(outstanding)}
+        snapshot.update(state or {})
         attempts = claims if attempts is None else attempts
         encoded = codec.encode(snapshot)
         change = Transition(
@@ -156,6 +171,16 @@ class Run:
         assert self.store.apply([change]) == [True]
         for step, kind, outcome, at in effects:
             self.effect(saga_id, step, kind, outcome, at)
+
+    def command(self, saga_id: str, verb: str, state: str = "applied", **args: Any) -> int:
+        """Store an operator's command for ``saga_id`` (written already) and mark it ``state``;
+        its number (commands are numbered from 1 in a fresh store). Its timeline events are the
+        story's: ``operator_event`` makes them."""
+        command = self.store.submit(OperatorCommand(saga_id, 0, verb, args, "alice", "test", T))
+        if state != "pending":
+            done = CommandDone(command.id, saga_id, None, state, state, T + 9)
+            assert self.store.apply([done]) == [True]
+        return command.id
 
     def effect(self, saga_id: str, step: int, kind: str, outcome: str, at: float) -> None:
         spec = ORDER.steps[step]
@@ -191,6 +216,8 @@ class Run:
         invariants: Iterable[Invariant] = (),
         min_completed: int = 0,
         policy: RestartPolicy | None = None,
+        by_hand: Iterable[tuple[str, int, str]] = (),
+        commands_settled: bool = False,
     ) -> Report:
         view = RunView(
             self.directory,
@@ -200,6 +227,8 @@ class Run:
             tuple(self.submitted),
             frozenset(self.acknowledged),
             policy or RestartPolicy(),
+            frozenset(by_hand),
+            commands_settled,
         )
         return check(view, invariants, min_completed)
 
@@ -688,3 +717,252 @@ def test_a_failing_chaos_run_keeps_its_postgres_ledgers_and_names_them(
                         sql.Identifier(dbname)
                     )
                 )
+
+
+# --- operators' verbs and compensation debt ----------------------------------------------------
+
+
+def cancelled_story(saga_id: str, compensate: Iterable[int] = (1, 0)) -> Story:
+    """create and reserve applied (T, T+1), cancelled by command 1 at T+2, then ``compensate``
+    compensated from T+3 (the terminal event is left to the test)."""
+    story = Story(saga_id).step("do", 0).step("do", 1)
+    story.events += [operator_event("cancel", 1, T + 2), Event("aborted", T + 2)]
+    story.at = T + 3
+    for step in compensate:
+        story.step("undo", step)
+    return story
+
+
+def test_a_cancelled_saga_with_its_verbs_recorded_once_passes(run: Run) -> None:
+    story = cancelled_story("s1")
+    story.events.append(Event("operator-refused", story.at, detail={"verb": "pause", "command": 2}))
+    run.saga("s1", "compensated", story.end("compensated"))
+    assert 1 == run.command("s1", "cancel")
+    assert 2 == run.command("s1", "pause", "refused")
+    report = run.check(commands_settled=True)
+    assert [] == found(report), str(report)
+    assert {"cancel applied": 1, "pause refused": 1} == dict(report.verbs)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "state", "detail"),
+    [
+        (2, "applied", "(retry by alice) is applied, but the timeline has 2 operator event(s)"),
+        (0, "applied", "is applied, but the timeline has 0 operator event(s) and 0 refusal"),
+        (1, "refused", "is refused, but the timeline has 1 operator event(s) and 0 refusal"),
+        (1, "pending", "is pending, but the timeline has 1 operator event(s)"),
+    ],
+    ids=["applied-twice", "applied-unrecorded", "refused-but-applied", "pending-but-applied"],
+)
+def test_each_command_is_applied_or_refused_exactly_once(
+    run: Run, recorded: int, state: str, detail: str
+) -> None:
+    events, effects = completed_story("s1")
+    verbs = [operator_event("retry", 1, T + 0.2 + n / 10) for n in range(recorded)]
+    run.saga("s1", "completed", ([*verbs, *events], effects))
+    run.command("s1", "retry", state)
+    report = run.check()
+    assert [("verb-once", "s1")] == found(report)
+    assert detail in report.violations[0].detail
+
+
+def test_a_pending_command_is_lost_only_when_a_runtime_ran_after_it(run: Run) -> None:
+    run.saga("s1", "completed", completed_story("s1"))
+    run.command("s1", "cancel", "pending")
+    assert [] == found(run.check())  # nothing ran after it: the next runtime applies it
+    report = run.check(commands_settled=True)
+    assert [("verb-once", "s1")] == found(report)
+    assert "still pending, though a runtime ran after it was stored" in str(report)
+
+
+def test_an_operator_event_names_a_command_the_store_holds(run: Run) -> None:
+    events, effects = completed_story("s1")
+    run.saga("s1", "completed", ([operator_event("retry", 7, T), *events], effects))
+    report = run.check()
+    assert [("verb-once", "s1")] == found(report)
+    assert "records command 7, which the store does not hold" in str(report)
+
+
+def test_a_cancel_compensates_everything_that_ran(run: Run) -> None:
+    story = cancelled_story("s1", compensate=(1,))  # create never compensated
+    run.saga("s1", "compensated", story.end("compensated"))
+    run.command("s1", "cancel")
+    report = run.check()
+    assert {("cancel", "s1"), ("compensated", "s1")} == set(found(report))
+    assert "steps ['create'] had run and were never compensated, resolved or owed" in str(report)
+
+
+def test_a_cancelled_saga_goes_no_further(run: Run) -> None:
+    story = cancelled_story("s1")
+    story.step("do", 2, "rejected")  # a forward intent after the cancel
+    run.saga("s1", "compensated", story.end("compensated"))
+    run.command("s1", "cancel")
+    report = run.check()
+    assert ("cancel", "s1") in found(report)
+    assert "went forward (intent of step 'charge') after it was cancelled by alice" in str(report)
+
+
+def test_a_compensation_resolved_by_hand_needs_no_effect(run: Run) -> None:
+    """After the cancel, reserve's compensation was resolved by an operator (done by hand,
+    outside the participants' ledgers): the saga is compensated with only create's undone."""
+    story = cancelled_story("s1", compensate=())
+    story.events += [
+        operator_event("resolve", 2, story.at, step=1),
+        Event("resolved", story.at, 1, detail={"name": "reserve", "who": "alice"}),
+    ]
+    story.at += 1
+    story.step("undo", 0)
+    run.saga("s1", "compensated", story.end("compensated"))
+    run.command("s1", "cancel")
+    run.command("s1", "resolve", step=1)
+    assert [] == found(run.check())
+
+
+def test_a_resolved_event_needs_an_applied_resolve(run: Run) -> None:
+    story = cancelled_story("s1", compensate=())
+    story.events.append(Event("resolved", story.at, 1, detail={"name": "reserve"}))
+    story.at += 1
+    story.step("undo", 0)
+    run.saga("s1", "compensated", story.end("compensated"))
+    run.command("s1", "cancel")
+    report = run.check()
+    assert ("skipped", "s1") in found(report)
+    assert "resolved step 'reserve' without an applied resolve before it" in str(report)
+
+
+DEBT = Event("debt", T + 5, 1, 3, {"name": "reserve", "error": "no reply", "attempts": 3})
+OWED = ["compensate step 'reserve' (release): owed, no reply", "compensate step 'create' (cancel)"]
+
+
+def owing_story(saga_id: str) -> Story:
+    """create and reserve applied, charge rejected, its refund a no-op, then reserve's release
+    failing on every attempt: reserve becomes debt at T+5 and the saga parks owing it."""
+    story = Story(saga_id).step("do", 0).step("do", 1).step("do", 2, "rejected")
+    story.step("undo", 2, "noop")
+    story.events += [intent(saga_id, 1, T + 4, "undo"), DEBT]
+    story.at = T + 6
+    return story
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "dropped"])
+def test_compensation_debt_is_never_dropped(run: Run, listed: bool) -> None:
+    debt = [[1, "no reply", 3, T + 5]] if listed else []
+    run.saga(
+        "s1",
+        "failed",
+        owing_story("s1").end("failed", outstanding=OWED),
+        outstanding=OWED,
+        state={"debt": debt, "stack": [0], "stopped_in": "compensating"},
+    )
+    report = run.check()
+    assert ([] if listed else [("debt", "s1")]) == found(report), str(report)
+    if not listed:
+        assert "step 'reserve' became debt and was neither paid nor settled" in str(report)
+
+
+def test_debt_settled_by_an_operator_or_paid_by_a_retry_is_gone(run: Run) -> None:
+    settled = owing_story("s1")
+    settled.events += [
+        Event("failed", settled.at),
+        operator_event("resolve", 1, settled.at + 1, step=1),
+        Event("debt-settled", settled.at + 1, 1, detail={"name": "reserve"}),
+    ]
+    settled.at += 2
+    settled.step("undo", 0)
+    run.saga("s1", "compensated", settled.end("compensated"))
+    run.command("s1", "resolve", step=1)
+    paid = owing_story("s2")
+    paid.events += [
+        Event("failed", paid.at),
+        operator_event("retry", 2, paid.at + 1),
+        Event("debt-retried", paid.at + 1, 1),
+    ]
+    paid.at += 2
+    paid.step("undo", 1).step("undo", 0)
+    run.saga("s2", "compensated", paid.end("compensated"))
+    run.command("s2", "retry")
+    report = run.check()
+    assert [] == found(report), str(report)
+
+
+def test_a_compensated_saga_owes_nothing(run: Run) -> None:
+    story = owing_story("s1")
+    story.step("undo", 0)
+    run.saga("s1", "compensated", story.end("compensated"), state={"debt": []})
+    report = run.check()
+    assert ("debt", "s1") in found(report)
+    assert "compensated, yet it owes ['reserve']" in str(report)
+
+
+@pytest.mark.parametrize("resumed", [True, False])
+def test_a_paused_saga_sends_nothing_until_resumed(run: Run, resumed: bool) -> None:
+    story = Story("s1").step("do", 0)
+    story.events.append(operator_event("pause", 1, story.at))
+    if resumed:
+        story.events.append(operator_event("resume", 2, story.at + 0.5))
+    story.at += 1
+    story.step("do", 1).step("do", 2)
+    run.saga("s1", "completed", story.end("completed"))
+    run.command("s1", "pause")
+    if resumed:
+        run.command("s1", "resume")
+    report = run.check()
+    assert ([] if resumed else [("paused", "s1")]) == found(report), str(report)
+    if not resumed:
+        assert "sent intent of step 'reserve' while paused by alice (command 1)" in str(report)
+
+
+@pytest.mark.parametrize("holds", [{"paid": "by hand"}, None], ids=["given", "other"])
+def test_a_skipped_step_needs_no_effect_and_holds_the_result_given(run: Run, holds: Any) -> None:
+    """reserve was skipped (done by hand outside the ledgers) with the result given: the saga
+    completes with no effect of reserve, and holds the result."""
+    story = Story("s1").step("do", 0)
+    story.events += [
+        operator_event("skip", 1, story.at, step=1, result={"paid": "by hand"}),
+        Event("skipped", story.at, 1, detail={"name": "reserve", "who": "alice"}),
+    ]
+    story.at += 1
+    story.step("do", 2)
+    run.saga("s1", "completed", story.end("completed"), state={"results": {"reserve": holds}})
+    run.command("s1", "skip", step=1, result={"paid": "by hand"})
+    report = run.check()
+    assert ([] if holds else [("skipped", "s1")]) == found(report), str(report)
+
+
+def test_a_parked_saga_taken_up_again_may_end_again(run: Run) -> None:
+    """Parked going forward (failed), retried by an operator, then completed: two terminal
+    events, legitimately; and its recoveries before the retry no longer park it."""
+    parked = ["finish step 'charge' (charge)"]
+    story = Story("s1").step("do", 0).step("do", 1)
+    claimed = Event("claimed", story.at, detail={"recovery_attempts": 5})  # past the cap
+    story.events += [
+        claimed,
+        Event("failed", story.at, detail={"outstanding": parked}),
+        operator_event("retry", 1, story.at + 0.5),
+    ]
+    story.at += 1
+    story.step("do", 2)
+    run.saga("s1", "completed", story.end("completed"))
+    run.command("s1", "retry")
+    assert [] == found(run.check(policy=RestartPolicy(max_recovery_attempts=2)))
+    again = Story("s2").step("do", 0).step("do", 1)
+    again.events.append(Event("failed", again.at))  # no verb took it up
+    again.step("do", 2)
+    run.saga("s2", "completed", again.end("completed"))
+    assert [("terminal-once", "s2")] == found(run.check())
+
+
+def test_ledger_rows_written_by_hand_need_no_intent(run: Run) -> None:
+    """The driver did reserve's release by hand (a resolve's work) before the saga recorded
+    any compensation intent for it: exempt from write-ahead, and only that row."""
+    story = cancelled_story("s1", compensate=(0,))
+    story.events += [
+        operator_event("resolve", 2, T + 2.5, step=1),
+        Event("resolved", T + 2.5, 1, detail={"name": "reserve"}),
+    ]
+    events, effects = story.end("compensated")
+    run.saga("s1", "compensated", (events, [*effects, (1, "undo", "applied", T + 2.2)]))
+    run.command("s1", "cancel")
+    run.command("s1", "resolve", step=1)
+    assert [("write-ahead", "s1")] == found(run.check())
+    assert [] == found(run.check(by_hand=[("s1", 1, "undo")]))

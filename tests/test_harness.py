@@ -1,7 +1,8 @@
 """The crash-injection harness, used on the demo's order saga as a user would use it on theirs.
 
 The exhaustive mode crashes every failpoint at every hit on both bases (a point whose crash is
-another's, SAME_CRASH, once), with the saga store in a SQLite file and in a PostgreSQL database;
+another's, SAME_CRASH, once; the points of operators' verbs with an operator story), with the
+saga store in a SQLite file and in a PostgreSQL database;
 a seeded random campaign with fixed seeds mixes every fault kind, on PostgreSQL the server's own
 (lost connections, serialization failures, deadlocks, statement timeouts, server restarts) too;
 a server restart while sagas are in flight and while the healing runtime recovers loses nothing;
@@ -50,12 +51,10 @@ STORE_POINTS = ("store.in_transaction", "store.claim", "store.after_commit")
 #: tested with the other message faults (test_failpoints), and campaigns draw it as before.
 #: test_a_point_left_out_of_the_crash_sweeps_is_hit_right_after_the_one_swept keeps this true.
 SAME_CRASH = {"participant.before_reply": "participant.after_apply"}
-#: Points hit only while an operator's verb is applied: the demo's sweeps run no verbs, so they
-#: are swept by the verbs' own crash tests (tests/test_verbs.py).
-VERB_POINTS = frozenset({"host.before_verb", "host.after_verb"})
-CRASH_POINTS = tuple(
-    point for point in POINTS if point not in SAME_CRASH and point not in VERB_POINTS
-)
+#: Every point is swept, ``host.before_verb`` and ``host.after_verb`` (hit only while a saga host
+#: applies an operator's verb) with the operator story the exhaustive mode gives them
+#: (``understudy.testing.schedule.verb_story``).
+CRASH_POINTS = tuple(point for point in POINTS if point not in SAME_CRASH)
 
 
 @pytest.fixture(params=STORES)

@@ -122,10 +122,16 @@ def test_drawn(chaos):
 """
 
 
+def docs_examples() -> list[str]:
+    """The user guide's ```python blocks, each a complete test module: the one to copy, then
+    the operators' one (which imports the first as ``test_transfer_saga``)."""
+    return re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.DOTALL)
+
+
 def docs_example() -> str:
-    """The single ```python block of the user guide: a complete test module."""
-    (code,) = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.DOTALL)
-    return code
+    """The user guide's test module to copy."""
+    first, _operators = docs_examples()
+    return first
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -189,6 +195,17 @@ def test_the_docs_example_collects_both_tests_and_its_campaign_passes(
         pytester, "--understudy-base", IN_PROCESS, "--understudy-runs", "2", "-k", "random"
     )
     result.assert_outcomes(passed=1, deselected=1)
+
+
+def test_the_docs_operators_example_passes(pytester: pytest.Pytester) -> None:
+    """The guide's operators' example, beside the module it imports, in-process: the
+    hand-written schedule's verbs are carried out, and the campaign with verbs passes."""
+    first, operators = docs_examples()
+    pytester.makepyfile(test_transfer_saga=first, test_operators=operators)
+    result = run(
+        pytester, "--understudy-base", IN_PROCESS, "--understudy-runs", "2", "test_operators.py"
+    )
+    result.assert_outcomes(passed=2)
 
 
 @pytest.mark.multiproc

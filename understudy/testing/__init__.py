@@ -16,6 +16,11 @@ Quick start (the pytest plugin gives you these as fixtures; see ``docs/testing.m
     for result in runner.exhaustive(sagas=2):
         result.report.assert_ok(result.schedule.describe())
 
+A schedule can also carry operators' verbs (:class:`OperatorAction`: cancel, pause, resume,
+retry, skip, resolve, abandon on a saga of the workload), which the runner carries out while
+the run is under fault and while it heals; ``campaign(verbs=N)`` draws N operator stories per
+run.
+
 ``ChaosRunner(..., store="postgresql://...")`` keeps each run's saga store in a fresh database
 on that server and adds the server's own faults (and, with ``restart_server``, restarts).
 Faults are armed at the named failpoints of :mod:`understudy.failpoints`. The checker reads only
@@ -32,6 +37,7 @@ from understudy.testing.checker import (
     Violation,
     check,
 )
+from understudy.testing.operators import VerbTaken
 from understudy.testing.runner import (
     ChaosRunner,
     Figures,
@@ -41,6 +47,7 @@ from understudy.testing.runner import (
 )
 from understudy.testing.schedule import (
     FaultSchedule,
+    OperatorAction,
     ServerRestart,
     random_schedule,
     single_fault,
@@ -56,6 +63,7 @@ __all__ = [
     "Figures",
     "Invariant",
     "InvariantViolation",
+    "OperatorAction",
     "Participants",
     "Report",
     "RunResult",
@@ -63,6 +71,7 @@ __all__ = [
     "SagaStart",
     "Scenario",
     "ServerRestart",
+    "VerbTaken",
     "Violation",
     "check",
     "random_schedule",

@@ -23,12 +23,38 @@ The invariants (rule names in brackets):
 - [needs-attention] a failed saga whose effects are neither all forward nor fully compensated
   lists what is unresolved;
 - [restart-limit] a saga recovered more often than the restart policy's persisted cap
-  (without progress) takes no further step and ends parked as failed;
+  (without progress) takes no further step and ends parked as failed (I11; an operator's verb
+  on the parked saga takes it up again, and its count starts afresh);
+- [verb-once] (I8, I9) every operator's command stored is applied exactly once (one
+  ``operator`` event with its number, and no refusal), refused exactly once (one
+  ``operator-refused`` event), or pending with neither, and only when no runtime ran after it
+  (:attr:`RunView.commands_settled`); every operator event names a command of its saga in
+  that state;
+- [debt] (I2, I4) compensation debt is never dropped: every step a ``debt`` event records is
+  later paid (compensated or resolved after a ``debt-retried``, or owed again), settled by an
+  operator (``debt-settled``), or still listed in the saga's ``debt``; the saga lists nothing
+  as debt that no event recorded, and a compensated saga owes nothing;
+- [cancel] (I4, I5) an applied cancel skips no compensation: every step with an intent (or
+  skipped) before it is compensated, resolved by hand, owed, or still on the stack of a parked
+  saga; and the saga takes no forward step after it;
+- [skipped] (I2) a skipped step holds the result the operator gave it, and every ``skipped``,
+  ``resolved``, ``debt-settled`` and ``debt-retried`` event comes from an applied verb that
+  does that (skip, resolve, resolve, retry);
+- [paused] (I4) a paused saga sends nothing between its pause and its resume (or cancel,
+  abandon, end): no intent of a step or of a compensation;
 - [recovery] (added by the runner) every saga was terminal within the recovery bound after
   the heal;
 - [progress] at least ``min_completed`` sagas completed: a run where nothing worked proves
   nothing;
 - [domain] every user invariant returned no complaint.
+
+Operators' verbs change what a saga's effects must be, and only for the steps they name: a
+step an operator skipped needs no forward effect ([completed]), a compensation resolved by hand
+(``resolved``, ``debt-settled``) needs no compensation effect ([compensated],
+[needs-attention]), and a parked saga an operator took up again may end a second time
+([terminal-once]). A saga no verb touched is judged as strictly as before. Ledger rows the
+run's driver wrote itself, doing an operator's work by hand (:attr:`RunView.by_hand`), need no
+intent before them ([write-ahead]); every other rule holds them as any effect.
 
 Idempotency keys are the ledger's primary key, so "at most one effect per key" holds in the
 ledger by construction; whether the participant's own tables agree is a domain invariant (the
@@ -52,10 +78,14 @@ from understudy.definitions import SagaDefinition
 from understudy.errors import CorruptRecord, LedgerError
 from understudy.persistence import POSTGRES_SCHEMES, open_store, redact, secrets_in
 from understudy.persistence.base import (
+    APPLIED,
     COMPENSATED,
     COMPLETED,
     FAILED,
+    PENDING,
+    REFUSED,
     TERMINAL_STATUSES,
+    CommandRecord,
     EventRecord,
     SagaRecord,
 )
@@ -65,6 +95,15 @@ if TYPE_CHECKING:
     import psycopg
 
 SHOWN = 20  # violations printed per rule
+#: The verb each event only an operator's verb writes comes from.
+VERB_OF = {
+    "skipped": "skip",
+    "resolved": "resolve",
+    "debt-settled": "resolve",
+    "debt-retried": "retry",
+}
+#: Verbs that end a pause: nothing is held back after them.
+UNPAUSING = ("resume", "cancel", "abandon")
 CONNECT_TIMEOUT = 10  # seconds to reach a participant's PostgreSQL database
 _LEDGER_ROWS = "SELECT saga_id, step, kind, outcome, at FROM understudy_ledger ORDER BY at"
 
@@ -116,6 +155,12 @@ class RunView:
     submitted: tuple[SagaStart, ...]  # the workload, whether acknowledged or not
     acknowledged: frozenset[str]
     policy: RestartPolicy = attrs.field(factory=RestartPolicy)
+    #: (saga id, step, "do" or "undo") of each ledger key the driver served itself, doing an
+    #: operator's work by hand before recording it (skip, resolve): no intent precedes those.
+    by_hand: frozenset[tuple[str, int, str]] = frozenset()
+    #: The driver kept a runtime running until no operator's command was pending (the chaos
+    #: runner's heal does): a command still pending was lost.
+    commands_settled: bool = False
 
     def records(self) -> dict[str, SagaRecord]:
         with closing(open_store(self.store, read_only=True)) as store:
@@ -142,6 +187,8 @@ class Report:
     statuses: Counter[str] = attrs.field(factory=Counter)
     sagas: int = 0
     effects: int = 0
+    #: ``"verb state"`` -> how many operators' commands the store holds.
+    verbs: Counter[str] = attrs.field(factory=Counter)
     #: Participants whose ledger is in PostgreSQL -> that database, without credentials: a
     #: failing run's databases are kept, and the report names them.
     databases: dict[str, str] = attrs.field(factory=dict)
@@ -302,9 +349,17 @@ def check(view: RunView, invariants: Iterable[Invariant] = (), min_completed: in
         )
 
     with closing(open_store(view.store, read_only=True)) as store:
+        commands: dict[str, list[CommandRecord]] = defaultdict(list)
+        for command in store.commands(pending=False, limit=1 << 62):
+            commands[command.saga_id].append(command)
+            report.verbs[f"{command.verb} {command.state}"] += 1
         for saga_id, record in sorted(records.items()):
             definition = definitions.get((record.definition, record.version))
-            _check_saga(report, view, record, store.events(saga_id), ledger[saga_id], definition)
+            events = store.events(saga_id)
+            _check_saga(report, view, record, events, ledger[saga_id], definition)
+            _check_commands(report, view, saga_id, events, commands.pop(saga_id, []))
+        for saga_id, orphans in sorted(commands.items()):
+            _check_commands(report, view, saga_id, [], orphans)  # of sagas the store lacks
 
     completed = report.statuses[COMPLETED]
     if completed < min_completed:
@@ -341,9 +396,15 @@ def _check_saga(
     add = report.add
     if not record.terminal:
         add("quiesce", saga_id, f"still {record.status} after the heal-and-quiesce phase")
-    # A step's compensation event is also called "compensated": terminal events have no step.
-    terminal = [e.kind for e in events if e.kind in TERMINAL_STATUSES and e.step is None]
-    if record.terminal and terminal != [record.status]:
+    terminal = [e.kind for e in events if _is_terminal(e)]
+    # Written once, and again only after an operator's verb took a parked saga up again.
+    again, last = False, None
+    for event in events:
+        if event.kind == "operator" and last == FAILED:
+            last = None
+        elif _is_terminal(event):
+            again, last = again or last is not None, event.kind
+    if record.terminal and (again or last != record.status):
         add(
             "terminal-once",
             saga_id,
@@ -357,10 +418,14 @@ def _check_saga(
             f"recovered {record.recovery_attempts} times without progress (cap {cap}) and is "
             f"{record.status}, not parked",
         )
-    over = False
+    over = parked = False
     for event in events:
         if event.kind == "claimed" and event.detail.get("recovery_attempts", 0) > cap:
             over = True  # past the cap: the saga may only be parked from here on
+        elif _is_terminal(event):
+            parked = event.kind == FAILED
+        elif event.kind == "operator" and parked:
+            over = parked = False  # a person took it up again: its count starts afresh (I11)
         elif over and event.kind in ("intent", "compensation-intent"):
             add(
                 "restart-limit",
@@ -385,7 +450,9 @@ def _check_saga(
         first = intents.get((row.step, row.kind))
         did = "applied" if row.kind == "do" else "compensated"
         what = f"{row.participant} {did} step {_name(definition, row.step)} ({row.outcome})"
-        if first is None:
+        if (saga_id, row.step, row.kind) in view.by_hand:
+            pass  # the driver did it by hand, before the verb that records it
+        elif first is None:
             add(
                 "write-ahead",
                 saga_id,
@@ -411,10 +478,16 @@ def _check_saga(
 
     steps = range(len(definition.steps))
     reversible = {i for i in steps if definition.steps[i].compensation is not None}
-    all_forward = set(applied) == set(steps) and not undone
+    operated = (
+        _operated(events)
+        if any(e.kind in VERB_OF or e.kind == "operator" for e in events)
+        else _NOTHING
+    )
+    skipped, resolved = set(operated.skipped), operated.resolved
+    all_forward = set(applied) | skipped == set(steps) and not undone
     order = sorted(undone, key=lambda i: undone[i])
     in_reverse = order == sorted(undone, reverse=True)
-    fully_undone = set(applied) <= set(undone) and in_reverse
+    fully_undone = set(applied) - resolved <= set(undone) and in_reverse
     if record.status == COMPLETED and not all_forward:
         add(
             "completed",
@@ -423,8 +496,9 @@ def _check_saga(
             f"steps and compensated {_names(definition, undone)}",
         )
     elif record.status == COMPENSATED:
-        intended = {step for step, kind in intents if kind == "do"} & reversible
-        missing = sorted(intended - set(undone))
+        # A skipped step is on the stack as if its intent had been recorded: compensated too.
+        intended = ({step for step, kind in intents if kind == "do"} | skipped) & reversible
+        missing = sorted(intended - set(undone) - resolved)
         if missing:
             add(
                 "compensated",
@@ -432,7 +506,7 @@ def _check_saga(
                 f"compensated, but steps {_names(definition, missing)} had an intent and were "
                 "never compensated",
             )
-        left = sorted(set(applied) - set(undone))
+        left = sorted(set(applied) - set(undone) - resolved)
         if left and not missing:
             add("compensated", saga_id, f"compensated, but {_names(definition, left)} stay applied")
         if not in_reverse:
@@ -444,8 +518,8 @@ def _check_saga(
     elif record.status == FAILED and not (all_forward or fully_undone):
         entries = _outstanding(record)
         outstanding = " ".join(entries)
-        unresolved = [i for i in steps if i in applied and i not in undone]
-        unfinished = [i for i in steps if i not in applied]
+        unresolved = [i for i in steps if i in applied and i not in undone and i not in resolved]
+        unfinished = [i for i in steps if i not in applied and i not in skipped]
 
         def named(indexes: list[int]) -> bool:
             return bool(indexes) and all(
@@ -466,14 +540,247 @@ def _check_saga(
                 f"failed with {_names(definition, unresolved)} applied and not compensated, but "
                 f"lists as outstanding only: {outstanding or 'nothing'}",
             )
+    if operated is not _NOTHING or any(e.kind == "debt" for e in events):
+        _check_operated(report, record, events, definition, operated, reversible)
 
 
 def _outstanding(record: SagaRecord) -> list[str]:
+    state = _state(record)
+    if state is None:
+        return ["everything (the snapshot cannot be read)"]
+    return list(state.get("outstanding") or ())
+
+
+def _state(record: SagaRecord) -> dict[str, Any] | None:
+    """The saga's stored state (its snapshot), or None when it cannot be read."""
     try:
         state: Any = codec.decode(record.snapshot or b"\xc0")
     except CorruptRecord:
-        return ["everything (the snapshot cannot be read)"]
-    return list(state.get("outstanding") or ()) if isinstance(state, dict) else []
+        return None
+    return state if isinstance(state, dict) else {}
+
+
+def _is_terminal(event: EventRecord) -> bool:
+    # A step's compensation event is also called "compensated": terminal events have no step.
+    return event.kind in TERMINAL_STATUSES and event.step is None
+
+
+@attrs.frozen
+class _Operated:
+    """What operators' verbs did to a saga, read from its timeline: the steps skipped (with the
+    result given, as the skip's ``operator`` event holds it) and the compensations a person did
+    by hand (``resolved``, ``debt-settled``)."""
+
+    skipped: dict[int, Any]
+    resolved: frozenset[int]
+    #: Events only a verb writes whose latest ``operator`` event is not of that verb.
+    unexplained: tuple[EventRecord, ...]
+
+
+_NOTHING = _Operated({}, frozenset(), ())
+
+
+def _operated(events: list[EventRecord]) -> _Operated:
+    skipped: dict[int, Any] = {}
+    resolved: set[int] = set()
+    unexplained: list[EventRecord] = []
+    verb: dict[str, Any] = {}  # the latest operator event's detail
+    for event in events:
+        if event.kind == "operator":
+            verb = event.detail
+        elif event.kind in VERB_OF and event.step is not None:
+            if verb.get("verb") != VERB_OF[event.kind]:
+                unexplained.append(event)
+            elif event.kind == "skipped":
+                skipped[event.step] = verb.get("result")
+            elif event.kind in ("resolved", "debt-settled"):
+                resolved.add(event.step)
+    return _Operated(skipped, frozenset(resolved), tuple(unexplained))
+
+
+def _check_operated(
+    report: Report,
+    record: SagaRecord,
+    events: list[EventRecord],
+    definition: SagaDefinition,
+    operated: _Operated,
+    reversible: set[int],
+) -> None:
+    """The rules of operators' verbs and compensation debt ([debt], [cancel], [skipped],
+    [paused]), for a saga whose timeline has any."""
+    saga_id, add = record.saga_id, report.add
+    state = _state(record) or {}
+    on_stack = set(state.get("stack") or ())
+    for event in operated.unexplained:
+        add(
+            "skipped",
+            saga_id,
+            f"{event.kind} step {_name(definition, event.step or 0)} without an applied "
+            f"{VERB_OF[event.kind]} before it",
+        )
+    results = state.get("results") or {}
+    if state.get("stopped_in") != "overflow":  # an overflowed saga dropped its results
+        for step, given in operated.skipped.items():
+            name = definition.steps[step].name if 0 <= step < len(definition.steps) else "?"
+            if results.get(name) != given:
+                add(
+                    "skipped",
+                    saga_id,
+                    f"step {name!r} was skipped with the result {given!r}, but the saga holds "
+                    f"{results.get(name)!r}",
+                )
+    owed = _debt(report, saga_id, events, definition)
+    listed = {entry[0] for entry in state.get("debt") or () if isinstance(entry, list) and entry}
+    for step in sorted(owed.keys() - listed - on_stack):
+        add(
+            "debt",
+            saga_id,
+            f"step {_name(definition, step)} became debt and was neither paid nor settled, yet "
+            "the saga no longer owes it: dropped",
+        )
+    for step in sorted(listed - {s for s, how in owed.items() if how == "owed"}):
+        add("debt", saga_id, f"the saga owes step {_name(definition, step)} with no debt event")
+    if record.status == COMPENSATED and (owed or listed):
+        add(
+            "debt",
+            saga_id,
+            f"compensated, yet it owes {_names(definition, sorted(owed.keys() | listed))}",
+        )
+    _check_cancels(report, saga_id, events, definition, operated, reversible, owed, on_stack)
+    _check_pauses(report, saga_id, events, definition)
+
+
+def _debt(
+    report: Report, saga_id: str, events: list[EventRecord], definition: SagaDefinition
+) -> dict[int, str]:
+    """The steps a saga still owes by its timeline: ``owed`` (a ``debt`` event, not settled)
+    or ``retrying`` (taken up again by a retry, not paid yet: back on the stack)."""
+    owed: dict[int, str] = {}
+    for event in events:
+        step = event.step
+        if step is None:
+            continue
+        if event.kind == "debt":
+            owed[step] = "owed"
+        elif event.kind in ("debt-retried", "debt-settled"):
+            if owed.get(step) != "owed":
+                report.add(
+                    "debt",
+                    saga_id,
+                    f"{event.kind} step {_name(definition, step)}, which it did not owe",
+                )
+            if event.kind == "debt-retried":
+                owed[step] = "retrying"
+            else:
+                owed.pop(step, None)
+        elif event.kind in ("compensated", "resolved") and owed.get(step) == "retrying":
+            del owed[step]  # paid at last
+    return owed
+
+
+def _check_cancels(
+    report: Report,
+    saga_id: str,
+    events: list[EventRecord],
+    definition: SagaDefinition,
+    operated: _Operated,
+    reversible: set[int],
+    owed: dict[int, str],
+    on_stack: set[int],
+) -> None:
+    for index, event in enumerate(events):
+        if event.kind != "operator" or event.detail.get("verb") != "cancel":
+            continue
+        before, after = events[:index], events[index + 1 :]
+        ran = {e.step for e in before if e.kind in ("intent", "skipped")}
+        forward = [e for e in after if e.kind == "intent"]
+        if forward:
+            report.add(
+                "cancel",
+                saga_id,
+                f"went forward (intent of step {_name(definition, forward[0].step or 0)}) after "
+                f"it was cancelled by {event.detail.get('who')}",
+            )
+        done = {
+            e.step
+            for e in after
+            if e.kind in ("compensated", "resolved", "debt", "compensation-skipped")
+        }
+        skipped = sorted(
+            step
+            for step in ran
+            if step is not None and step in reversible and step not in done | owed.keys() | on_stack
+        )
+        if skipped:
+            report.add(
+                "cancel",
+                saga_id,
+                f"cancelled by {event.detail.get('who')}, but steps {_names(definition, skipped)} "
+                "had run and were never compensated, resolved or owed",
+            )
+
+
+def _check_pauses(
+    report: Report, saga_id: str, events: list[EventRecord], definition: SagaDefinition
+) -> None:
+    paused: EventRecord | None = None
+    for event in events:
+        if event.kind == "operator" and event.detail.get("verb") == "pause":
+            paused = event
+        elif _is_terminal(event) or (
+            event.kind == "operator" and event.detail.get("verb") in UNPAUSING
+        ):
+            paused = None
+        elif paused is not None and event.kind in ("intent", "compensation-intent"):
+            report.add(
+                "paused",
+                saga_id,
+                f"sent {event.kind} of step {_name(definition, event.step or 0)} while paused "
+                f"by {paused.detail.get('who')} (command {paused.detail.get('command')})",
+            )
+            return
+
+
+def _check_commands(
+    report: Report,
+    view: RunView,
+    saga_id: str,
+    events: list[EventRecord],
+    commands: list[CommandRecord],
+) -> None:
+    """[verb-once]: each command in exactly one state, recorded in the timeline that often."""
+    applied: Counter[Any] = Counter()
+    refused: Counter[Any] = Counter()
+    for event in events:
+        if event.kind == "operator":
+            applied[event.detail.get("command")] += 1
+        elif event.kind == "operator-refused":
+            refused[event.detail.get("command")] += 1
+    # A refusal of a command for a saga the store lacks has no timeline to be recorded in.
+    wanted = {APPLIED: (1, 0), REFUSED: (0, 1 if events else 0), PENDING: (0, 0)}
+    for command in commands:
+        seen = (applied[command.id], refused[command.id])
+        what = f"command {command.id} ({command.verb} by {command.who})"
+        if seen != wanted.get(command.state):
+            report.add(
+                "verb-once",
+                saga_id,
+                f"{what} is {command.state}, but the timeline has {seen[0]} operator event(s) "
+                f"and {seen[1]} refusal(s) of it",
+            )
+        elif command.state == PENDING and view.commands_settled:
+            report.add(
+                "verb-once",
+                saga_id,
+                f"{what} is still pending, though a runtime ran after it was stored: lost",
+            )
+    known = {c.id for c in commands}
+    for number in sorted((set(applied) | set(refused)) - known, key=str):
+        report.add(
+            "verb-once",
+            saga_id,
+            f"the timeline records command {number}, which the store does not hold for this saga",
+        )
 
 
 def _name(definition: SagaDefinition, step: int) -> str:

@@ -9,6 +9,8 @@ and saves its schedule there, and the exit status is 1.
 (dropped after a passing run, kept and named after a failing one) and draws the server's own
 faults too; with ``--restart-command CMD`` (a command that restarts that server and returns once
 it accepts connections, e.g. ``.ci/postgres restart DIR``) runs also restart the server mid-run.
+``--verbs N`` draws N operator stories a run (operators' verbs on its sagas, carried out by the
+runner) and the figures count the verbs applied, refused and not sent.
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fire", type=float, default=0.03, help="chance an armed failpoint fires per hit (0.03)"
+    )
+    parser.add_argument(
+        "--verbs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="operator stories drawn per run: operators cancel, pause, resume, retry, skip, "
+        "resolve and abandon sagas as the run goes (default 0: none)",
     )
     parser.add_argument("--dir", help="where runs keep their data (default: a temporary directory)")
     parser.add_argument(
@@ -113,8 +123,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except ValueError as exc:
         print(f"understudy: error: {exc}", file=sys.stderr)
         return 2
-    if args.runs <= 0 or args.sagas <= 0:
-        print("understudy: error: --runs and --sagas must be greater than 0", file=sys.stderr)
+    if args.runs <= 0 or args.sagas <= 0 or args.verbs < 0:
+        print(
+            "understudy: error: --runs and --sagas must be greater than 0, --verbs at least 0",
+            file=sys.stderr,
+        )
         return 2
     try:
         stores.kind_of(args.store)
@@ -171,10 +184,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         total = args.runs
         where = f"PostgreSQL {redact(args.store)}" if args.store else "SQLite"
         restarts = ", with server restarts" if restart is not None else ""
+        verbs = f", {args.verbs} operator stories a run" if args.verbs else ""
         print(
             f"understudy chaos: {args.runs} runs of {args.sagas} sagas on {args.base} "
-            f"({args.hosts} saga hosts), seed {args.seed}, saga store on {where}{restarts}; "
-            f"data in {directory}",
+            f"({args.hosts} saga hosts), seed {args.seed}, saga store on {where}{restarts}"
+            f"{verbs}; data in {directory}",
             file=out,
             flush=True,
         )
@@ -184,6 +198,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             sagas=args.sagas,
             enable=args.enable,
             fire=args.fire,
+            verbs=args.verbs,
             on_result=progress,
         )
     figures = Figures.of(results)

@@ -11,6 +11,9 @@ in-process and the multi-process base unless told otherwise)::
     def test_my_saga_under_random_faults(chaos):
         chaos(MyScenario()).campaign(sagas=10)
 
+    def test_my_saga_with_operators_at_work(chaos):
+        chaos(MyScenario()).campaign(sagas=10, verbs=3)  # operators' verbs, drawn at random
+
 Options:
 
 - ``--understudy-seed N``: the campaign's seed (default 1: the same faults on every run of the
@@ -92,7 +95,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "understudy_base" in metafunc.fixturenames:
+    named = any(
+        "understudy_base" in str(marker.args[0]).replace(" ", "").split(",")
+        for marker in metafunc.definition.iter_markers("parametrize")
+        if marker.args
+    )
+    if "understudy_base" in metafunc.fixturenames and not named:  # a test may name its bases
         bases = metafunc.config.getoption("understudy_base") or list(DEFAULT_BASES)
         metafunc.parametrize("understudy_base", bases, scope="function")
 

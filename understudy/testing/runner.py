@@ -4,15 +4,18 @@ One run, in its own directory (a fresh store and fresh participant ledgers):
 
 1. **faulty phase**: start understudy with the schedule's faults armed, start every saga of the
    workload, and wait until they are all terminal, or nothing has changed for ``stall`` seconds
-   (a persistent fault, a dead actor system), or ``window`` seconds have passed;
+   (a persistent fault, a dead actor system), or ``window`` seconds have passed; the schedule's
+   operator actions due meanwhile are carried out (:mod:`understudy.testing.operators`);
 2. **heal**: shut that runtime down (whatever is left of it), start a clean one on the same
    files with no faults: it resumes every unfinished saga, exactly as a restarted application
    does. Starts that were never acknowledged are sent again, as a client that retries would
    (starts are idempotent by saga id);
    The workload's last ``probes`` sagas are started only now: a healed system must work
    again on the same files, and a run where the faults parked every saga still shows progress;
-3. **quiesce**: wait until the store holds no unfinished saga, at most ``recovery_bound``
-   seconds, and shut down;
+   the operator actions of the heal, and those the faulty phase did not reach, are carried out
+   while it runs, and then a diligent operator resumes every saga still paused;
+3. **quiesce**: wait until the store holds no unfinished saga and no operator's command is
+   pending, at most ``recovery_bound`` seconds, and shut down;
 4. **check**: :func:`understudy.testing.checker.check` reads the store and the ledgers.
 
 Runs are independent and repeatable: a :class:`FaultSchedule` names the faults and the workload.
@@ -56,6 +59,7 @@ from understudy.supervisors.leases import holder_state
 from understudy.supervisors.policy import RestartPolicy
 from understudy.testing import stores
 from understudy.testing.checker import Invariant, Report, RunView, SagaStart, check, ledger_location
+from understudy.testing.operators import Operators, VerbTaken, figures, verb_lines
 from understudy.testing.schedule import (
     FAULTY,
     RECOVERY,
@@ -132,6 +136,9 @@ class RunResult:
     stale_leases: int = 0
     heal_began_at: float = 0.0  # when the heal began (time.time(), as faults.log's at=)
     heal_start_seconds: float = 0.0  # how long the healing runtime's start took, retries included
+    #: The operators' verbs carried out (the schedule's, and the heal's diligent resumes), each
+    #: with what became of it as the store says at the end.
+    verbs: tuple[VerbTaken, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -233,8 +240,12 @@ class ChaosRunner:
         rng = random.Random(schedule.workload_seed)
         everything = self.scenario.workload(rng, schedule.sagas + probe_count)
         sagas, probes = everything[: schedule.sagas], everything[schedule.sagas :]
+        saga_ids = [s.saga_id for s in everything]
         participants, ledgers = _fresh_ledgers(
             self.scenario.participants(directory, everything), directory.name
+        )
+        operators = Operators(
+            location, self.scenario.definitions, participants, schedule.verbs, saga_ids
         )
         options: dict[str, Any] = {
             "base": schedule.base,
@@ -264,7 +275,7 @@ class ChaosRunner:
                     location,
                     self.scenario.definitions,
                     participants,
-                    faults=schedule.armed(directory),
+                    faults=schedule.armed(directory, saga_ids),
                     timeout=self.window,
                     **options,
                 )
@@ -288,6 +299,7 @@ class ChaosRunner:
                         patience,
                         restarts,
                         directory / "faults.log",
+                        operators,
                     )
                     if alive:
                         with contextlib.suppress(UnderstudyError):
@@ -327,10 +339,12 @@ class ChaosRunner:
                 sagas + probes,
                 acknowledged,
                 heal_started,
+                operators,
                 retry=restart_in_heal,
             )
         finally:
             restarts.finish(RECOVERY)
+        verbs = _riding_out(lambda: _read(location, operators.settle))
 
         view = RunView(
             directory,
@@ -340,6 +354,9 @@ class ChaosRunner:
             tuple(everything),
             frozenset(acknowledged),
             policy,
+            frozenset(operators.by_hand),
+            # The healing runtime ran until no command was pending: one still pending is lost.
+            commands_settled=healed is None,
         )
         report = _riding_out(
             lambda: check(view, self.scenario.invariants(), self.scenario.min_completed)
@@ -392,6 +409,7 @@ class ChaosRunner:
             stale_leases,
             heal_began_at,
             healer_start,
+            verbs,
         )
 
     def _heal(
@@ -402,11 +420,13 @@ class ChaosRunner:
         starts: list[SagaStart],
         acknowledged: set[str],
         since: float,
+        operators: Operators,
         retry: bool = False,
     ) -> tuple[str | None, int, float, float, int]:
         """Start a clean runtime on the run's store, resend what was never acknowledged,
-        start the probes, and wait for quiet: (why it could not start, resumed, seconds, seconds
-        the healing runtime took to start, starts it took).
+        start the probes, carry out the operator's actions of the heal, and wait for quiet: (why
+        it could not start, resumed, seconds, seconds the healing runtime took to start, starts
+        it took).
 
         ``retry``: the database server restarts during the heal. A start that meets it waits
         while a saga host's recovery scan cannot reach the store, but fails when the store
@@ -439,7 +459,10 @@ class ChaosRunner:
         started = time.monotonic() - since
         try:
             client = _RetryingClient(healer, [s for s in starts if s.saga_id not in acknowledged])
-            recovery = self._quiesce(location, [s.saga_id for s in starts], since, client.poll)
+            operators.begin(RECOVERY)
+            recovery = self._quiesce(
+                location, [s.saga_id for s in starts], since, client.poll, operators.tend
+            )
             acknowledged.update(client.acknowledged)
         finally:
             healer.shutdown()
@@ -454,10 +477,12 @@ class ChaosRunner:
         patience: float,
         restarts: _Restarts,
         fired: Path,
+        operators: Operators,
     ) -> bool:
         """Wait for the faulty runtime to finish or get stuck; False when it is dead. A server
         restart drawn for this phase starts once the store holds its number of events; while
-        it runs the phase is not taken for stuck. ``fired``: the run's ``faults.log``."""
+        it runs the phase is not taken for stuck. The operator's actions of this phase are
+        carried out as they fall due. ``fired``: the run's ``faults.log``."""
         started = last_change = next_ping = time.monotonic()
         last: tuple[int, int] = (-1, -1)
         seq_seen = -1
@@ -470,6 +495,7 @@ class ChaosRunner:
                 counts = store.read(lambda s: s.count_by_status())
                 seq = store.read(lambda s: s.last_seq())
                 now = time.monotonic()
+                store.read(operators.poll)
                 if seq is not None:
                     restarts.at_events(seq)
                     if seq != seq_seen:
@@ -508,9 +534,11 @@ class ChaosRunner:
         saga_ids: list[str],
         since: float,
         poll: Callable[[], None] = lambda: None,
+        busy: Callable[[SagaStore], bool] = lambda store: False,
     ) -> float:
-        """Wait until no saga is unfinished (nor missing, for the resent starts); ``poll`` is
-        called at every look."""
+        """Wait until no saga is unfinished (nor missing, for the resent starts) and ``busy``
+        (given the store, at every look) says nothing is left to do; ``poll`` is called at
+        every look."""
         wanted = set(saga_ids)
         looking = time.monotonic()
         with contextlib.closing(_Reader(location)) as store:
@@ -519,9 +547,11 @@ class ChaosRunner:
                 now = time.monotonic()
                 # One read: every saga there and none of them unfinished, in one snapshot (two
                 # reads, the unfinished ones first, miss a start that lands between them).
+                working = store.read(busy)
                 counts = store.read(lambda s: s.count_by_status())
                 quiet = (
                     counts is not None
+                    and working is False
                     and not any(counts.get(status) for status in ACTIVE_STATUSES)
                     and sum(counts.values()) >= len(wanted)
                 )
@@ -588,11 +618,13 @@ class ChaosRunner:
         enable: float = 0.3,
         fire: float = 0.05,
         actions: Iterable[str] | None = None,
+        verbs: int = 0,
         on_result: Callable[[RunResult], None] | None = None,
     ) -> list[RunResult]:
         """Seeded random mode: ``runs`` runs, the i-th drawn from ``seed`` and i. On PostgreSQL
         the server's own faults are drawn too, and server restarts when the runner can restart
-        it (see :func:`~understudy.testing.schedule.random_schedule`)."""
+        it; ``verbs``: operator stories drawn per run (see
+        :func:`~understudy.testing.schedule.random_schedule`)."""
         results = []
         for index in range(runs):
             schedule = random_schedule(
@@ -606,6 +638,7 @@ class ChaosRunner:
                 label=f"campaign seed {seed} run {index}",
                 store=self.store_kind,
                 restarts=self.restart_server is not None,
+                verbs=verbs,
             )
             result = self.run(schedule, name=f"seed{seed}-run{index:05d}")
             results.append(result)
@@ -824,6 +857,12 @@ def _as_a_new_process(location: str) -> int:
     return freed
 
 
+def _read(location: str, query: Callable[[SagaStore], T]) -> T:
+    """``query`` on the run's store, opened read-only for it."""
+    with contextlib.closing(open_store(location, read_only=True)) as store:
+        return query(store)
+
+
 def _reply(future: concurrent.futures.Future[Any]) -> Any:
     return future.exception() or future.result()
 
@@ -917,6 +956,7 @@ class Figures:
     server_restarts: int = 0
     heal_restarts: int = 0  # healing runtimes started again after a server restart failed them
     stale_leases: int = 0  # leases left in the test process's name, freed before a heal
+    verbs: Counter[str] = attrs.field(factory=Counter)  # "verb outcome" -> operators' verbs
 
     @classmethod
     def of(cls, results: Iterable[RunResult]) -> Figures:
@@ -941,6 +981,7 @@ class Figures:
             sum(r.server_restarts for r in results),
             sum(r.heal_starts - 1 for r in results),
             sum(r.stale_leases for r in results),
+            figures(v for r in results for v in r.verbs),
         )
 
     def lines(self) -> Iterator[str]:
@@ -969,6 +1010,8 @@ class Figures:
                 f"leases left in this process's name by a stopped runtime, freed before the "
                 f"heal as a new process finds them: {self.stale_leases}"
             )
+        if self.verbs:
+            yield verb_lines(self.verbs)
         yield f"invariant violations: {self.violations}"
         yield (
             f"recovery time (heal to quiet): p50 {self.recovery_p50:.2f} s, "

@@ -311,7 +311,7 @@ def find_stuck(
 
 def _wait(record: SagaRecord, events: Sequence[EventRecord]) -> Wait:
     intact = [e for e in events if e.corrupt is None]
-    state, problem = _state(record)
+    state, problem = snapshot_state(record)
     then: Reply | Backoff | None = None
     if state is not None:
         found = _reply_or_backoff(state, intact)
@@ -358,7 +358,7 @@ def _paused(
     return Paused(str(who), str(why), float(since), hold, then)
 
 
-def _state(record: SagaRecord) -> tuple[dict[str, Any] | None, str | None]:
+def snapshot_state(record: SagaRecord) -> tuple[dict[str, Any] | None, str | None]:
     """The decoded snapshot, or why it cannot be read (None, None: no snapshot yet)."""
     if record.corrupt is not None:
         return None, record.corrupt

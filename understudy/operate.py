@@ -40,6 +40,7 @@ from understudy import codec
 from understudy.actors import verbs
 from understudy.actors.saga import Saga
 from understudy.definitions import SagaDefinition
+from understudy.diagnosis import snapshot_state
 from understudy.errors import CorruptRecord, SagaNotFound, VerbRefused
 from understudy.persistence import SagaStore, open_store, redact
 from understudy.persistence.base import (
@@ -249,7 +250,6 @@ class Operator:
 
     def _outcome(self, command: CommandRecord) -> CommandRecord:
         deadline = time.monotonic() + self.wait
-        current: CommandRecord | None = command
         while True:
             current = self._store.command(command.id)
             if current is None:  # pragma: no cover - commands are never deleted
@@ -281,13 +281,8 @@ def debts(store: SagaStore, saga_ids: Sequence[str] | None = None) -> list[Debt]
         records = list(store.get_many(saga_ids).values())
     found: list[Debt] = []
     for record in records:
-        if record.corrupt is not None or record.snapshot is None:
-            continue
-        try:
-            state = codec.decode(record.snapshot, f"snapshot of saga {record.saga_id!r}")
-        except CorruptRecord:
-            continue
-        owed = state.get("debt") if isinstance(state, dict) else None
+        state, _unreadable = snapshot_state(record)  # an unreadable one is parked as such
+        owed = state.get("debt") if state is not None else None
         if not owed:
             continue
         named = {e.step: e.detail for e in store.events(record.saga_id) if e.kind == "debt"}

@@ -13,9 +13,12 @@ How synchronous Thespian and asyncio meet (the decision, and why):
   wait on it, asyncio calls await it through ``asyncio.wrap_future``. Commands that arrive while
   the bridge is busy go to the coordinator as one :class:`Batch`, so concurrent starts share
   commits.
-- Read-only queries from asyncio code (status, timelines) use aiosqlite (:mod:`understudy.
-  persistence.aio`) so that the event loop never blocks on the file; they never go through the
-  actors. Writes never come from the asyncio side: one writer per process per file.
+- Read-only queries from asyncio code (``status_async``) run in two reader threads the runtime
+  keeps, each with its store reader open for the runtime's life, so that the event loop never
+  blocks on the store and thousands of concurrent calls cost no connection or thread each (an
+  aiosqlite connection per call stalled the loop for seconds: ``python -m bench.status_async``).
+  They never go through the actors. Writes never come from the asyncio side: one writer per
+  process per file.
 
 ``python -m bench`` measures the aiosqlite/sqlite3 commit ratio behind the first choice (0.41x
 when this was decided).

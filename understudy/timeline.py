@@ -211,7 +211,9 @@ def build(
     for event in events:
         builder.add(event)
     builder.close_all(end, None if not terminal else UNANSWERED)
-    state, problem = diagnosis._state(record)  # the row's snapshot, or why it cannot be read
+    state, problem = diagnosis.snapshot_state(
+        record
+    )  # the row's snapshot, or why it cannot be read
     payload, payload_problem = _payload(record)
     found = [*notes, *(p for p in (problem, payload_problem) if p)]
     found += [f"event {e.seq} ({e.kind}): {e.corrupt}" for e in events if e.corrupt]

@@ -10,7 +10,6 @@ different hosts may interleave.
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,6 @@ class EventFanout:
         self.table_acks: dict[int, int] = {}
         # Subscribers waiting for their answer until the hosts run with ``version``.
         self.unanswered: list[tuple[Any, str, int]] = []
-        self._ids = itertools.count(1)
 
     def receiveMsg_Subscribe(self, msg: Subscribe, sender: Any) -> None:
         subscription_id = msg.subscription_id or f"sub-{uuid.uuid4().hex[:12]}"

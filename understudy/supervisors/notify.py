@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from understudy.lifecycle import SagaEvent, Subscribe, lifecycle_of
 from understudy.persistence.base import Transition
-from understudy.supervisors.protocol import SagaEvents, SubscriptionsApplied, SubscriptionTable
+from understudy.supervisors.protocol import (
+    HostSetup,
+    SagaEvents,
+    SubscriptionsApplied,
+    SubscriptionTable,
+)
 
 saga_log = logging.getLogger("understudy.saga")
 
@@ -29,10 +34,13 @@ class Notifier:
 
     watchers: tuple[Subscribe, ...] = ()
     coordinator: Any
+    setup: HostSetup | None
 
-    if TYPE_CHECKING:  # provided by the saga host
+    if TYPE_CHECKING:  # provided by the saga host and Thespian's Actor
 
         def _post(self, address: Any, message: Any) -> None: ...
+
+        def send(self, address: Any, message: Any) -> None: ...
 
     @property
     def logging_events(self) -> bool:
@@ -40,8 +48,9 @@ class Notifier:
 
     def receiveMsg_SubscriptionTable(self, msg: SubscriptionTable, sender: Any) -> None:
         self.watchers = msg.filters
-        shard = getattr(getattr(self, "setup", None), "shard", -1)
-        self.send(sender, SubscriptionsApplied(shard, msg.version))  # type: ignore[attr-defined]
+        # The table comes after the host's setup (the coordinator sends both, in that order).
+        assert self.setup is not None
+        self.send(sender, SubscriptionsApplied(self.setup.shard, msg.version))
 
     def _notify(self, batch: Sequence[Any], results: Sequence[bool]) -> None:
         """The lifecycle events of what ``batch`` committed (``results``: what applied)."""

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from demo.run import Config, run_demo
+from demo.saga import STYLES
 from understudy import IN_PROCESS, MULTIPROC_TCP
 
 
@@ -42,6 +43,14 @@ def parse(argv: list[str] | None = None) -> Config:
         "(default: sagas.db in --dir)",
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the workload (default 7)")
+    parser.add_argument(
+        "--style",
+        choices=sorted(STYLES),
+        default="orchestrated",
+        help="how the order runs: an orchestrated saga (create, reserve, charge, one after "
+        "the other; the default) or a workflow (reserve and charge at once once the order "
+        "exists)",
+    )
     parser.add_argument("--hosts", type=int, default=2, help="saga host actors (default 2)")
     parser.add_argument(
         "--wave", type=int, default=40, help="orders submitted per wave (default 40)"
@@ -65,6 +74,7 @@ def parse(argv: list[str] | None = None) -> Config:
         hosts=args.hosts,
         wave=args.wave,
         store=args.store,
+        style=args.style,
     )
 
 

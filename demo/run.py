@@ -24,7 +24,7 @@ import attrs
 from demo.check import TERMINAL, check_ledgers
 from demo.crash import HostKiller
 from demo.participants import Inventory, Orders, Payments
-from demo.saga import INVENTORY, ORDER, ORDERS, PAYMENTS
+from demo.saga import INVENTORY, ORDERS, PAYMENTS, STYLES
 from demo.workload import Order, make_orders, opening_stock
 from understudy import MULTIPROC_TCP, SagaFinished, Understudy
 from understudy.persistence import SagaStore, open_store, redact
@@ -48,6 +48,7 @@ class Config:
     hosts: int = 2
     wave: int = 40
     store: str | None = None  # a saga store URL; default: sagas.db in the directory
+    style: str = "orchestrated"  # a key of demo.saga.STYLES
 
     @property
     def store_location(self) -> str:
@@ -123,8 +124,8 @@ def run_demo(config: Config, out: TextIO | None = None) -> int:
         )
         kills = 0
     progress.say(
-        f"understudy demo: {len(orders)} orders on {config.base} with {config.hosts} saga "
-        f"host(s), {kills} host kill(s), seed {config.seed}"
+        f"understudy demo: {len(orders)} orders ({config.style}) on {config.base} with "
+        f"{config.hosts} saga host(s), {kills} host kill(s), seed {config.seed}"
     )
     progress.say(f"data directory: {config.directory}")
     store_path = config.store_location
@@ -139,7 +140,7 @@ def run_demo(config: Config, out: TextIO | None = None) -> int:
                 return 2
     runtime = Understudy.start(
         store_path,
-        [ORDER],
+        [STYLES[config.style]],
         participants(config.directory, stock),
         base=config.base,
         hosts=config.hosts,

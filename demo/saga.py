@@ -3,11 +3,15 @@
 Steps run in this order and are compensated in reverse: an order that cannot be charged releases
 its stock and is cancelled; an order whose stock is gone is cancelled. Every step can be undone,
 so the saga has no pivot: any refusal compensates everything done so far.
+
+ORDER_WORKFLOW is the same order as a workflow (``--style workflow``): once the order exists,
+the stock is reserved and the card charged at once; a refusal of either compensates the other
+branch and then cancels the order.
 """
 
 from __future__ import annotations
 
-from understudy import SagaDefinition, Step
+from understudy import SagaDefinition, Step, WorkflowDefinition
 
 ORDERS = "orders"
 INVENTORY = "inventory"
@@ -25,3 +29,16 @@ ORDER = SagaDefinition(
         Step("charge_payment", PAYMENTS, "charge", "refund"),
     ],
 )
+
+ORDER_WORKFLOW = WorkflowDefinition(
+    "order",
+    1,
+    [
+        Step("create_order", ORDERS, "create", "cancel"),
+        Step("reserve_inventory", INVENTORY, "reserve", "release", after=["create_order"]),
+        Step("charge_payment", PAYMENTS, "charge", "refund", after=["create_order"]),
+    ],
+)
+
+#: What ``python -m demo --style STYLE`` runs.
+STYLES = {"orchestrated": ORDER, "workflow": ORDER_WORKFLOW}

@@ -73,6 +73,7 @@ PUBLIC = [
     "UnknownParticipant",
     "Unsubscribe",
     "VerbRefused",
+    "WorkflowDefinition",
     "action",
     "compensation",
 ]

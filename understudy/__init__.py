@@ -7,7 +7,13 @@ forward, or compensated in reverse order.
 
 from understudy.actors.participant import Participant, Reject, StepContext, action, compensation
 from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP, MULTIPROC_UDP
-from understudy.definitions import Irreversible, RetryPolicy, SagaDefinition, Step
+from understudy.definitions import (
+    Irreversible,
+    RetryPolicy,
+    SagaDefinition,
+    Step,
+    WorkflowDefinition,
+)
 from understudy.errors import (
     ActorSystemError,
     CoordinatorGone,
@@ -108,6 +114,7 @@ __all__ = [
     "UnknownParticipant",
     "Unsubscribe",
     "VerbRefused",
+    "WorkflowDefinition",
     "action",
     "compensation",
 ]

@@ -9,12 +9,13 @@ failure after it recovers forward (retries) and never compensates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 import attrs
 
-from understudy.errors import DefinitionError
+from understudy import codec
+from understudy.errors import DefinitionError, PayloadError
 
 RecoveryPolicy = Literal["resume", "compensate"]
 
@@ -66,12 +67,30 @@ class Irreversible:
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(attempts=5, backoff=0.05, max_backoff=2.0)
 
 
+def _names(value: str | Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value or {})
+
+
 @attrs.frozen
 class Step:
     """One step of a saga: ask ``participant`` to run ``action``; undo it with ``compensation``.
 
     ``timeout`` is how long to wait for the participant's reply before the attempt counts as
     failed (the request may still have been applied, so a timed-out step is compensated on abort).
+
+    What the request carries: by default the saga's payload and the results of the steps before
+    (in a :class:`WorkflowDefinition`, of the steps it depends on). A step that declares ``args``
+    or ``inputs`` carries only what it asks for, as its ``payload`` (and no earlier results):
+    ``args`` are constants of the step, ``inputs`` name where each value comes from
+    (``"payload"``, ``"payload.field"``, ``"step_name"``, ``"step_name.field.subfield"``), so
+    ``inputs={"order_id": "create_order.id"}`` hands the participant the id the step
+    ``create_order`` returned, and nothing else. Compensations carry the same.
+
+    ``after`` (workflows only): the steps this one depends on; it starts once they completed.
     """
 
     name: str
@@ -82,10 +101,23 @@ class Step:
     retry: RetryPolicy = RetryPolicy()
     compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
     timeout: float = attrs.field(default=5.0, validator=_positive)
+    after: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    # Not hashed (a dict is not hashable); still compared.
+    args: dict[str, Any] = attrs.field(factory=dict, converter=_mapping, hash=False)
+    inputs: dict[str, str] = attrs.field(factory=dict, converter=_mapping, hash=False)
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether the step's request carries only its ``args`` and ``inputs``."""
+        return bool(self.args or self.inputs)
 
 
 def _to_steps(steps: Iterable[Step]) -> tuple[Step, ...]:
     return tuple(steps)
+
+
+#: In a step's ``inputs``, the root that names the saga's payload (not a step).
+PAYLOAD = "payload"
 
 
 @attrs.frozen
@@ -134,6 +166,57 @@ class SagaDefinition:
                     f"{where}, step {step.name!r} has both a compensation and Irreversible(); "
                     "choose one"
                 )
+        self._check_order(where)
+        for index, step in enumerate(self.steps):
+            self._check_inputs(where, step, self.earlier(index))
+
+    def _check_order(self, where: str) -> None:
+        for step in self.steps:
+            if step.after:
+                raise DefinitionError(
+                    f"{where}, step {step.name!r} declares after={list(step.after)}: a saga's "
+                    "steps run one after another in the order listed; for steps that run when "
+                    "their dependencies complete, use WorkflowDefinition"
+                )
+
+    def earlier(self, index: int) -> frozenset[str]:
+        """The names of the steps whose results step ``index`` may read: those before it."""
+        return frozenset(step.name for step in self.steps[:index])
+
+    def _check_inputs(self, where: str, step: Step, readable: frozenset[str]) -> None:
+        here = f"{where}, step {step.name!r}"
+        try:
+            codec.check_encodable(step.args, f"args of step {step.name!r}")
+        except PayloadError as exc:
+            raise DefinitionError(f"{here}: {exc}") from None
+        for name, path in step.inputs.items():
+            if not isinstance(name, str) or not isinstance(path, str) or not path:
+                raise DefinitionError(
+                    f"{here}: inputs map names to where the value comes from, as text "
+                    f"('payload.field' or 'step_name.field'); got {name!r}: {path!r}"
+                )
+            if name in step.args:
+                raise DefinitionError(f"{here}: {name!r} is both in args and in inputs")
+            root = path.split(".", 1)[0]
+            if root == PAYLOAD:
+                if PAYLOAD in {s.name for s in self.steps}:
+                    raise DefinitionError(
+                        f"{here}: input {name!r} reads 'payload', and a step is also named "
+                        "'payload'; rename that step"
+                    )
+                continue
+            if root not in readable:
+                known = {s.name for s in self.steps}
+                raise DefinitionError(
+                    f"{here}: input {name!r} reads {path!r}, but "
+                    + (
+                        f"step {root!r} does not complete before this one; a step reads only "
+                        "the results of steps that complete before it starts"
+                        if root in known
+                        else f"there is no step {root!r}; inputs start with 'payload' or the "
+                        "name of an earlier step"
+                    )
+                )
 
     @property
     def key(self) -> tuple[str, int]:
@@ -152,3 +235,108 @@ class SagaDefinition:
     def participants(self) -> frozenset[str]:
         """Every participant name the definition sends to."""
         return frozenset(step.participant for step in self.steps)
+
+
+@attrs.frozen
+class WorkflowDefinition(SagaDefinition):
+    """A saga whose steps declare the steps they depend on (``Step(..., after=[...])``).
+
+    Independent steps run in parallel; a step starts once every step it depends on completed,
+    and reads their results. On failure, compensation follows the graph in reverse: a step is
+    compensated only after every step that depends on it was compensated (or never started),
+    and independent branches are compensated at the same time.
+
+    The graph is checked here: an unknown or repeated dependency, a cycle, and a compensatable
+    step that depends on an irreversible one (it could fail after the irreversible step ran,
+    leaving that step standing with nothing undone before it) are refused. Once an irreversible
+    step has started, the workflow recovers forward only: a step that then fails parks it.
+    """
+
+    #: For each step (by index), the indexes of the steps it depends on.
+    dependencies: tuple[tuple[int, ...], ...] = attrs.field(
+        init=False, default=(), eq=False, repr=False
+    )
+    #: For each step (by index), the indexes of the steps that depend on it.
+    dependents: tuple[tuple[int, ...], ...] = attrs.field(
+        init=False, default=(), eq=False, repr=False
+    )
+
+    def _check_order(self, where: str) -> None:
+        index = {step.name: i for i, step in enumerate(self.steps)}
+        for step in self.steps:
+            here = f"{where}, step {step.name!r}"
+            for name in step.after:
+                if name == step.name:
+                    raise DefinitionError(f"{here} depends on itself")
+                if name not in index:
+                    raise DefinitionError(
+                        f"{here} depends on {name!r}, which is not a step of this workflow "
+                        f"(its steps: {', '.join(index)})"
+                    )
+            if len(set(step.after)) != len(step.after):
+                raise DefinitionError(f"{here} names a dependency twice: {list(step.after)}")
+        deps = tuple(tuple(index[name] for name in step.after) for step in self.steps)
+        object.__setattr__(self, "dependencies", deps)
+        after: list[list[int]] = [[] for _ in self.steps]
+        for i, ds in enumerate(deps):
+            for d in ds:
+                after[d].append(i)
+        object.__setattr__(self, "dependents", tuple(tuple(a) for a in after))
+        cycle = _cycle(deps)
+        if cycle:
+            names = " -> ".join(self.steps[i].name for i in cycle)
+            raise DefinitionError(f"{where}: the steps depend on each other in a cycle: {names}")
+        for i, step in enumerate(self.steps):
+            if step.compensation is None:
+                continue
+            for a in sorted(self.ancestors(i)):
+                if self.steps[a].irreversible is not None:
+                    raise DefinitionError(
+                        f"{where}, step {step.name!r} can be compensated but depends on the "
+                        f"irreversible step {self.steps[a].name!r}: if it failed, everything "
+                        "before would be compensated while that step stays done. Make it "
+                        "irreversible too, or order it before the irreversible step"
+                    )
+
+    def ancestors(self, index: int) -> set[int]:
+        """The indexes of every step that ``index`` depends on, directly or not."""
+        found: set[int] = set()
+        todo = list(self.dependencies[index])
+        while todo:
+            i = todo.pop()
+            if i not in found:
+                found.add(i)
+                todo.extend(self.dependencies[i])
+        return found
+
+    def earlier(self, index: int) -> frozenset[str]:
+        """The steps whose results step ``index`` may read: the ones it depends on, directly
+        or not (they all complete before it starts)."""
+        return frozenset(self.steps[i].name for i in self.ancestors(index))
+
+
+def _cycle(deps: tuple[tuple[int, ...], ...]) -> list[int]:
+    """A cycle of the graph (its step indexes, the first repeated at the end), or []."""
+    state = [0] * len(deps)  # 0 unseen, 1 on the path, 2 finished
+    path: list[int] = []
+
+    def visit(i: int) -> list[int]:
+        state[i] = 1
+        path.append(i)
+        for d in deps[i]:
+            if state[d] == 1:
+                return [*path[path.index(d) :], d]
+            if state[d] == 0:
+                found = visit(d)
+                if found:
+                    return found
+        path.pop()
+        state[i] = 2
+        return []
+
+    for start in range(len(deps)):
+        if state[start] == 0:
+            found = visit(start)
+            if found:
+                return found
+    return []

@@ -38,7 +38,8 @@ from typing import Any, Final
 import attrs
 
 from understudy import codec
-from understudy.actors.saga import DO, Saga
+from understudy.actors import machines
+from understudy.actors.saga import DO
 from understudy.definitions import SagaDefinition
 from understudy.errors import CorruptRecord
 from understudy.persistence.base import ACTIVE_STATUSES, EventRecord, Lease, SagaRecord, SagaStore
@@ -312,6 +313,8 @@ def find_stuck(
 def _wait(record: SagaRecord, events: Sequence[EventRecord]) -> Wait:
     intact = [e for e in events if e.corrupt is None]
     state, problem = snapshot_state(record)
+    if state is not None and isinstance(state.get("track"), list):
+        state = _workflow_wait(state)
     then: Reply | Backoff | None = None
     if state is not None:
         found = _reply_or_backoff(state, intact)
@@ -356,6 +359,29 @@ def _paused(
         names = [e.detail.get("name") for e in events if e.step == step and "name" in e.detail]
         hold = (str(kind), _int(step, 0), _text(names[-1]) if names else None, _int(attempt, 1))
     return Paused(str(who), str(why), float(since), hold, then)
+
+
+def _workflow_wait(state: dict[str, Any]) -> dict[str, Any]:
+    """A workflow's state seen as a saga's: of the requests it waits on at once, the one whose
+    deadline comes first (else the retry due first, else the first send held back)."""
+    out, due, held = [], [], []
+    for step, entry in enumerate(state["track"]):
+        if not isinstance(entry, list) or len(entry) != 5:
+            continue
+        status, kind, attempt, at, _token = entry
+        if status in ("out", "due") and not isinstance(at, int | float):
+            continue  # malformed: the restore that runs it parks it, saying why
+        if status == "out":
+            out.append([kind, step, attempt, at])
+        elif status == "due":
+            due.append([kind, step, attempt, at])
+        elif status == "held":
+            held.append([kind, step, attempt])
+    view = dict(state)
+    view["pending"] = min(out, key=lambda w: w[3]) if out else None
+    view["waiting"] = min(due, key=lambda w: w[3]) if due and not out else None
+    view["held"] = held[0] if held else None
+    return view
 
 
 def snapshot_state(record: SagaRecord) -> tuple[dict[str, Any] | None, str | None]:
@@ -698,7 +724,7 @@ def _verdict(
             f"recovery would leave it untouched until a runtime with {label} starts",
         )
     try:
-        Saga.from_record(record, definition)
+        machines.from_record(record, definition)
     except CorruptRecord as exc:
         return Verdict(*base, PARKS, f"{exc}; recovery would park it as failed")
     mismatches = _mismatches(store.events(record.saga_id), definition)

@@ -54,6 +54,9 @@ class SagaFinished:
     outstanding: tuple[str, ...] = ()
     results: dict[str, Any] = attrs.field(factory=dict)
     request_id: str = ""
+    #: The step failure that made it compensate or park, when a step failed: ``{"step": name,
+    #: "reason": text, "data": what the refusal carried (Reject(..., data=...))}``.
+    failure: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -107,6 +110,9 @@ class StepRequest:
     results: dict[str, Any]
     attempt: int
     incarnation: int
+    #: In a compensation: the failure that made the saga compensate, when a step failed
+    #: (``{"step": name, "reason": text, "data": what the refusal carried}``); None otherwise.
+    failure: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -124,6 +130,10 @@ class StepReply:
     result: Any = None
     reason: str | None = None
     replayed: bool = False  # the participant returned a recorded result; nothing ran again
+    #: What a refusal or failure carries beside its reason (``Reject(reason, data=...)``): a
+    #: reason code, a partial result. The saga keeps the failing step's and hands it to the
+    #: compensations and the caller.
+    data: Any = None
 
 
 @attrs.frozen

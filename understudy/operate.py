@@ -37,8 +37,7 @@ from typing import Any
 import attrs
 
 from understudy import codec
-from understudy.actors import verbs
-from understudy.actors.saga import Saga
+from understudy.actors import machines, verbs
 from understudy.definitions import SagaDefinition
 from understudy.diagnosis import snapshot_state
 from understudy.errors import CorruptRecord, SagaNotFound, VerbRefused
@@ -222,7 +221,7 @@ class Operator:
             )
             return [verbs.refusal(command, record.incarnation, reason, now)]
         try:
-            saga = Saga.from_record(record, definition)
+            saga = machines.from_record(record, definition)
         except CorruptRecord as exc:
             reason = f"the saga's stored state cannot be read: {exc}"
             return [verbs.refusal(command, record.incarnation, reason, now)]

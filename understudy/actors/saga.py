@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from understudy import codec
+from understudy.actors.inputs import InputMissing, request_data
 from understudy.definitions import SagaDefinition, Step
 from understudy.errors import CorruptRecord
 from understudy.messages import StepReply, StepRequest
@@ -66,9 +67,18 @@ class Finish:
     reason: str | None
     outstanding: tuple[str, ...]
     results: dict[str, Any]
+    failure: dict[str, Any] | None = None
 
 
 Command = Send | Timer | Finish
+
+
+def failure_of(failure: list[Any] | None) -> dict[str, Any] | None:
+    """A stored failure ``[step name, reason, data]`` as the callers and compensations see it."""
+    if failure is None:
+        return None
+    step, reason, data = failure
+    return {"step": step, "reason": reason, "data": data}
 
 
 def idempotency_key(saga_id: str, step: int, kind: str) -> str:
@@ -103,10 +113,12 @@ class SagaState:
     # Why it is compensating (the abort's reason): a saga parked while compensating has another
     # reason meanwhile, and says this one again when it ends compensated.
     cause: str | None = None
+    # The forward step's failure that stopped it: [step name, reason, data the refusal carried].
+    failure: list[Any] | None = None
 
 
 _STATE_FIELDS = tuple(field.name for field in attrs.fields(SagaState))
-_LATER_FIELDS = frozenset({"paused", "held", "debt", "stopped_in", "cause"})
+_LATER_FIELDS = frozenset({"paused", "held", "debt", "stopped_in", "cause", "failure"})
 _STATE_VALUES = operator.attrgetter(*_STATE_FIELDS)  # every field's value, in one C call
 _PHASES = (RUNNING, COMPENSATING, *TERMINAL_STATUSES)
 _ACTIVE = (RUNNING, COMPENSATING)
@@ -204,11 +216,15 @@ def _check_operated(s: SagaState, n: int) -> str | None:
         return f"stopped in unknown phase {str(s.stopped_in)[:20]!r}"
     if s.cause is not None and not isinstance(s.cause, str):
         return "cause is not text"
+    if s.failure is not None and (not isinstance(s.failure, list) or len(s.failure) != 3):
+        return f"failure {str(s.failure)[:40]} is malformed"
     return None
 
 
 class Saga:
     """One saga instance: its definition, payload, incarnation and :class:`SagaState`."""
+
+    kind = "saga"
 
     def __init__(
         self,
@@ -379,7 +395,13 @@ class Saga:
             "rejected" if reply.outcome == "rejected" else "failed", now, step, attempt, detail
         )
         return self._failed(
-            kind, step, attempt, reply.outcome == "rejected", reply.reason or reply.outcome, now
+            kind,
+            step,
+            attempt,
+            reply.outcome == "rejected",
+            reply.reason or reply.outcome,
+            now,
+            reply.data,
         )
 
     def on_timer(self, token: int, now: float) -> list[Command] | None:
@@ -420,7 +442,14 @@ class Saga:
     # --- transitions ------------------------------------------------------------------------
 
     def _failed(
-        self, kind: str, step: int, attempt: int, rejected: bool, reason: str, now: float
+        self,
+        kind: str,
+        step: int,
+        attempt: int,
+        rejected: bool,
+        reason: str,
+        now: float,
+        data: Any = None,
     ) -> list[Command]:
         definition, s = self.definition, self.state
         spec = definition.steps[step]
@@ -432,6 +461,8 @@ class Saga:
             s.waiting = [kind, step, attempt + 1, now + delay]
             self._event("retry-scheduled", now, step, attempt + 1, {"kind": kind, "in": delay})
             return [self._arm_timer(delay)]
+        if kind == DO:
+            s.failure = [spec.name, reason, data]
         if kind == UNDO:
             # The compensation becomes debt: durable, listed by `understudy debt`, paid by a
             # retry or resolved by hand, never dropped. The steps before it stay on the stack:
@@ -552,13 +583,26 @@ class Saga:
         if outstanding:
             detail["outstanding"] = list(outstanding)
         self._event(status, now, detail=detail)
-        return [Finish(status, reason, outstanding, dict(s.results))]
+        return [Finish(status, reason, outstanding, dict(s.results), failure_of(s.failure))]
 
     def _send_forward(self, step: int, attempt: int, now: float) -> list[Command]:
         s = self.state
         if s.paused is not None and step not in s.stack:
             # Held before the step is pushed: no intent, nothing to compensate for it (I4).
             return self._hold(DO, step, attempt, now)
+        spec = self.definition.steps[step]
+        if spec.inputs and step not in s.stack:
+            try:
+                request_data(spec, self.payload, s.results, None)
+            except InputMissing as exc:
+                # Nothing was sent (no intent, nothing to compensate for this step): the
+                # definition asks for a value its earlier steps did not return, which no retry
+                # changes, so it counts as a refusal.
+                reason = f"its request cannot be built: {exc}"
+                self._event(
+                    "rejected", now, step, attempt, {"outcome": "rejected", "reason": reason}
+                )
+                return self._failed(DO, step, attempt, True, reason, now)
         s.step = step
         if step not in s.stack:
             s.stack.append(step)
@@ -600,6 +644,26 @@ class Saga:
         self._event("held", now, step, attempt, {"kind": kind, "paused_by": who})
         return []
 
+    def sends(self) -> list[Send]:
+        """Every request this saga waits on (one at most), as :meth:`outstanding`."""
+        send = self.outstanding()
+        return [] if send is None else [send]
+
+    def waits_on(self, request: StepRequest) -> bool:
+        """Whether this incarnation still waits on exactly ``request``."""
+        pending = self.state.pending
+        return (
+            request.incarnation == self.incarnation
+            and pending is not None
+            and pending[:3] == [request.kind, request.step, request.attempt]
+        )
+
+    def rearm(self, step: int) -> Timer:
+        """A new reply timer for the request it waits on, sent again now (the running timer's
+        token goes stale)."""
+        self.state.timer += 1
+        return Timer(self.definition.steps[step].timeout, self.state.timer)
+
     def outstanding(self) -> Send | None:
         """The request this saga waits on, rebuilt identically (same key, attempt and
         incarnation): re-sending it is safe, and needs no new intent."""
@@ -612,6 +676,7 @@ class Saga:
         spec = self.definition.steps[step]
         action = spec.action if kind == DO else spec.compensation
         assert action is not None
+        payload, results = request_data(spec, self.payload, self.state.results, None)
         request = StepRequest(
             saga_id=self.saga_id,
             step=step,
@@ -620,10 +685,11 @@ class Saga:
             action=action,
             key=idempotency_key(self.saga_id, step, kind),
             forward_key=idempotency_key(self.saga_id, step, DO),
-            payload=self.payload,
-            results=dict(self.state.results),
+            payload=payload,
+            results=results,
             attempt=attempt,
             incarnation=self.incarnation,
+            failure=failure_of(self.state.failure) if kind == UNDO else None,
         )
         return Send(spec.participant, request)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from understudy.actors.workflow import Workflow
 from understudy.errors import VerbRefused
 from understudy.persistence.base import (
     COMPENSATING,
@@ -40,6 +41,7 @@ from understudy.persistence.base import (
 )
 
 if TYPE_CHECKING:
+    from understudy.actors.machines import Machine
     from understudy.actors.saga import Command, Saga
 
 VERBS: Final = ("cancel", "pause", "resume", "retry", "skip", "resolve", "abandon")
@@ -56,14 +58,18 @@ VERB_ARGS: Final[dict[str, tuple[str, ...]]] = {
 
 
 def operate(
-    saga: Saga, verb: str, args: dict[str, Any], who: str, why: str, command: int, now: float
+    saga: Machine, verb: str, args: dict[str, Any], who: str, why: str, command: int, now: float
 ) -> list[Command]:
     """Apply ``verb`` to ``saga``: the commands to carry out once it is durable. Raises
     :class:`VerbRefused` (and changes nothing) when the verb does not apply."""
     if verb not in VERBS:
         raise VerbRefused(f"unknown verb {verb!r}; the verbs are {', '.join(VERBS)}")
-    check = _CHECKS[verb]
-    check(saga, args)
+    from understudy.actors import workflow_verbs  # it builds on this module's refusals
+
+    if isinstance(saga, Workflow):
+        workflow_verbs.check(saga, verb, args)
+    else:
+        _CHECKS[verb](saga, args)
     s = saga.state
     detail: dict[str, Any] = {"verb": verb, "who": who, "why": why, "command": command}
     detail.update({k: v for k, v in args.items() if k in VERB_ARGS[verb]})
@@ -71,6 +77,8 @@ def operate(
     if s.phase == FAILED:
         # Taken up again by a person: its restarts start counting afresh (I11).
         s.recovery_attempts = 0
+    if isinstance(saga, Workflow):
+        return workflow_verbs.apply(saga, verb, args, who, why, now)
     return _APPLY[verb](saga, args, who, why, now)
 
 
@@ -100,18 +108,18 @@ def refusal(
 # --- refusals: each says why, and what to do instead ------------------------------------------
 
 
-def _where(saga: Saga) -> str:
+def _where(saga: Machine) -> str:
     s = saga.state
     if s.phase == FAILED:
         return f"is parked (failed: {s.reason or 'no reason recorded'})"
     return f"is {s.phase}"
 
 
-def _refuse(saga: Saga, verb: str, why: str) -> VerbRefused:
+def _refuse(saga: Machine, verb: str, why: str) -> VerbRefused:
     return VerbRefused(f"cannot {verb} saga {saga.saga_id!r}: it {_where(saga)}; {why}")
 
 
-def _finished(saga: Saga, verb: str) -> None:
+def _finished(saga: Machine, verb: str) -> None:
     s = saga.state
     if s.phase in TERMINAL_STATUSES and s.phase != FAILED:
         raise VerbRefused(
@@ -132,7 +140,7 @@ def _forward_only(saga: Saga, verb: str) -> None:
         )
 
 
-def _stopped_in(saga: Saga) -> str | None:
+def _stopped_in(saga: Machine) -> str | None:
     """The phase a saga is in, or stopped in when parked."""
     s = saga.state
     return s.stopped_in if s.phase == FAILED else s.phase
@@ -208,7 +216,7 @@ def _check_retry(saga: Saga, args: dict[str, Any]) -> None:
         raise _refuse(saga, "retry", what)
 
 
-def _step_arg(saga: Saga, verb: str, args: dict[str, Any]) -> int:
+def _step_arg(saga: Machine, verb: str, args: dict[str, Any]) -> int:
     """The step named by ``args['step']`` (its name or index)."""
     wanted = args.get("step")
     steps = saga.definition.steps

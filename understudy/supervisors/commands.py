@@ -20,8 +20,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from understudy import failpoints
-from understudy.actors import verbs
-from understudy.actors.saga import Saga
+from understudy.actors import machines, verbs
+from understudy.actors.machines import Machine
 from understudy.errors import CorruptRecord, LeaseLost, StoreError, VerbRefused
 from understudy.persistence.base import (
     APPLIED,
@@ -52,7 +52,7 @@ class CommandIntake:
     lease: Lease | None
     lost: bool
     stopped: bool
-    sagas: dict[str, Saga]
+    sagas: dict[str, Machine]
     batch: list[Any]
     applying: set[int]
     polling: bool
@@ -62,7 +62,7 @@ class CommandIntake:
 
         def _run(
             self,
-            saga: Saga,
+            saga: Machine,
             step: Any,
             new: NewSaga | None = None,
             done: CommandDone | None = None,
@@ -149,7 +149,7 @@ class CommandIntake:
             self._refuse(command, saga.incarnation, refused[0])
         # Applied: logged (understudy.saga) once committed, with the saga's other events.
 
-    def _parked_saga(self, command: CommandRecord, record: SagaRecord | None) -> Saga | None:
+    def _parked_saga(self, command: CommandRecord, record: SagaRecord | None) -> Machine | None:
         """The saga of a command that is not in memory, when it is parked and can be acted on;
         otherwise the command is refused (unknown, finished, unreadable, no definition) or
         left for a later poll (a saga being reloaded) and None is returned."""
@@ -184,7 +184,7 @@ class CommandIntake:
             )
             return None
         try:
-            return Saga.from_record(record, definition)
+            return machines.from_record(record, definition)
         except CorruptRecord as exc:
             self._refuse(
                 command, record.incarnation, f"the saga's stored state cannot be read: {exc}"

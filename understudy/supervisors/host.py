@@ -33,9 +33,11 @@ import traceback
 from typing import Any
 
 from understudy import codec, failpoints
+from understudy.actors import machines
 from understudy.actors.batching import GroupCommit, Outbox
+from understudy.actors.machines import Machine
 from understudy.actors.plumbing import Batch, Flush, Stop, Stopped, handle_batched
-from understudy.actors.saga import DO, Finish, Saga, Send, Timer
+from understudy.actors.saga import DO, Finish, Send, Timer
 from understudy.actors.system import (
     ActorTypeDispatcher,
     PoisonMessage,
@@ -98,7 +100,7 @@ class _Staged:
 
     __slots__ = ("commands", "new", "saga", "writes")
 
-    def __init__(self, saga: Saga, writes: list[Any], commands: list[Any], new: bool) -> None:
+    def __init__(self, saga: Machine, writes: list[Any], commands: list[Any], new: bool) -> None:
         self.saga = saga
         self.writes = writes
         self.commands = commands
@@ -114,7 +116,7 @@ class SagaHost(
         self.store: SagaStore | None = None
         self.coordinator: Any = None
         self.definitions: dict[tuple[str, int], SagaDefinition] = {}
-        self.sagas: dict[str, Saga] = {}
+        self.sagas: dict[str, Machine] = {}
         self.participants: dict[str, Any] = {}
         self.held: dict[str, list[StepRequest]] = {}
         self.batch: list[_Staged] = []
@@ -205,7 +207,7 @@ class SagaHost(
                 self._guarded_load(saga_id)
             return
         definition = self.definitions[(msg.definition, msg.version)]
-        saga = Saga.restore(saga_id, definition, msg.payload, 1, None, 0, 0)
+        saga = machines.restore(saga_id, definition, msg.payload, 1, None, 0, 0)
         self.sagas[saga_id] = saga
         now = time.time()
         new = NewSaga(
@@ -357,11 +359,13 @@ class SagaHost(
                 self.pacing.reset(name)
             staged = {st.saga.saga_id for st in self.batch if st.saga is not None}
             for saga in list(self.sagas.values()):
-                if saga.saga_id in staged or self.pacing.is_waiting(saga.saga_id):
+                if saga.saga_id in staged:
                     continue
-                send = saga.outstanding()
-                if send is not None and send.participant in replaced:
-                    self._resend(saga, send.participant, send.request)
+                for send in saga.sends():
+                    if send.participant in replaced and not self.pacing.is_waiting(
+                        saga.saga_id, send.request.key
+                    ):
+                        self._resend(saga, send.participant, send.request)
         for name in [n for n in self.held if n in self.participants]:
             for request in self.held.pop(name):
                 waiting = self._waiting_saga(request)
@@ -375,7 +379,7 @@ class SagaHost(
 
     def _run(
         self,
-        saga: Saga,
+        saga: Machine,
         step: Any,
         new: NewSaga | None = None,
         done: CommandDone | None = None,
@@ -530,7 +534,7 @@ class SagaHost(
                 w.command_id for s in batch for w in s.writes if isinstance(w, CommandDone)
             )
         position = 0
-        sent: list[tuple[Saga, StepRequest]] = []
+        sent: list[tuple[Machine, StepRequest]] = []
         for staged in batch:
             applied = results[position : position + len(staged.writes)]
             position += len(staged.writes)
@@ -562,7 +566,7 @@ class SagaHost(
         self._after_sends(sent)
         self._idle()
 
-    def _after_sends(self, sent: list[tuple[Saga, StepRequest]]) -> None:
+    def _after_sends(self, sent: list[tuple[Machine, StepRequest]]) -> None:
         for saga, request in sent:
             try:
                 failpoints.hit(
@@ -574,7 +578,7 @@ class SagaHost(
                     self._crash(saga.saga_id, exc, new=False)
 
     def _carry_out(
-        self, saga: Saga | None, commands: list[Any], sent: list[tuple[Saga, StepRequest]]
+        self, saga: Machine | None, commands: list[Any], sent: list[tuple[Machine, StepRequest]]
     ) -> None:
         deferred: Timer | None = None  # the reply timer of a request that waits for a slot
         for index, command in enumerate(commands):
@@ -619,6 +623,7 @@ class SagaHost(
                         command.reason,
                         command.outstanding,
                         command.results,
+                        failure=command.failure,
                     ),
                 )
             elif isinstance(command, SagaFinished):
@@ -641,22 +646,25 @@ class SagaHost(
             delay = timer.delay if timer is not None else self._timeout_of(request)
             if not window.open() and not self._room_after_purge(window):
                 token = timer.token if timer is not None else None
-                self.pacing.enqueue(window, Queued(participant, request, delay, token))
+                self.pacing.enqueue(
+                    window, Queued(participant, request, delay, token, self._lanes(request))
+                )
                 if self.pacing.ready:
                     self.schedule_flush()
                 self._watch_window(window)
                 return QUEUED
-            self.pacing.take(window, request.saga_id, request.key, time.time() + delay)
+            self.pacing.take(
+                window, request.saga_id, request.key, time.time() + delay, self._lanes(request)
+            )
         self._transmit(address, request)
         return SENT
 
-    def _resend(self, saga: Saga, participant: str, request: StepRequest) -> None:
+    def _resend(self, saga: Machine, participant: str, request: StepRequest) -> None:
         """Send ``request``, which ``saga`` waits on, again (same key, attempt and incarnation:
         the participant's ledger makes it harmless), with a whole reply timeout from when it is
         sent: the saga's running reply timer is detached (its token goes stale) and a new one
         armed now, or when a slot frees if the request has to wait for one."""
-        saga.state.timer += 1
-        timer = Timer(saga.definition.steps[request.step].timeout, saga.state.timer)
+        timer = saga.rearm(request.step)
         if self._deliver(participant, request, timer) != QUEUED:
             self._set_timer(
                 time.time() + timer.delay, SagaTimer(saga.saga_id, saga.incarnation, timer.token)
@@ -686,17 +694,15 @@ class SagaHost(
         saga = self.sagas.get(request.saga_id)
         return 0.0 if saga is None else float(saga.definition.steps[request.step].timeout)
 
-    def _waiting_saga(self, request: StepRequest) -> Saga | None:
+    def _lanes(self, request: StepRequest) -> bool:
+        """Whether ``request``'s saga takes a slot per step (a workflow) rather than one."""
+        saga = self.sagas.get(request.saga_id)
+        return saga is not None and saga.kind == "workflow"
+
+    def _waiting_saga(self, request: StepRequest) -> Machine | None:
         """The saga in memory that still waits on exactly ``request``, or None."""
         saga = self.sagas.get(request.saga_id)
-        if saga is None or saga.incarnation != request.incarnation:
-            return None
-        pending = saga.state.pending
-        if pending is None or (pending[0], pending[1], pending[2]) != (
-            request.kind,
-            request.step,
-            request.attempt,
-        ):
+        if saga is None or not saga.waits_on(request):
             return None
         return saga
 
@@ -723,7 +729,7 @@ class SagaHost(
             if pacing.ready:
                 self.schedule_flush()
 
-    def _pump(self, sent: list[tuple[Saga, StepRequest]]) -> None:
+    def _pump(self, sent: list[tuple[Machine, StepRequest]]) -> None:
         """Send, in order, the requests that wait in windows with free slots, arming each one's
         reply timer now. A request whose saga moved on (a new incarnation, another attempt)
         or left memory is dropped: it is no longer what the saga waits on."""
@@ -748,7 +754,9 @@ class SagaHost(
                 if address is None:  # no longer registered: held, its deadline running
                     self.held.setdefault(window.name, []).append(request)
                     continue
-                self.pacing.take(window, request.saga_id, request.key, now + queued.delay)
+                self.pacing.take(
+                    window, request.saga_id, request.key, now + queued.delay, self._lanes(request)
+                )
                 self._working_on(request.saga_id)
                 try:
                     self._transmit(address, request)
@@ -760,7 +768,7 @@ class SagaHost(
 
     def _send_waiting(self) -> None:
         """Send what waits for slots freed outside a commit, on its own."""
-        sent: list[tuple[Saga, StepRequest]] = []
+        sent: list[tuple[Machine, StepRequest]] = []
         self._pump(sent)
         self._send_outbox()
         self._after_sends(sent)

@@ -19,7 +19,9 @@ A slot is taken when a request leaves the host, and freed when
   as a PoisonMessage comes back as an error reply, which counts);
 - the request's deadline passes: the saga's reply timeout, counted from the send. The same
   saga's next request (its retry, or a compensation) takes the slot over in any case: a saga
-  waits on one request at a time, so its earlier one was answered or given up;
+  waits on one request at a time, so its earlier one was answered or given up. A workflow
+  waits on one request per step at a time: each of its steps holds a slot of its own (a
+  *lane*, keyed by saga id and step), taken over by that step's next request;
 - the saga leaves the host's memory (it finished, crashed, was fenced, the lease was lost);
 - the participant is replaced (its address changes): its mailbox died with it, so its window
   starts empty.
@@ -35,12 +37,22 @@ and a request costs a dict insertion when it is sent and a deletion when it is a
 from __future__ import annotations
 
 from collections import deque
+from typing import TypeAlias
 
 import attrs
 
 from understudy.messages import StepRequest
 
 __all__ = ["Pacing", "Queued", "SendWindow", "WindowCheck", "share_of"]
+
+#: Who holds a slot: a saga (its id), or one step of a workflow ((saga id, step)).
+Slot: TypeAlias = str | tuple[str, int]
+
+
+def lane(saga_id: str, key: str) -> tuple[str, int]:
+    """The slot of a workflow's request under ``key`` (``saga:step:kind``): its step's lane,
+    which its forward request and its compensation share."""
+    return (saga_id, int(key.rsplit(":", 2)[1]))
 
 
 def share_of(limit: int | None, shards: int) -> int | None:
@@ -55,16 +67,23 @@ class Queued:
     """A request waiting for a slot, with the reply timer to arm when it goes: ``delay``
     seconds, under the saga's timer ``token`` (None: no timer to arm)."""
 
-    __slots__ = ("cancelled", "delay", "participant", "request", "token")
+    __slots__ = ("cancelled", "delay", "participant", "request", "slot", "token")
 
     def __init__(
-        self, participant: str, request: StepRequest, delay: float, token: int | None
+        self,
+        participant: str,
+        request: StepRequest,
+        delay: float,
+        token: int | None,
+        lanes: bool = False,
     ) -> None:
         self.participant = participant
         self.request = request
         self.delay = delay
         self.token = token
         self.cancelled = False
+        #: A saga's requests wait in one place (its id); a workflow's, one per step (``lanes``).
+        self.slot: Slot = lane(request.saga_id, request.key) if lanes else request.saga_id
 
 
 class SendWindow:
@@ -75,8 +94,8 @@ class SendWindow:
     def __init__(self, name: str, share: int) -> None:
         self.name = name
         self.share = share
-        #: saga id -> (idempotency key, deadline) of each request sent and not answered yet
-        self.used: dict[str, tuple[str, float]] = {}
+        #: slot -> (idempotency key, deadline) of each request sent and not answered yet
+        self.used: dict[Slot, tuple[str, float]] = {}
         self.queue: deque[Queued] = deque()
         self.check_at: float | None = None  # when a WindowCheck for it is due, if one is
 
@@ -117,8 +136,10 @@ class Pacing:
 
     def __init__(self) -> None:
         self.windows: dict[str, SendWindow] = {}  # participant name -> window (limited only)
-        self.holder: dict[str, SendWindow] = {}  # saga id -> the window its slot is in
-        self.waiting: dict[str, Queued] = {}  # saga id -> its request waiting in a queue
+        self.holder: dict[Slot, SendWindow] = {}  # slot -> the window it is in
+        self.waiting: dict[Slot, Queued] = {}  # slot -> its request waiting in a queue
+        #: workflow id -> its lanes holding a slot or waiting for one (to free them together)
+        self.lanes: dict[str, set[tuple[str, int]]] = {}
         #: Windows with a free slot and requests waiting: the host sends from them next.
         self.ready: dict[str, SendWindow] = {}
 
@@ -139,41 +160,52 @@ class Pacing:
                 window.share = share
                 self._wake(window)
 
-    def take(self, window: SendWindow, saga_id: str, key: str, deadline: float) -> None:
+    def take(
+        self, window: SendWindow, saga_id: str, key: str, deadline: float, lanes: bool = False
+    ) -> None:
         """A request of ``saga_id`` under ``key`` is being sent: it takes a slot until
-        ``deadline`` (and frees the slot of the saga's previous request, if any)."""
-        previous = self.holder.get(saga_id)
+        ``deadline`` (and frees the slot of the saga's previous request, if any; ``lanes``: of
+        the workflow step's previous request)."""
+        slot = self._slot(saga_id, key, lanes)
+        previous = self.holder.get(slot)
         if previous is not None and previous is not window:
-            self._free(previous, saga_id)
-        window.used[saga_id] = (key, deadline)
-        self.holder[saga_id] = window
+            self._free(previous, slot)
+        window.used[slot] = (key, deadline)
+        self.holder[slot] = window
 
     def replied(self, saga_id: str, key: str) -> None:
         """A reply under ``key`` arrived for ``saga_id`` (stale or not)."""
-        window = self.holder.get(saga_id)
-        if window is not None and window.used[saga_id][0] == key:
-            self._free(window, saga_id)
+        slot: Slot = saga_id
+        window = self.holder.get(slot)
+        if window is None and saga_id in self.lanes:
+            slot = lane(saga_id, key)
+            window = self.holder.get(slot)
+        if window is not None and window.used[slot][0] == key:
+            self._free(window, slot)
 
     def expire(self, saga_id: str, now: float) -> None:
-        """A timer of ``saga_id`` fired at ``now``: its request's slot frees if its deadline
-        has passed."""
-        window = self.holder.get(saga_id)
-        if window is not None and window.used[saga_id][1] <= now:
-            self._free(window, saga_id)
+        """A timer of ``saga_id`` fired at ``now``: its requests' slots free where their
+        deadline has passed."""
+        for slot in self._slots(saga_id):
+            window = self.holder.get(slot)
+            if window is not None and window.used[slot][1] <= now:
+                self._free(window, slot)
 
     def forget(self, saga_id: str) -> None:
-        """``saga_id`` left the host's memory: free its slot, drop its waiting request."""
-        window = self.holder.get(saga_id)
-        if window is not None:
-            self._free(window, saga_id)
-        queued = self.waiting.pop(saga_id, None)
-        if queued is not None:
-            queued.cancelled = True
+        """``saga_id`` left the host's memory: free its slots, drop its waiting requests."""
+        for slot in self._slots(saga_id):
+            window = self.holder.get(slot)
+            if window is not None:
+                self._free(window, slot)
+            queued = self.waiting.pop(slot, None)
+            if queued is not None:
+                queued.cancelled = True
+        self.lanes.pop(saga_id, None)
 
     def purge(self, window: SendWindow, now: float) -> None:
         """Free every slot of ``window`` whose deadline has passed."""
-        for saga_id in [s for s, (_key, deadline) in window.used.items() if deadline <= now]:
-            self._free(window, saga_id)
+        for slot in [s for s, (_key, deadline) in window.used.items() if deadline <= now]:
+            self._free(window, slot)
 
     def reset(self, name: str) -> None:
         """Participant ``name`` was replaced: nothing is in flight at the new one. Requests that
@@ -181,25 +213,33 @@ class Pacing:
         window = self.windows.get(name)
         if window is None:
             return
-        for saga_id in window.used:
-            del self.holder[saga_id]
+        for slot in window.used:
+            del self.holder[slot]
         window.used.clear()
         window.check_at = None
         self._wake(window)
 
     def enqueue(self, window: SendWindow, queued: Queued) -> None:
         """``queued`` waits for a slot of ``window``, behind those already waiting; it replaces
-        any earlier waiting request of the same saga."""
-        saga_id = queued.request.saga_id
-        earlier = self.waiting.get(saga_id)
+        any earlier waiting request of the same saga (of the same workflow step)."""
+        slot = queued.slot
+        if isinstance(slot, tuple):
+            self.lanes.setdefault(slot[0], set()).add(slot)
+        earlier = self.waiting.get(slot)
         if earlier is not None:
             earlier.cancelled = True
-        self.waiting[saga_id] = queued
+        self.waiting[slot] = queued
         window.queue.append(queued)
         self._wake(window)
 
-    def is_waiting(self, saga_id: str) -> bool:
-        return saga_id in self.waiting
+    def is_waiting(self, saga_id: str, key: str | None = None) -> bool:
+        """Whether a request of ``saga_id`` waits for a slot (with ``key``: of that request's
+        workflow step, for a workflow)."""
+        if saga_id in self.waiting:
+            return True
+        if key is not None:
+            return lane(saga_id, key) in self.waiting
+        return any(slot in self.waiting for slot in self.lanes.get(saga_id, ()))
 
     def next_waiting(self, window: SendWindow) -> Queued | None:
         """The first request of ``window`` still waiting (taken off its queue), or None."""
@@ -208,9 +248,8 @@ class Pacing:
             queued = queue.popleft()
             if queued.cancelled:
                 continue
-            saga_id = queued.request.saga_id
-            if self.waiting.get(saga_id) is queued:
-                del self.waiting[saga_id]
+            if self.waiting.get(queued.slot) is queued:
+                del self.waiting[queued.slot]
             return queued
         return None
 
@@ -228,11 +267,24 @@ class Pacing:
             window.check_at = None
         self.holder.clear()
         self.waiting.clear()
+        self.lanes.clear()
         self.ready.clear()
 
-    def _free(self, window: SendWindow, saga_id: str) -> None:
-        del window.used[saga_id]
-        del self.holder[saga_id]
+    def _slot(self, saga_id: str, key: str, lanes: bool) -> Slot:
+        if not lanes:
+            return saga_id
+        slot = lane(saga_id, key)
+        self.lanes.setdefault(saga_id, set()).add(slot)
+        return slot
+
+    def _slots(self, saga_id: str) -> list[Slot]:
+        slots: list[Slot] = [saga_id]
+        slots.extend(self.lanes.get(saga_id, ()))
+        return slots
+
+    def _free(self, window: SendWindow, slot: Slot) -> None:
+        del window.used[slot]
+        del self.holder[slot]
         if window.queue:
             self.ready[window.name] = window
 

@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from understudy import codec
+from understudy.actors import machines
 from understudy.actors.batching import Outbox
-from understudy.actors.saga import Saga
+from understudy.actors.machines import Machine
+from understudy.actors.saga import failure_of
 from understudy.actors.system import ActorExitRequest
 from understudy.actors.watch import process_identity
 from understudy.definitions import SagaDefinition
@@ -103,7 +105,7 @@ class ShardRecovery:
     store: SagaStore | None
     coordinator: Any
     definitions: dict[tuple[str, int], SagaDefinition]
-    sagas: dict[str, Saga]
+    sagas: dict[str, Machine]
     held: dict[str, list[StepRequest]]
     batch: list[Any]
     timers: list[Any]
@@ -124,7 +126,7 @@ class ShardRecovery:
     if TYPE_CHECKING:  # provided by the saga host and by Thespian's Actor, not here
         myAddress: Any
 
-        def _run(self, saga: Saga, step: Any, new: NewSaga | None = None) -> None: ...
+        def _run(self, saga: Machine, step: Any, new: NewSaga | None = None) -> None: ...
 
         def _stage_raw(self, saga_id: str, write: Transition, finished: SagaFinished) -> None: ...
 
@@ -405,11 +407,11 @@ class ShardRecovery:
         self.sagas[record.saga_id] = saga
         self._run(saga, lambda: saga.resume(now))
 
-    def _restore(self, record: SagaRecord, definition: SagaDefinition) -> Saga | None:
+    def _restore(self, record: SagaRecord, definition: SagaDefinition) -> Machine | None:
         """The saga as stored, or None after parking it when its payload or snapshot is
         unreadable, fails its checksum, or makes no sense for its definition."""
         try:
-            return Saga.from_record(record, definition)
+            return machines.from_record(record, definition)
         except CorruptRecord as exc:
             self._park_unreadable(record, str(exc), time.time())
             return None
@@ -460,11 +462,17 @@ def finished_from_record(record: SagaRecord) -> SagaFinished:
     """The terminal reply for a saga that already ended, rebuilt from its stored snapshot."""
     outstanding: tuple[str, ...] = ()
     results: dict[str, Any] = {}
+    failure: dict[str, Any] | None = None
     try:
         state = codec.decode(record.snapshot or b"\xc0", f"snapshot of saga {record.saga_id!r}")
         if isinstance(state, dict):
             outstanding = tuple(state.get("outstanding") or ())
             results = dict(state.get("results") or {})
+            stored = state.get("failure")
+            if isinstance(stored, list) and len(stored) == 3:
+                failure = failure_of(stored)
     except CorruptRecord:
         pass  # a parked corrupt saga: its reason says so
-    return SagaFinished(record.saga_id, record.status, record.reason, outstanding, results)
+    return SagaFinished(
+        record.saga_id, record.status, record.reason, outstanding, results, failure=failure
+    )

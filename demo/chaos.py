@@ -16,9 +16,9 @@ import attrs
 from demo.check import check_ledgers
 from demo.participants import DECLINED_SUFFIX
 from demo.run import participants as demo_participants
-from demo.saga import ORDER
+from demo.saga import ORDER, ORDER_WORKFLOW
 from demo.workload import Order, make_orders, opening_stock
-from understudy import COMPLETED, FAILED, RetryPolicy
+from understudy import COMPLETED, FAILED, RetryPolicy, SagaDefinition
 from understudy.testing import Invariant, Participants, RunView, SagaStart, Scenario
 
 FAST = RetryPolicy(attempts=4, backoff=0.05, max_backoff=0.5)
@@ -28,6 +28,15 @@ CHAOS_ORDER = attrs.evolve(
     ORDER,
     steps=[
         attrs.evolve(step, timeout=1.0, retry=FAST, compensation_retry=FAST) for step in ORDER.steps
+    ],
+)
+
+#: The demo's order as a workflow (``python -m demo --style workflow``), as chaos-friendly.
+CHAOS_WORKFLOW = attrs.evolve(
+    ORDER_WORKFLOW,
+    steps=[
+        attrs.evolve(step, timeout=1.0, retry=FAST, compensation_retry=FAST)
+        for step in ORDER_WORKFLOW.steps
     ],
 )
 
@@ -41,7 +50,7 @@ def _orders(sagas: list[SagaStart]) -> list[Order]:
 
 
 class DemoScenario(Scenario):
-    definitions = (CHAOS_ORDER,)
+    definitions: tuple[SagaDefinition, ...] = (CHAOS_ORDER,)
 
     def participants(self, directory: Path, sagas: list[SagaStart]) -> Participants:
         return demo_participants(directory, opening_stock(_orders(sagas)))
@@ -56,7 +65,8 @@ class DemoScenario(Scenario):
             else o
             for i, o in enumerate(orders)
         ]
-        return [SagaStart(o.order_id, CHAOS_ORDER.name, o.payload()) for o in orders]
+        name = self.definitions[0].name
+        return [SagaStart(o.order_id, name, o.payload()) for o in orders]
 
     def invariants(self) -> list[Invariant]:
         return [demo_ledger_checks]
@@ -72,5 +82,14 @@ def demo_ledger_checks(view: RunView) -> list[str]:
     return [f"{c.name}: {c.detail}" for c in report.checks if not c.ok and c.name not in _COVERED]
 
 
+class WorkflowScenario(DemoScenario):
+    """The same orders, participants and ledger checks, run as the workflow: the stock is
+    reserved and the card charged at once once the order exists."""
+
+    definitions = (CHAOS_WORKFLOW,)
+
+
 #: The scenario ``understudy chaos`` runs unless told otherwise.
 scenario = DemoScenario()
+#: ``understudy chaos --scenario demo.chaos:workflow``.
+workflow = WorkflowScenario()

@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 
 from understudy.actors import verbs
 from understudy.actors.saga import Saga, Send
+from understudy.actors.workflow import Workflow
+from understudy.definitions import WorkflowDefinition
 from understudy.persistence.base import CommandDone, CommandRecord, NewSaga
 from understudy.supervisors.host import SagaHost
 
@@ -113,3 +115,52 @@ class AppliesCommandsTwice(SagaHost):
             self.applying.discard(done.command_id)  # looked at again at the next poll
             return
         super()._run(saga, step, new, done, reopen)
+
+
+class _LaunchesEverything(Workflow):
+    """Broken on purpose: every step is sent as soon as the workflow starts, waiting for none of
+    the steps it depends on."""
+
+    def _advance(self, now: float) -> list[Any]:
+        commands: list[Any] = []
+        for step, entry in enumerate(self.state.track):
+            if entry is None and self.state.phase == "running":
+                commands += self._launch(step, now)
+        return commands
+
+
+class IgnoresDependencies(SagaHost):
+    """A saga host whose workflows run every step at once."""
+
+    workflow_class = _LaunchesEverything
+
+
+class _Reversed:
+    """A workflow definition seen with its graph turned around: each step's dependents are the
+    steps it depends on."""
+
+    def __init__(self, real: WorkflowDefinition) -> None:
+        self._real = real
+        self.dependents = real.dependencies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class _CompensatesForwards(Workflow):
+    """Broken on purpose: compensates in the order the steps ran (the order first, the stock and
+    the charge after it), not the graph's reverse."""
+
+    def _compensate_ready(self, now: float) -> list[Any]:
+        real = self.definition
+        self.definition = _Reversed(real)  # type: ignore[assignment]
+        try:
+            return super()._compensate_ready(now)
+        finally:
+            self.definition = real
+
+
+class CompensatesForwards(SagaHost):
+    """A saga host whose workflows compensate a step before the steps that depend on it."""
+
+    workflow_class = _CompensatesForwards

@@ -23,11 +23,13 @@ def restore(
     snapshot: bytes | None,
     snapshot_version: int,
     recovery_attempts: int,
+    workflow: type[Workflow] = Workflow,
 ) -> Machine:
     """The instance a snapshot holds (a new one when ``snapshot`` is None); raises
-    :class:`~understudy.errors.CorruptRecord` when it cannot be trusted."""
+    :class:`~understudy.errors.CorruptRecord` when it cannot be trusted. ``workflow``: the
+    class that runs workflows (the host's; tests put a broken one there)."""
     if isinstance(definition, WorkflowDefinition):
-        return Workflow.restore(
+        return workflow.restore(
             saga_id, definition, payload, incarnation, snapshot, snapshot_version, recovery_attempts
         )
     return Saga.restore(
@@ -35,9 +37,11 @@ def restore(
     )
 
 
-def from_record(record: SagaRecord, definition: SagaDefinition) -> Machine:
+def from_record(
+    record: SagaRecord, definition: SagaDefinition, workflow: type[Workflow] = Workflow
+) -> Machine:
     """The instance a stored row holds; :class:`~understudy.errors.CorruptRecord` when the row
     failed its checksum or cannot be trusted."""
     if isinstance(definition, WorkflowDefinition):
-        return Workflow.from_record(record, definition)
+        return workflow.from_record(record, definition)
     return Saga.from_record(record, definition)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from understudy import failpoints
 from understudy.actors import machines, verbs
 from understudy.actors.machines import Machine
+from understudy.actors.workflow import Workflow
 from understudy.errors import CorruptRecord, LeaseLost, StoreError, VerbRefused
 from understudy.persistence.base import (
     APPLIED,
@@ -53,6 +54,7 @@ class CommandIntake:
     lost: bool
     stopped: bool
     sagas: dict[str, Machine]
+    workflow_class: type[Workflow]
     batch: list[Any]
     applying: set[int]
     polling: bool
@@ -184,7 +186,7 @@ class CommandIntake:
             )
             return None
         try:
-            return machines.from_record(record, definition)
+            return machines.from_record(record, definition, self.workflow_class)
         except CorruptRecord as exc:
             self._refuse(
                 command, record.incarnation, f"the saga's stored state cannot be read: {exc}"

@@ -44,6 +44,7 @@ from understudy.actors.system import (
     WakeupMessage,
 )
 from understudy.actors.watch import OwnerWatch
+from understudy.actors.workflow import Workflow
 from understudy.definitions import SagaDefinition
 from understudy.errors import LeaseLost, StoreError
 from understudy.messages import SagaFinished, StepReply, StepRequest
@@ -110,6 +111,9 @@ class _Staged:
 class SagaHost(
     ShardRecovery, CommandIntake, Notifier, GroupCommit, OwnerWatch, ActorTypeDispatcher
 ):
+    #: The state machine that runs workflows (a subclass here is how tests break one on purpose).
+    workflow_class: type[Workflow] = Workflow
+
     def __init__(self) -> None:
         super().__init__()
         self.setup: HostSetup | None = None
@@ -207,7 +211,9 @@ class SagaHost(
                 self._guarded_load(saga_id)
             return
         definition = self.definitions[(msg.definition, msg.version)]
-        saga = machines.restore(saga_id, definition, msg.payload, 1, None, 0, 0)
+        saga = machines.restore(
+            saga_id, definition, msg.payload, 1, None, 0, 0, workflow=self.workflow_class
+        )
         self.sagas[saga_id] = saga
         now = time.time()
         new = NewSaga(

@@ -39,6 +39,7 @@ from understudy.actors.machines import Machine
 from understudy.actors.saga import failure_of
 from understudy.actors.system import ActorExitRequest
 from understudy.actors.watch import process_identity
+from understudy.actors.workflow import Workflow
 from understudy.definitions import SagaDefinition
 from understudy.errors import (
     CorruptRecord,
@@ -106,6 +107,7 @@ class ShardRecovery:
     coordinator: Any
     definitions: dict[tuple[str, int], SagaDefinition]
     sagas: dict[str, Machine]
+    workflow_class: type[Workflow]
     held: dict[str, list[StepRequest]]
     batch: list[Any]
     timers: list[Any]
@@ -411,7 +413,7 @@ class ShardRecovery:
         """The saga as stored, or None after parking it when its payload or snapshot is
         unreadable, fails its checksum, or makes no sense for its definition."""
         try:
-            return machines.from_record(record, definition)
+            return machines.from_record(record, definition, self.workflow_class)
         except CorruptRecord as exc:
             self._park_unreadable(record, str(exc), time.time())
             return None

@@ -18,7 +18,10 @@ The invariants (rule names in brackets):
 - [unknown-saga] no participant holds effects of a saga the store never recorded;
 - [completed] a completed saga applied every step and compensated none;
 - [compensated] a compensated saga compensated every step whose intent it recorded, left no
-  forward effect applied, and compensated in reverse order;
+  forward effect applied, and compensated in reverse order (a workflow: in reverse graph order,
+  every step compensated after the steps that depend on it);
+- [graph-order] (workflows) no step's intent was recorded before every step it depends on was
+  done, and no step applied whose dependency never did;
 - [forward-after-undo] no forward effect was applied after its compensation;
 - [needs-attention] a failed saga whose effects are neither all forward nor fully compensated
   lists what is unresolved;
@@ -74,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from understudy import codec
-from understudy.definitions import SagaDefinition
+from understudy.definitions import SagaDefinition, WorkflowDefinition
 from understudy.errors import CorruptRecord, LedgerError
 from understudy.persistence import POSTGRES_SCHEMES, open_store, redact, secrets_in
 from understudy.persistence.base import (
@@ -486,7 +489,19 @@ def _check_saga(
     skipped, resolved = set(operated.skipped), operated.resolved
     all_forward = set(applied) | skipped == set(steps) and not undone
     order = sorted(undone, key=lambda i: undone[i])
-    in_reverse = order == sorted(undone, reverse=True)
+    graph = definition if isinstance(definition, WorkflowDefinition) else None
+    early: list[tuple[int, int]] = []  # (step, its dependent) compensated the other way round
+    if graph is not None:
+        early = [
+            (i, j)
+            for i in undone
+            for j in graph.dependents[i]
+            if j in undone and undone[j] > undone[i]
+        ]
+        in_reverse = not early
+        _check_graph(report, saga_id, events, applied, skipped, graph)
+    else:
+        in_reverse = order == sorted(undone, reverse=True)
     fully_undone = set(applied) - resolved <= set(undone) and in_reverse
     if record.status == COMPLETED and not all_forward:
         add(
@@ -509,7 +524,15 @@ def _check_saga(
         left = sorted(set(applied) - set(undone) - resolved)
         if left and not missing:
             add("compensated", saga_id, f"compensated, but {_names(definition, left)} stay applied")
-        if not in_reverse:
+        if early:
+            i, j = early[0]
+            add(
+                "compensated",
+                saga_id,
+                f"step {_name(definition, i)} was compensated before step "
+                f"{_name(definition, j)}, which depends on it (order {_names(definition, order)})",
+            )
+        elif not in_reverse:
             add(
                 "compensated",
                 saga_id,
@@ -542,6 +565,44 @@ def _check_saga(
             )
     if operated is not _NOTHING or any(e.kind == "debt" for e in events):
         _check_operated(report, record, events, definition, operated, reversible)
+
+
+def _check_graph(
+    report: Report,
+    saga_id: str,
+    events: list[EventRecord],
+    applied: dict[int, float],
+    skipped: set[int],
+    graph: WorkflowDefinition,
+) -> None:
+    """[graph-order]: a workflow's step was sent only once every step it depends on was done
+    (its timeline), and applied only where they were (the ledgers)."""
+    done: set[int] = set(skipped)
+    for event in events:
+        if event.step is None:
+            continue
+        if event.kind in ("done", "skipped"):
+            done.add(event.step)
+        elif event.kind == "intent" and not event.detail.get("resent"):
+            waiting = [d for d in graph.dependencies[event.step] if d not in done]
+            if waiting:
+                report.add(
+                    "graph-order",
+                    saga_id,
+                    f"step {_name(graph, event.step)} was sent before "
+                    f"{_names(graph, waiting)}, which it depends on, was done",
+                )
+                return
+    for step in applied:
+        missing = [d for d in graph.dependencies[step] if d not in applied and d not in skipped]
+        if missing:
+            report.add(
+                "graph-order",
+                saga_id,
+                f"step {_name(graph, step)} applied, but {_names(graph, missing)}, which it "
+                "depends on, never did",
+            )
+            return
 
 
 def _outstanding(record: SagaRecord) -> list[str]:
@@ -610,7 +671,7 @@ def _check_operated(
     [paused]), for a saga whose timeline has any."""
     saga_id, add = record.saga_id, report.add
     state = _state(record) or {}
-    on_stack = set(state.get("stack") or ())
+    on_stack = _on_stack(state)
     for event in operated.unexplained:
         add(
             "skipped",
@@ -648,6 +709,22 @@ def _check_operated(
         )
     _check_cancels(report, saga_id, events, definition, operated, reversible, owed, on_stack)
     _check_pauses(report, saga_id, events, definition)
+
+
+def _on_stack(state: dict[str, Any]) -> set[int]:
+    """The steps a saga still has to compensate, owed apart: a saga's stack, a workflow's
+    started steps neither compensated nor owed."""
+    track = state.get("track")
+    if not isinstance(track, list):
+        return set(state.get("stack") or ())
+    return {
+        i
+        for i in state.get("started") or ()
+        if isinstance(i, int)
+        and 0 <= i < len(track)
+        and isinstance(track[i], list)
+        and track[i][0] not in ("undone", "skipped", "owed")
+    }
 
 
 def _debt(

@@ -18,6 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from bench.common import fails
 from understudy import (
     Participant,
@@ -25,6 +27,7 @@ from understudy import (
     SagaDefinition,
     Step,
     StepContext,
+    WorkflowDefinition,
     action,
     compensation,
 )
@@ -132,6 +135,20 @@ def order_definition(timeout: float = 30.0) -> SagaDefinition:
             Step("charge_payment", "payments", "charge_payment", "refund_payment", timeout=timeout),
         ],
     )
+
+
+def order_workflow(timeout: float = 30.0) -> WorkflowDefinition:
+    """The same order as a workflow: once the order exists, the stock is reserved and the card
+    charged at once (the same participants, steps and deadlines)."""
+    steps = order_definition(timeout).steps
+    after = {"reserve_inventory": ["create_order"], "charge_payment": ["create_order"]}
+    return WorkflowDefinition(
+        "order", 1, [attrs.evolve(step, after=after.get(step.name, ())) for step in steps]
+    )
+
+
+#: The definition each style of ``bench.understudy_saga throughput`` runs.
+STYLES = {"orchestrated": order_definition, "workflow": order_workflow}
 
 
 def order_participants(workdir: Path, inventory: type | None = None, **options: Any) -> list[Any]:

@@ -34,9 +34,9 @@ from bench.common import (
     server_cpu,
 )
 from bench.participants import (
+    STYLES,
     Echo,
     chain_definition,
-    order_definition,
     order_participants,
     payload,
 )
@@ -81,14 +81,16 @@ def throughput(
     store: str | None = None,
     server_pid: int | None = None,
     constant_checksums: bool = False,
+    style: str = "orchestrated",
 ) -> Throughput:
     """``total`` sagas at ``concurrency`` on ``base``, the saga store in ``workdir/sagas.db``
     or, with ``store`` (a fresh PostgreSQL database's URL), there; the participants' ledgers
     are SQLite files in ``workdir`` either way. ``server_pid``: the PostgreSQL server's
     postmaster, whose CPU then counts in the run's. ``constant_checksums``: the store's checksum
     functions return a constant in the child (``bench.checksums``; on the in-process base only,
-    where the store runs in the child itself)."""
-    args = ["throughput", base, str(workdir), str(concurrency), str(total)]
+    where the store runs in the child itself). ``style``: the order as an orchestrated saga
+    (create, reserve, charge) or as a workflow (reserve and charge at once after create)."""
+    args = ["throughput", base, str(workdir), str(concurrency), str(total), style]
     env = {}
     if constant_checksums:
         if base != "simpleSystemBase":
@@ -101,16 +103,20 @@ def throughput(
     return Throughput(**_child(args, env=env))
 
 
-def _throughput(base: str, workdir: Path, concurrency: int, total: int) -> dict[str, Any]:
+def _throughput(
+    base: str, workdir: Path, concurrency: int, total: int, style: str = "orchestrated"
+) -> dict[str, Any]:
     store = os.environ.get(STORE_VARIABLE)
     label = PG_LABELS[base] if store else LABELS[base]
+    if style != "orchestrated":
+        label += f", {style}"
     if os.environ.get(CONSTANT_CHECKSUMS_VARIABLE):
         from bench.checksums import constant_checksums
 
         constant_checksums()
         label += ", checksums constant"
     with Understudy.start(
-        store or workdir / "sagas.db", [order_definition()], order_participants(workdir), base=base
+        store or workdir / "sagas.db", [STYLES[style]()], order_participants(workdir), base=base
     ) as us:
         for i in range(20):  # warm up: imports, caches, every participant's first commit
             us.run(f"warm-{i}", "order", payload(i))
@@ -274,7 +280,8 @@ def _step_scaling(
 def main(argv: list[str]) -> None:
     mode, base, workdir = argv[0], argv[1], Path(argv[2])
     if mode == "throughput":
-        emit(_throughput(base, workdir, int(argv[3]), int(argv[4])))
+        style = argv[5] if len(argv) > 5 else "orchestrated"
+        emit(_throughput(base, workdir, int(argv[3]), int(argv[4]), style))
     elif mode == "overhead":
         emit(_step_overhead(base, workdir, int(argv[3])))
     elif mode == "steps":

@@ -90,6 +90,25 @@ def test_demo_survives_a_host_kill_on_tcp(tmp_path: Path) -> None:
     assert re.search(r"\d+(\.\d+)? sagas/s", output), output
 
 
+@pytest.mark.parametrize("base", ["multiprocTCPBase", "simpleSystemBase"])
+def test_demo_as_a_workflow(tmp_path: Path, base: str) -> None:
+    """``--style workflow``: reserve and charge at once once the order exists; with a host
+    SIGKILLed on TCP, every check passes, and the timeline shows both branches sent together."""
+    kills = "1" if base == "multiprocTCPBase" else "0"
+    status, output, data = run_demo(
+        tmp_path, "--style", "workflow", "--base", base, "--orders", "60", "--kills", kills
+    )
+    assert status == 0, output
+    assert_all_checks_passed(output)
+    assert "60 orders (workflow)" in output, output
+    with closing(sqlite3.connect(data / "sagas.db")) as db:
+        sent = db.execute(
+            "SELECT COUNT(*) FROM (SELECT saga_id, at FROM understudy_events "
+            "WHERE kind = 'intent' AND step IN (1, 2) GROUP BY saga_id, at HAVING COUNT(*) = 2)"
+        ).fetchone()[0]
+    assert sent > 0  # some order sent reserve and charge in one transition
+
+
 def test_demo_in_process(tmp_path: Path) -> None:
     """On the in-process base the demo says it skips the kills, and every check passes."""
     status, output, data = run_demo(

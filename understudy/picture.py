@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from understudy import diagnosis, timeline
 from understudy.diagnosis import iso
+from understudy.graphpicture import draw_graph
 from understudy.persistence import redact
 from understudy.persistence.base import ALL_STATUSES, SagaStore
 from understudy.swimlanes import draw, esc, glyph, printable
@@ -168,10 +169,12 @@ def _header(t: Timeline, waits: Sequence[str]) -> str:
 
 
 def _graph_section(t: Timeline) -> str:
-    """Where the saga's workflow graph (its steps and their dependencies) is to be drawn.
-    Definitions are plain lists of steps today and the store records no graph, so there is
-    nothing true to draw yet: this stays empty rather than draw an invented one."""
-    return ""
+    """A workflow's graph (its steps, their dependencies and where each got to); nothing for a
+    saga, whose steps run in the order the lanes show."""
+    svg = draw_graph(t)
+    if not svg:
+        return ""
+    return f'<section class="graph"><h2>graph</h2>{svg}</section>'
 
 
 def _details(t: Timeline) -> str:
@@ -284,6 +287,14 @@ background:var(--muted)}
 .badge.failed{background:var(--bad)}.badge.running{background:var(--do)}
 .badge.compensating{background:var(--warn)}
 .picture{overflow-x:auto;border:1px solid #d0d7de;border-radius:6px}
+svg.graph{display:block;font-size:11px}svg.graph .edge{stroke:#57606a;stroke-width:1.3}
+.node rect{fill:#eef2f7;stroke:#8b949e}.node text{font-weight:bold}
+.node text.state{font-weight:normal;fill:var(--muted)}
+.node.st-done rect{fill:#dff3e2;stroke:var(--ok)}
+.node.st-compensated rect{fill:#f6e7d2;stroke:#a15c00}
+.node.st-failed rect{fill:#fbe0e0;stroke:var(--bad)}
+.node.st-running rect{fill:#dde7f6;stroke:var(--do)}
+.node.st-compensating rect{fill:#ffe8cc;stroke:var(--warn)}
 svg.timeline{display:block;max-width:100%;height:auto;font-size:11px}
 svg text{fill:#1f2328}
 .lane-bg{fill:#fff}.lane-bg.shaded{fill:#f6f8fa}

@@ -161,6 +161,9 @@ class Timeline:
     retries: int
     restarts: diagnosis.Restarts
     compensating_from: float | None
+    #: A workflow's graph, as its start recorded it: each step's name and the steps it depends
+    #: on, in the definition's order (None for a saga).
+    graph: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -243,7 +246,26 @@ def build(
         compensating_from=next(
             (e.at for e in events if e.kind == "aborted" and e.corrupt is None), None
         ),
+        graph=_graph(events),
     )
+
+
+def _graph(events: Sequence[EventRecord]) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """The graph a workflow's ``started`` event records (None without one, or a malformed one:
+    a damaged log still draws)."""
+    for e in events:
+        if e.kind != "started" or e.corrupt is not None:
+            continue
+        after = e.detail.get("after")
+        if not isinstance(after, dict):
+            return None
+        graph = []
+        for name, deps in after.items():
+            if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+                return None
+            graph.append((str(name), tuple(deps)))
+        return tuple(graph)
+    return None
 
 
 def _payload(record: SagaRecord) -> tuple[Any, str | None]:

@@ -289,6 +289,8 @@ class Workflow:
                 "definition": self.definition.name,
                 "version": self.definition.version,
                 "workflow": True,
+                # The graph, so that a timeline draws it from the log alone.
+                "after": {step.name: list(step.after) for step in self.definition.steps},
             },
         )
         return self._advance(now)

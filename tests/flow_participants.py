@@ -27,7 +27,7 @@ class Echo(Participant):
         self.where = str(options.get("database"))  # failures are counted per ledger
         db.execute(
             "CREATE TABLE IF NOT EXISTS seen (seq INTEGER PRIMARY KEY, saga_id TEXT, step TEXT, "
-            "kind TEXT, action TEXT, payload TEXT, results TEXT, at REAL)"
+            "kind TEXT, action TEXT, payload TEXT, results TEXT, at REAL, failure TEXT)"
         )
 
     def _apply(self, step: StepContext, db: sqlite3.Connection) -> dict[str, Any]:
@@ -44,8 +44,8 @@ class Echo(Participant):
                 _FAILURES[counter] = tries + 1
                 raise RuntimeError(f"{step.action} failing on purpose ({tries + 1})")
         db.execute(
-            "INSERT INTO seen (saga_id, step, kind, action, payload, results, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO seen (saga_id, step, kind, action, payload, results, at, failure) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 step.saga_id,
                 step.step,
@@ -54,6 +54,7 @@ class Echo(Participant):
                 json.dumps(carried, sort_keys=True),
                 json.dumps(step.results, sort_keys=True),
                 time.time(),
+                json.dumps(step.failure, sort_keys=True),
             ),
         )
         return {"by": step.action, "saw": sorted(step.results)}
@@ -98,7 +99,8 @@ def seen(path: Path, saga_id: str | None = None) -> list[dict[str, Any]]:
     """Every request ``path``'s Echo applied (of ``saga_id``), in the order applied."""
     with closing(sqlite3.connect(path)) as db:
         rows = db.execute(
-            "SELECT saga_id, step, kind, action, payload, results, at FROM seen ORDER BY seq"
+            "SELECT saga_id, step, kind, action, payload, results, at, failure FROM seen "
+            "ORDER BY seq"
         ).fetchall()
     return [
         {
@@ -109,6 +111,7 @@ def seen(path: Path, saga_id: str | None = None) -> list[dict[str, Any]]:
             "payload": json.loads(r[4]),
             "results": json.loads(r[5]),
             "at": r[6],
+            "failure": json.loads(r[7]),
         }
         for r in rows
         if saga_id is None or r[0] == saga_id

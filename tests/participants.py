@@ -15,6 +15,8 @@ from contextlib import closing
 from typing import Any
 
 from understudy import Participant, Reject, StepContext, action, compensation
+from understudy.actors.deferred import complete
+from understudy.actors.participant import Later
 
 
 class Recorder(Participant):
@@ -198,3 +200,126 @@ def provider_api(path: str) -> sqlite3.Connection:
     api = sqlite3.connect(path, timeout=30, isolation_level=None)
     api.execute("PRAGMA journal_mode=WAL")
     return api
+
+
+class Approvals(Participant):
+    """Steps that finish later, on SQLite or PostgreSQL (as its ``database`` option says).
+
+    Action "approve" writes a pending row (with the step's handle) in ``approvals`` and a row
+    in ``runs`` (every committed run of a handler), then returns :class:`Later`: the test
+    completes the step from outside with ``understudy.complete`` and the others, reading the
+    handle from ``approvals``. Payload ``{"now": "approve"}`` completes it at once instead;
+    ``{"reject": "approve", "data": ...}`` refuses it with that data; ``{"later": "withdraw"}``
+    makes the compensation return ``Later`` too. Action "pay" is the same
+    run as an external handler (``db`` is None: its pending row goes in the ``provider``
+    option's SQLite file, as an external API would keep it). Compensations "withdraw" and
+    "refund" record what they were told in ``withdrawals`` and mark the pending row withdrawn."""
+
+    max_in_flight = None  # steps waiting for a person hold no slot of the saga hosts' window
+
+    def setup(self, db: Any, options: dict[str, Any]) -> None:
+        self.database = str(options["database"])
+        self.mark = "%s" if self.database.startswith("postgres") else "?"
+        self.provider = options.get("provider")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS approvals (key TEXT PRIMARY KEY, saga_id TEXT, "
+            "handle TEXT, pid INTEGER, withdrawn INTEGER)"
+        )
+        db.execute("CREATE TABLE IF NOT EXISTS runs (key TEXT, kind TEXT, pid INTEGER)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS withdrawals (key TEXT PRIMARY KEY, forward_key TEXT, "
+            "forward_outcome TEXT, forward_result TEXT, handle TEXT)"
+        )
+        if self.provider:
+            with closing(provider_api(str(self.provider))) as api:
+                api.execute(
+                    "CREATE TABLE IF NOT EXISTS approvals (key TEXT PRIMARY KEY, saga_id TEXT, "
+                    "handle TEXT, pid INTEGER)"
+                )
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", self.mark)
+
+    def _ask(self, step: StepContext, db: Any) -> Any:
+        payload = step.payload
+        if payload.get("reject") == step.action:
+            raise Reject(f"{step.action} refused by the test", data=payload.get("data"))
+        row = (step.key, step.saga_id, step.handle, os.getpid())
+        if db is None:
+            with closing(provider_api(str(self.provider))) as api:
+                api.execute("INSERT OR REPLACE INTO approvals VALUES (?, ?, ?, ?)", row)
+        else:
+            db.execute(self._sql("INSERT INTO runs VALUES (?, ?, ?)"), (step.key, "do", row[3]))
+            db.execute(self._sql("INSERT INTO approvals VALUES (?, ?, ?, ?, 0)"), row)
+        if payload.get("now") == step.action:
+            return {"approved": "at once"}
+        if payload.get("complete_first") == step.action and db is None:
+            # A callback faster than the call: recorded while the row still says "started".
+            complete(self.database, step.handle, {"paid": "before returning"})
+        return Later()
+
+    def _withdraw(self, step: StepContext, db: Any) -> Any:
+        db.execute(self._sql("INSERT INTO runs VALUES (?, ?, ?)"), (step.key, "undo", os.getpid()))
+        db.execute(
+            self._sql("UPDATE approvals SET withdrawn = 1 WHERE key = ?"), (step.forward_key,)
+        )
+        db.execute(
+            self._sql("INSERT INTO withdrawals VALUES (?, ?, ?, ?, ?)"),
+            (
+                step.key,
+                step.forward_key,
+                step.forward_outcome,
+                None if step.forward_result is None else repr(step.forward_result),
+                step.handle,
+            ),
+        )
+        if step.payload.get("later") == step.action:
+            return Later()  # a compensation may finish later too
+        return {"withdrawn": step.forward_key}
+
+    @action("approve")
+    def approve(self, step: StepContext, db: Any) -> Any:
+        return self._ask(step, db)
+
+    @compensation("withdraw")
+    def withdraw(self, step: StepContext, db: Any) -> Any:
+        return self._withdraw(step, db)
+
+    @action("pay", external=True)
+    def pay(self, step: StepContext, db: None) -> Any:
+        return self._ask(step, db)
+
+    @compensation("refund")
+    def refund(self, step: StepContext, db: Any) -> Any:
+        return self._withdraw(step, db)
+
+
+class Refuser(Participant):
+    """Refuses every request with the payload's ``reason`` and ``data``
+    (``Reject(reason, data=data)``; no ``data`` key: ``Reject(reason)``). ``{"raise": True}``
+    raises an error instead; ``{"unencodable": True}`` refuses with data msgpack cannot encode
+    (a datetime). Action "check" is an ordinary handler, "verify" an external one."""
+
+    def _refuse(self, step: StepContext) -> Any:
+        payload = step.payload
+        if payload.get("raise"):
+            raise RuntimeError("the check broke")
+        if payload.get("unencodable"):
+            import datetime
+
+            raise Reject("expired", data={"at": datetime.datetime(2026, 12, 2)})
+        if "data" not in payload:
+            raise Reject(payload.get("reason", "refused"))
+        raise Reject(payload.get("reason", "refused"), data=payload["data"])
+
+    @action("check")
+    def check(self, step: StepContext, db: Any) -> Any:
+        return self._refuse(step)
+
+    @action("verify", external=True)
+    def verify(self, step: StepContext, db: None) -> Any:
+        return self._refuse(step)
+
+    @compensation("uncheck")
+    def uncheck(self, step: StepContext, db: Any) -> Any:
+        return None

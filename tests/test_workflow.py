@@ -177,6 +177,9 @@ def test_a_rejected_branch_compensates_along_the_graph(start: Start, tmp_path: P
     assert cancel > events.index(("compensated", RESERVE))
     assert cancel > events.index(("compensated", CHARGE))
     effects = applied(tmp_path, "w-4")
+    # Each compensation was told which failure made the workflow compensate.
+    (cancel_seen,) = [r for r in seen(tmp_path / "orders.db", "w-4") if r["kind"] == "undo"]
+    assert cancel_seen["failure"] == done.failure
     assert effects["orders"] == [("create", "do"), ("create", "undo")]
     assert effects["inventory"] == [("reserve", "do"), ("reserve", "undo")]
     assert effects["payments"] == []  # refused: its compensation was a no-op

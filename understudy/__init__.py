@@ -5,8 +5,17 @@ actors, asyncio or plain code, and let supervised saga actors finish every saga 
 forward, or compensated in reverse order.
 """
 
-from understudy.actors.participant import Participant, Reject, StepContext, action, compensation
+from understudy.actors.deferred import complete, fail, reject
+from understudy.actors.participant import (
+    Later,
+    Participant,
+    Reject,
+    StepContext,
+    action,
+    compensation,
+)
 from understudy.actors.system import IN_PROCESS, MULTIPROC_TCP, MULTIPROC_UDP
+from understudy.choreography import Chain, EventContext, Reactor, reacts
 from understudy.definitions import (
     Irreversible,
     RetryPolicy,
@@ -16,6 +25,8 @@ from understudy.definitions import (
 )
 from understudy.errors import (
     ActorSystemError,
+    ChainNotFound,
+    CompletionRefused,
     CoordinatorGone,
     CoordinatorTimeout,
     CorruptRecord,
@@ -65,7 +76,10 @@ __all__ = [
     "MULTIPROC_TCP",
     "MULTIPROC_UDP",
     "ActorSystemError",
+    "Chain",
+    "ChainNotFound",
     "CommandRecord",
+    "CompletionRefused",
     "Coordinator",
     "CoordinatorGone",
     "CoordinatorReady",
@@ -73,8 +87,10 @@ __all__ = [
     "CorruptRecord",
     "Debt",
     "DefinitionError",
+    "EventContext",
     "HostsInfo",
     "Irreversible",
+    "Later",
     "LeaseLost",
     "LedgerError",
     "Local",
@@ -84,6 +100,7 @@ __all__ = [
     "ParticipantReady",
     "PayloadError",
     "QueryStatus",
+    "Reactor",
     "RegisterParticipant",
     "Reject",
     "RestartPolicy",
@@ -117,4 +134,8 @@ __all__ = [
     "WorkflowDefinition",
     "action",
     "compensation",
+    "complete",
+    "fail",
+    "reacts",
+    "reject",
 ]

@@ -12,7 +12,8 @@ cancel STORE SAGA_ID --why ...`` and the others) and ``understudy debt`` are in
 it is never created here. The answers come from :mod:`understudy.diagnosis`; this module only
 prints them. Exit status: 0 on success, 1 for an unknown saga id, a store error or in-flight
 sagas that would not run as they are, 2 for a usage error, a missing store or
-``--definitions`` that name no definitions.
+``--definitions`` that name no definitions. ``understudy complete DATABASE HANDLE`` finishes a
+step a participant left waiting (:mod:`understudy.cli_complete`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from understudy import cli_verbs, codec, diagnosis
+from understudy import chains, cli_chains, cli_complete, cli_verbs, codec, diagnosis
 from understudy.definitions import SagaDefinition
 from understudy.diagnosis import iso as _iso
 from understudy.errors import CorruptRecord, UnderstudyError
@@ -268,10 +269,14 @@ def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
     """Print a saga's row and its timeline; 1 when the id is unknown."""
     record = store.get(saga_id)
     if record is None:
+        chain = chains.read_chain(store, saga_id)
+        if chain is not None:
+            return cli_chains.cmd_show_chain(chain, as_json)
         where = redact(path)  # a URL's password is never shown
         print(
-            f"understudy: error: no saga with id {saga_id!r} in {where!r}; "
-            f"`understudy list {where}` lists the sagas it holds",
+            f"understudy: error: no saga with id {saga_id!r} in {where!r} (nor a chain of "
+            f"events with that correlation id); `understudy list {where}` lists the sagas and "
+            "chains it holds",
             file=sys.stderr,
         )
         return 1
@@ -407,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         "callable returning one (imported from the current directory or PYTHONPATH)",
     )
     cli_verbs.add_parsers(commands)
+    cli_complete.add_parser(commands)
     chaos = commands.add_parser(
         "chaos", help="a seeded fault campaign against a saga scenario (the demo by default)"
     )
@@ -429,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         from understudy.testing import command
 
         return command.run(args)
+    if args.command == "complete":  # a participant's database, not a saga store
+        return cli_complete.run(args)
     # Checked here too, so a missing file is a usage error (status 2) naming the path.
     if "://" not in args.store and not os.path.isfile(args.store):
         why = "is not a file" if os.path.exists(args.store) else "does not exist"
@@ -454,7 +462,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 return picture.write_html(store, args.store, args.saga_id, args.html)
             if args.command == "list":
-                return cmd_list(store, args.status, args.limit, args.stuck, args.margin, args.store)
+                listed = cmd_list(
+                    store, args.status, args.limit, args.stuck, args.margin, args.store
+                )
+                return listed or (
+                    0 if args.stuck else cli_chains.cmd_list_chains(store, args.status, args.limit)
+                )
             if args.command == "check-inflight":
                 return cmd_check_inflight(store, definitions, args.definitions)
             return cmd_show(store, args.store, args.saga_id, args.json)

@@ -10,6 +10,7 @@ an exception of the same meaning, the error subclasses it too, so ``except Timeo
     ├── UnknownDefinition (LookupError)   a start names a definition that is not registered
     ├── UnknownParticipant (LookupError)  a definition names a participant that is not registered
     ├── SagaNotFound (LookupError)        a status query for a saga id the store does not hold
+    ├── ChainNotFound (LookupError)       a choreographed chain the store's event log does not hold
     ├── SagaRejected                      the coordinator refused to start a saga
     ├── LocalStepFailed                   a step of a local transaction failed: nothing was kept
     ├── VerbRefused                       an operator's verb would break an invariant: not applied
@@ -20,6 +21,7 @@ an exception of the same meaning, the error subclasses it too, so ``except Timeo
     │   ├── ShardCountMismatch (ValueError)  a start asks for another shard count than the store's
     │   └── StoreInUse                    another live understudy runtime works on this store
     ├── LedgerError                       a participant's ledger database failed (driver errors)
+    ├── CompletionRefused                 a deferred step's completion was refused: not recorded
     └── ActorSystemError                  the actor system could not be started or reached
         ├── CoordinatorTimeout (TimeoutError)  no reply within the timeout
         └── CoordinatorGone                the coordinator's process exited under the runtime
@@ -54,6 +56,10 @@ class UnknownParticipant(UnderstudyError, LookupError):
 
 class SagaNotFound(UnderstudyError, LookupError):
     """The store holds no saga with the given id."""
+
+
+class ChainNotFound(UnderstudyError, LookupError):
+    """The store's event log holds no event of the given correlation id (choreography)."""
 
 
 class SagaRejected(UnderstudyError):
@@ -115,6 +121,22 @@ class LedgerError(UnderstudyError):
     def __init__(self, message: str, *, lost: bool = False) -> None:
         super().__init__(message)
         self.lost = lost
+
+
+class CompletionRefused(UnderstudyError):
+    """A completion of a deferred step (``understudy.complete``, ``reject`` or ``fail``) was
+    refused, and nothing was recorded. ``state`` says why: ``"unknown"`` (no step of that
+    database was deferred under the handle, or the handle is malformed or was not made there),
+    ``"cancelled"`` (the saga compensated the step while it waited: undo what the completion
+    stands for, if anything), or the outcome already recorded (``"applied"``, ``"rejected"``,
+    ``"failed"``) when this completion says otherwise: a handle completes once."""
+
+    def __init__(self, message: str, state: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.state))
 
 
 class ActorSystemError(UnderstudyError):

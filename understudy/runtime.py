@@ -38,8 +38,9 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from understudy import codec
+from understudy import choreography, codec
 from understudy.actors.plumbing import Stop
+from understudy.actors.reactor import with_store
 from understudy.actors.system import (
     IN_PROCESS,
     LOOPBACK,
@@ -54,9 +55,11 @@ from understudy.actors.system import (
 )
 from understudy.actors.watch import is_running, process_identity
 from understudy.bridge import Bridge
+from understudy.chains import Chain, read_chain
 from understudy.definitions import SagaDefinition
 from understudy.errors import (
     ActorSystemError,
+    ChainNotFound,
     CoordinatorTimeout,
     LeaseLost,
     PayloadError,
@@ -220,6 +223,7 @@ class Understudy:
         elif base is None:
             base = IN_PROCESS
         store_config = StoreConfig(os.fspath(store), dict(store_options or {}))
+        participants = with_store(participants, store_config.location)  # reactors: the log
         if not is_multiprocess(base) and any(f.action in ("kill", "kill_system") for f in faults):
             raise ActorSystemError(
                 f"a kill fault on the in-process base ({base}) would kill this very process "
@@ -504,7 +508,11 @@ class Understudy:
     ) -> None:
         """Create, configure and supervise a participant actor registered as ``name``."""
         future = self._bridge.submit(
-            AddParticipant(name, class_path(participant, not is_multiprocess(self.base)), options),
+            AddParticipant(
+                name,
+                class_path(participant, not is_multiprocess(self.base)),
+                with_store([(name, participant, options)], self._store_config.location)[0][2],
+            ),
             ("participant", name),
         )
         reply = _result(future, timeout, name)
@@ -568,6 +576,38 @@ class Understudy:
     def _unsubscribe(self, subscription_id: str) -> None:
         self._bridge.subscriptions.pop(subscription_id, None)
         self._bridge.submit(Unsubscribe(subscription_id), None)
+
+    # --- choreography -------------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        data: Any = None,
+        correlation_id: str | None = None,
+        *,
+        event_id: str | None = None,
+    ) -> str:
+        """Publish an event on ``topic`` to the store's event log, for every reactor that
+        reacts to it (see :mod:`understudy.actors.reactor`); durable when this returns.
+        Returns the chain's correlation id: ``correlation_id``, or a new one. The same
+        ``event_id`` published again appends nothing."""
+        store = getattr(self._local, "publisher", None)
+        if store is None:
+            store = open_store(self._store_config.location, **self._store_config.options)
+            self._local.publisher = store
+            with self._readers_lock:
+                self._readers.append(store)  # closed with the readers at shutdown
+        return choreography.publish(store, topic, data, correlation_id, event_id=event_id)
+
+    def chain(self, correlation_id: str) -> Chain:
+        """The chain ``correlation_id`` as read from the store now: who reacted to what, what
+        is pending, failed and compensated (:class:`~understudy.chains.Chain`)."""
+        chain = read_chain(self._reader(), correlation_id)
+        if chain is None:
+            raise ChainNotFound(
+                f"no event of chain {correlation_id!r} in {redact(self._store_config.location)!r}"
+            )
+        return chain
 
     def hosts(self, timeout: float = 10.0) -> HostsInfo:
         """Pids of the saga hosts and participants (for crash tests and diagnostics)."""

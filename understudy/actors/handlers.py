@@ -1,5 +1,5 @@
 """What a participant's handlers are: the decorators that register them, the context each gets,
-and the refusal a handler raises.
+the refusal a handler raises and the value a handler returns to finish its step later.
 
 Kept apart from the actor (:mod:`understudy.actors.participant`) and the ledger
 (:mod:`understudy.actors.ledger`): these are what users write against, the others are how
@@ -23,11 +23,44 @@ FORWARD_APPLIED = "applied"
 #: ``StepContext.forward_outcome`` of a compensation whose forward request was started but whose
 #: outcome is not known (an external call that raised, or whose participant died meanwhile).
 FORWARD_UNKNOWN = "unknown"
+#: ``StepContext.forward_outcome`` of a compensation whose forward request was deferred
+#: (:class:`Later`) and was still waiting for its completion: the compensation cancelled its
+#: handle, so a completion that comes now is refused. What the forward's handler wrote when it
+#: deferred is there to undo.
+FORWARD_CANCELLED = "cancelled"
+#: ``StepContext.forward_outcome`` of a compensation whose deferred forward was completed with a
+#: refusal (``understudy.reject``): its handler's writes from when it deferred are there to undo.
+FORWARD_REJECTED = "rejected"
+#: As :data:`FORWARD_REJECTED`, for a deferred forward completed as failed (``understudy.fail``).
+FORWARD_FAILED = "failed"
 
 
 class Reject(Exception):
     """Raise from a handler to refuse a request for a business reason (out of stock, card
-    declined). The refusal is recorded under the key and the saga compensates."""
+    declined). The refusal is recorded under the key and the saga compensates.
+
+    ``data``: what the refusal carries beside its reason, for the saga and its caller (a reason
+    code, when to try again): ``Reject("card declined", data={"code": "card_declined"})``. It is
+    recorded with the refusal (msgpack: None, bool, int, float, str, bytes, lists and dicts),
+    replayed with it, and sent in the reply's ``data``."""
+
+    def __init__(self, reason: str = "", data: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps ``data`` when pickled (a multi-process actor system pickles what it sends).
+        return (type(self), (self.reason, self.data))
+
+
+@attrs.frozen
+class Later:
+    """Return from a handler to finish its step later, from outside the actor system (a
+    webhook, a person's approval, a long job): the participant records the request as
+    deferred under ``step.handle``, together with what the handler wrote, and answers the saga
+    only once someone calls ``understudy.complete``, ``reject`` or ``fail`` with that handle.
+    See docs/deferred.md."""
 
 
 @attrs.frozen
@@ -49,6 +82,28 @@ class StepContext:
     # For a compensation: the key the forward request carried (what an external API knows the
     # forward's effect by, when its outcome is unknown here).
     forward_key: str | None = None
+    # For a compensation: the step failure that made the saga compensate, when one did
+    # ({"step": name, "reason": text, "data": what its refusal carried}); None otherwise (a
+    # saga cancelled by an operator, or recovering by compensation after a crash).
+    failure: dict[str, Any] | None = None
+    # Makes handles: how :attr:`handle` is computed, only when a handler asks (it costs a MAC).
+    _handles: Callable[[str], str] | None = attrs.field(
+        default=None, repr=False, eq=False, alias="handles"
+    )
+
+    @property
+    def handle(self) -> str:
+        """The durable handle of this request: what a handler that returns :class:`Later`
+        hands out (in a row of its own, an email, a provider's callback URL) for
+        ``understudy.complete`` and the others to finish the step with. The same request
+        always gets the same handle (a retry, a run again after a crash); it names the
+        participant and the key, and holds a MAC made with a secret kept in the participant's
+        database, so it cannot be guessed from a saga id."""
+        if self._handles is None:
+            raise RuntimeError(
+                "this StepContext was not made by a participant, so it has no handle"
+            )
+        return self._handles(self.key)
 
 
 def action(name: str, *, external: bool = False) -> Callable[[F], F]:

@@ -10,7 +10,17 @@ are :meth:`Ledger.decide`:
 - a key recorded ``started`` (an external handler, see :mod:`understudy.actors.participant`)
   has no known outcome: it runs again, under the same key. A compensation of such a forward runs
   too (told the forward's outcome is unknown), and turns the forward's row ``abandoned``: from
-  then on the forward is refused, as after a tombstone.
+  then on the forward is refused, as after a tombstone;
+- a key recorded ``deferred`` (its handler returned ``Later``) waits for its completion from
+  outside (:mod:`understudy.actors.deferred`): a request for it runs nothing and waits. A
+  completion replaces the outcome (``applied``, ``rejected`` or ``failed``) and flags the key in
+  ``understudy_deferred`` for the participant to notice. A compensation of a forward still
+  waiting turns its row ``cancelled`` (in the compensation's transaction): the completion and
+  the forward are refused from then on. A compensation of a forward that was deferred runs
+  whatever its completion said, since what its handler wrote when it deferred stays to undo.
+
+A refusal's data (``Reject(reason, data=...)``) is kept, msgpack, in the ``result`` column of
+its ``rejected`` row.
 
 Both databases run the same statements through one class; :class:`SQLiteLedger` and
 :class:`PostgresLedger` differ only in small hooks: the placeholder, how a transaction begins,
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import secrets
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -32,7 +43,13 @@ from typing import Any, ClassVar
 import attrs
 
 from understudy import codec
-from understudy.actors.handlers import FORWARD_APPLIED, FORWARD_UNKNOWN
+from understudy.actors.handlers import (
+    FORWARD_APPLIED,
+    FORWARD_CANCELLED,
+    FORWARD_FAILED,
+    FORWARD_REJECTED,
+    FORWARD_UNKNOWN,
+)
 from understudy.errors import LedgerError
 from understudy.messages import StepRequest
 from understudy.persistence import POSTGRES_SCHEMES, secrets_in
@@ -46,6 +63,15 @@ TOMBSTONE = "tombstone"
 STARTED = "started"
 #: A forward row once ``started`` whose compensation has begun: refused from then on.
 ABANDONED = "abandoned"
+#: Its handler returned ``Later``: the step waits for a completion from outside.
+DEFERRED = "deferred"
+#: A forward row once ``deferred`` whose compensation has begun: refused from then on, and so is
+#: its completion.
+CANCELLED = "cancelled"
+#: A deferred step completed as failed (``understudy.fail``): replayed as an error.
+FAILED = "failed"
+#: The outcomes a completion records.
+COMPLETIONS = frozenset({APPLIED, REJECTED, FAILED})
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS understudy_ledger (
     key TEXT PRIMARY KEY,
@@ -59,6 +85,28 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS understudy_ledger (
     reason TEXT,
     at {real} NOT NULL
 )"""
+# The steps that were ever deferred, their handles (for people: what to complete a step with),
+# and a flag ("news") set by a completion and cleared once the participant has seen it: the
+# participant polls for the flag through a partial index, so a look costs one probe of an index
+# that is empty when nothing was completed.
+_DEFERRED_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS understudy_deferred (
+    key TEXT PRIMARY KEY,
+    participant TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    news INTEGER NOT NULL,
+    at {real} NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS understudy_deferred_news ON understudy_deferred (participant) "
+    "WHERE news = 1",
+)
+# The secret handles are signed with, one per database (made once, never changed).
+_SECRETS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS understudy_secrets (name TEXT PRIMARY KEY, value {blob} NOT NULL)"
+)
+_HANDLE_SECRET = "handles"
+_NEW_SECRET = "INSERT INTO understudy_secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING"
+_SECRET = "SELECT value FROM understudy_secrets WHERE name = ?"
 _LOOKUP = "SELECT digest, outcome, result, reason FROM understudy_ledger WHERE key = ?"
 _INSERT = (
     "INSERT INTO understudy_ledger (key, saga_id, step, kind, action, digest, outcome, result, "
@@ -71,6 +119,30 @@ _FINISH = (
 _ABANDON = (
     f"UPDATE understudy_ledger SET outcome = '{ABANDONED}' WHERE key = ? AND outcome = '{STARTED}'"
 )
+_CANCEL = (
+    f"UPDATE understudy_ledger SET outcome = '{CANCELLED}', at = ? "
+    f"WHERE key = ? AND outcome = '{DEFERRED}'"
+)
+# A completion takes a deferred row, or a started one: an external handler's call may have
+# handed the handle out, and its callback may come before the handler returned ``Later``.
+_COMPLETE = (
+    "UPDATE understudy_ledger SET outcome = ?, result = ?, reason = ?, at = ? "
+    f"WHERE key = ? AND outcome IN ('{DEFERRED}', '{STARTED}')"
+)
+_DEFER = (
+    "INSERT INTO understudy_deferred (key, participant, handle, news, at) "
+    "VALUES (?, ?, ?, 0, ?) ON CONFLICT (key) DO NOTHING"
+)
+_FLAG = (
+    "INSERT INTO understudy_deferred (key, participant, handle, news, at) "
+    "VALUES (?, ?, ?, 1, ?) ON CONFLICT (key) DO UPDATE SET news = 1, at = excluded.at"
+)
+_WAS_DEFERRED = "SELECT 1 FROM understudy_deferred WHERE key = ?"
+_NEWS = (
+    "SELECT d.key, l.outcome, l.result, l.reason FROM understudy_deferred d "
+    "JOIN understudy_ledger l ON l.key = d.key WHERE d.participant = ? AND d.news = 1"
+)
+_NOTICED = "UPDATE understudy_deferred SET news = 0 WHERE key = ?"
 
 
 def digest_of(msg: StepRequest) -> bytes:
@@ -86,6 +158,16 @@ class Answer:
     result: Any = None
     reason: str | None = None
     replayed: bool = False
+    data: Any = None  # a refusal's data
+
+
+@attrs.frozen
+class Wait:
+    """The ledger's verdict for a request whose step was deferred and is not completed yet: no
+    handler runs, and the request waits for the completion."""
+
+
+_WAIT = Wait()
 
 
 @attrs.frozen
@@ -108,6 +190,29 @@ class _Row:
     outcome: str
     result: bytes | None
     reason: str | None
+
+
+@attrs.frozen
+class Completed:
+    """A completed deferred step the participant has not yet noticed: its key and outcome."""
+
+    key: str
+    outcome: str
+    result: bytes | None
+    reason: str | None
+
+    def answer(self, replayed: bool) -> Answer:
+        return answer_of(self.outcome, self.result, self.reason, replayed)
+
+
+def answer_of(outcome: str, result: bytes | None, reason: str | None, replayed: bool) -> Answer:
+    """The reply a recorded final outcome gives: ``ok`` with the result, ``rejected`` with the
+    reason and the refusal's data, or ``error`` (a deferred step completed as failed)."""
+    if outcome == REJECTED:
+        return Answer("rejected", reason=reason, replayed=replayed, data=_decoded(result))
+    if outcome == FAILED:
+        return Answer("error", reason=reason, replayed=replayed)
+    return Answer("ok", result=_decoded(result), reason=reason, replayed=replayed)
 
 
 class Ledger:
@@ -189,23 +294,27 @@ class Ledger:
         """Begin a transaction, connecting first when there is no usable connection. A
         connection found lost at BEGIN is replaced once: nothing was done on it yet."""
         for attempt in (1, 2):
-            if self._conn is not None and not self._usable(self._conn):
-                self._drop()
-            if self._conn is None:
-                try:
-                    self._conn = self._connect()
-                except Exception as exc:
-                    error = self._translate(exc)
-                    if error is None:
-                        raise
-                    error.lost = True
-                    raise error from None
+            self._connected()
             try:
                 self._execute(self.begin_statement)
                 return
             except LedgerError as exc:
                 if not exc.lost or attempt == 2:
                     raise
+
+    def _connected(self) -> None:
+        """Connect when there is no usable connection."""
+        if self._conn is not None and not self._usable(self._conn):
+            self._drop()
+        if self._conn is None:
+            try:
+                self._conn = self._connect()
+            except Exception as exc:
+                error = self._translate(exc)
+                if error is None:
+                    raise
+                error.lost = True
+                raise error from None
 
     def commit(self) -> None:
         self._execute("COMMIT")
@@ -234,6 +343,10 @@ class Ledger:
         """Create the ledger table if it is not there (inside the open transaction)."""
         self._lock_schema()
         self._execute(_SCHEMA.format(blob=self.blob, real=self.real))
+        for statement in _DEFERRED_SCHEMA:
+            self._execute(statement.format(real=self.real))
+        self._execute(_SECRETS_SCHEMA.format(blob=self.blob))
+        self._execute(_NEW_SECRET, (_HANDLE_SECRET, secrets.token_bytes(32)))
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -251,10 +364,10 @@ class Ledger:
         row = self._execute(_LOOKUP, (key,)).fetchone()
         return None if row is None else _Row(bytes(row[0]), row[1], row[2], row[3])
 
-    def decide(self, msg: StepRequest, digest: bytes) -> Answer | Run:
+    def decide(self, msg: StepRequest, digest: bytes) -> Answer | Run | Wait:
         """What to do with ``msg`` (inside the open transaction). Writes the tombstone and no-op
-        of a compensation with nothing to undo, and marks an in-doubt forward ``abandoned``
-        once its compensation runs."""
+        of a compensation with nothing to undo, marks an in-doubt forward ``abandoned`` and a
+        waiting one ``cancelled`` once its compensation runs."""
         started = False
         row = self._lookup(msg.key)
         if row is not None:
@@ -268,30 +381,50 @@ class Ledger:
                     "rejected",
                     reason="refused: the step's outcome was unknown and its compensation has begun",
                 )
+            if row.outcome == CANCELLED:
+                return Answer(
+                    "rejected",
+                    reason="refused: the step was waiting for its completion and its "
+                    "compensation has begun",
+                )
             if row.digest != digest:
                 return Answer(
                     "rejected",
                     reason=f"idempotency key {msg.key!r} was used "
                     "before with a different action or payload",
                 )
+            if row.outcome == DEFERRED:
+                return _WAIT
             if row.outcome != STARTED:
-                return Answer(
-                    "rejected" if row.outcome == REJECTED else "ok",
-                    result=_decoded(row.result),
-                    reason=row.reason,
-                    replayed=True,
-                )
+                return answer_of(row.outcome, row.result, row.reason, replayed=True)
             started = True  # an external call whose outcome is unknown: it runs again
         if msg.kind != "undo":
             return _RUN_AGAIN if started else _RUN
         forward = self._lookup(msg.forward_key)
+        if forward is not None and forward.outcome == DEFERRED:
+            # Still waiting: cancel its handle (a completion from now on is refused), and undo
+            # what its handler wrote when it deferred. On PostgreSQL a completion may have
+            # committed since the lookup: then the row is no longer deferred, and is read again.
+            if self._execute(_CANCEL, (_now(), msg.forward_key)).rowcount == 1:
+                return Run(started, FORWARD_CANCELLED)
+            forward = self._lookup(msg.forward_key)
         if forward is not None and forward.outcome == APPLIED:
             return Run(started, FORWARD_APPLIED, _decoded(forward.result))
+        if forward is not None and forward.outcome == CANCELLED:
+            return Run(started, FORWARD_CANCELLED)  # a compensation that failed, run again
         if forward is not None and forward.outcome in (STARTED, ABANDONED):
             # It may have taken effect outside this database: compensate it, and refuse the
             # forward from now on (a late retry must not apply it after its compensation).
             self._execute(_ABANDON, (msg.forward_key,))
             return Run(started, FORWARD_UNKNOWN)
+        if (
+            forward is not None
+            and forward.outcome in (REJECTED, FAILED)
+            and self._execute(_WAS_DEFERRED, (msg.forward_key,)).fetchone() is not None
+        ):
+            # Refused (or failed) when it was completed, after its handler had deferred and
+            # committed what it wrote: that is there to undo, unlike an immediate refusal's.
+            return Run(started, FORWARD_REJECTED if forward.outcome == REJECTED else FORWARD_FAILED)
         if forward is None:
             self.record(msg.forward_key, msg, b"", TOMBSTONE)
         self.record(msg.key, msg, digest, NOOP)
@@ -328,12 +461,72 @@ class Ledger:
         self, key: str, outcome: str, result: bytes | None = None, reason: str | None = None
     ) -> None:
         """Replace the ``started`` row of ``key`` with the outcome its handler returned."""
-        cursor = self._execute(_FINISH, (outcome, result, reason, _now(), key))
-        if cursor.rowcount != 1:
+        if not self.settle(key, outcome, result, reason):
             raise LedgerError(
                 f"ledger {self.where}: the row of key {key!r} is no longer 'started' "
                 "(another process recorded it meanwhile)"
             )
+
+    def settle(
+        self, key: str, outcome: str, result: bytes | None = None, reason: str | None = None
+    ) -> bool:
+        """Replace the ``started`` row of ``key`` with ``outcome``; False when the row is no
+        longer ``started`` (a completion by handle came first: see :meth:`recorded`)."""
+        return bool(self._execute(_FINISH, (outcome, result, reason, _now(), key)).rowcount == 1)
+
+    def recorded(self, key: str) -> Answer | None:
+        """What the row of ``key`` answers, when it holds a final outcome."""
+        row = self._lookup(key)
+        if row is None or row.outcome not in COMPLETIONS:
+            return None
+        return answer_of(row.outcome, row.result, row.reason, replayed=True)
+
+    # --- deferred steps -----------------------------------------------------------------------
+
+    def defer(self, key: str, participant: str, handle: str) -> None:
+        """Note that ``key`` (its row just recorded ``deferred``) belongs to a deferred step of
+        ``participant`` with ``handle``, so that its completion is found by :meth:`news`."""
+        self._execute(_DEFER, (key, participant, handle, _now()))
+
+    def handle_secret(self) -> bytes:
+        """The secret this database's handles are signed with (made by :meth:`create_schema`)."""
+        self._connected()
+        row = self._execute(_SECRET, (_HANDLE_SECRET,)).fetchone()
+        if row is None:
+            raise LedgerError(f"ledger {self.where} has no handle secret")
+        return bytes(row[0])
+
+    def complete(
+        self,
+        key: str,
+        participant: str,
+        handle: str,
+        outcome: str,
+        result: bytes | None,
+        reason: str | None,
+    ) -> bool:
+        """Record the completion of deferred step ``key`` (inside the open transaction), and
+        flag it for ``participant``; False when its row is not waiting (see :meth:`row_of`)."""
+        if self._execute(_COMPLETE, (outcome, result, reason, _now(), key)).rowcount != 1:
+            return False
+        self._execute(_FLAG, (key, participant, handle, _now()))
+        return True
+
+    def row_of(self, key: str) -> tuple[str, bytes | None, str | None] | None:
+        """(outcome, result, reason) of the row of ``key``, if any."""
+        row = self._lookup(key)
+        return None if row is None else (row.outcome, row.result, row.reason)
+
+    def news(self, participant: str) -> list[Completed]:
+        """The deferred steps of ``participant`` completed since it last looked (a read of its
+        own outside a transaction, when none is open)."""
+        self._connected()
+        rows = self._execute(_NEWS, (participant,)).fetchall()
+        return [Completed(str(k), str(o), r, reason) for k, o, r, reason in rows]
+
+    def noticed(self, key: str) -> None:
+        """Clear the flag :meth:`complete` set (inside the open transaction)."""
+        self._execute(_NOTICED, (key,))
 
 
 def _decoded(value: bytes | None) -> Any:

@@ -34,6 +34,20 @@ key runs the handler again, and a compensation of that step runs too (where an o
 would be a no-op), told ``step.forward_outcome == "unknown"``. Requests for a step whose call is
 in flight here wait for it.
 
+A refusal may carry data beside its reason (``Reject("card declined", data={...})``): it is
+recorded with the refusal, replayed with it, and sent in the reply's ``data``.
+
+Steps that finish later: a handler (ordinary or external) that returns :class:`Later` leaves its
+step waiting for a completion from outside (a webhook, a person, a long job), which calls
+``understudy.complete(database, step.handle, result)`` (or ``reject``, ``fail``: see
+:mod:`understudy.actors.deferred`). The ledger row says ``deferred``, committed with what the
+handler wrote; the saga's requests for the step wait here (nothing runs again); the participant
+looks for completions every ``completion_poll`` seconds (0.25 by default) while steps wait, and
+replies with the recorded outcome. A compensation of a step still waiting cancels its handle (a
+completion is then refused) and runs, told ``step.forward_outcome == "cancelled"``; one of a
+step that was deferred runs whatever its completion said (``"applied"``, ``"rejected"``,
+``"failed"``). See docs/deferred.md.
+
 Example::
 
     class Inventory(Participant):
@@ -70,6 +84,7 @@ import attrs
 
 from understudy import codec, failpoints
 from understudy.actors.batching import GroupCommit, Outbox
+from understudy.actors.deferred import COMPLETION_POLL, Handles, PollCompletions
 from understudy.actors.external import (
     DEFAULT_WORKERS,
     POLL_INTERVAL,
@@ -79,6 +94,7 @@ from understudy.actors.external import (
 )
 from understudy.actors.handlers import (
     Handler,
+    Later,
     Reject,
     StepContext,
     action,
@@ -87,10 +103,12 @@ from understudy.actors.handlers import (
 )
 from understudy.actors.ledger import (
     APPLIED,
+    DEFERRED,
     REJECTED,
     STARTED,
     Answer,
     Ledger,
+    Wait,
     digest_of,
     open_ledger,
 )
@@ -100,7 +118,7 @@ from understudy.actors.watch import OwnerWatch
 from understudy.errors import DefinitionError, LedgerError, PayloadError
 from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
 
-__all__ = ["Participant", "Reject", "StepContext", "action", "compensation"]
+__all__ = ["Later", "Participant", "Reject", "StepContext", "action", "compensation"]
 
 _DIRECT = frozenset({StepRequest})  # what batches carry: see handle_batched
 
@@ -128,7 +146,9 @@ def _reserved() -> frozenset[str]:
 @attrs.define
 class _Staged:
     """A request handled in the open batch: its reply (sent once the batch commits) or the
-    external call to start then (``launch``). ``releases``: the step whose call this records."""
+    external call to start then (``launch``). ``releases``: the step whose call this records.
+    ``waits``: no reply, the request waits for its deferred step's completion (in
+    ``Participant._waiting`` from now on)."""
 
     msg: StepRequest
     sender: Any
@@ -136,6 +156,7 @@ class _Staged:
     redelivered: bool = False
     launch: Launch | None = None
     releases: str | None = None
+    waits: bool = False
 
 
 class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
@@ -183,7 +204,13 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self.staged: list[_Staged] = []
         self.calls: ExternalCalls | None = None
         self.parked: list[tuple[StepRequest, Any]] = []  # waiting for a call on their step
+        #: By key: the latest request for each deferred step waiting for its completion (the
+        #: one its saga waits on: an older attempt's reply would be ignored there anyway).
+        self._waiting: dict[str, tuple[StepRequest, Any]] = {}
         self._poll_scheduled = False
+        self._handles: Handles | None = None
+        self._completion_poll = COMPLETION_POLL
+        self._completions_scheduled = False
 
     def setup(self, db: Any, options: dict[str, Any]) -> None:
         """Hook: create the participant's own tables in ``db`` (a ``sqlite3`` or a ``psycopg``
@@ -236,12 +263,19 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             )
         self.name = msg.name
         workers = int(options.get("external_workers", DEFAULT_WORKERS))
+        self._completion_poll = float(options.get("completion_poll", COMPLETION_POLL))
+        if not self._completion_poll > 0:
+            raise ValueError(
+                f"completion_poll must be a positive number of seconds, not "
+                f"{options['completion_poll']!r}"
+            )
         self.calls = ExternalCalls(workers, f"understudy-{msg.name}")
         self.ledger = ledger = open_ledger(str(database), options)
         ledger.begin()
         ledger.create_schema()
         self.setup(ledger.connection, dict(options))
         ledger.commit()
+        self._handles = Handles(ledger.handle_secret(), msg.name)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -251,6 +285,10 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         if isinstance(msg, WakeupMessage) and isinstance(msg.payload, PollCalls):
             self._poll_scheduled = False
             self._collect_calls()
+            return None
+        if isinstance(msg, WakeupMessage) and isinstance(msg.payload, PollCompletions):
+            self._completions_scheduled = False
+            self._collect_completions()
             return None
         return super().receiveMessage(msg, sender)
 
@@ -276,9 +314,14 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             # once, and a compensation must see how the call ended. Served once it has.
             self.parked.append((msg, sender))
             return
+        if msg.kind == "undo":
+            # The saga compensates the step: it waits no more for the forward's completion.
+            self._waiting.pop(msg.forward_key, None)
         staged = self._stage(msg, sender)
         if staged.launch is not None:
             self.calls.busy.add(msg.forward_key)
+        if staged.waits:
+            self._wait(msg, sender)
         staged.redelivered = redelivered
         self.staged.append(staged)
         # Group commit: every request that arrives before the flush joins the same
@@ -343,8 +386,9 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         digest = digest_of(msg)
         verdict = self.ledger.decide(msg, digest)
         if isinstance(verdict, Answer):
-            reply = _reply(msg, verdict.outcome, verdict.result, verdict.reason, verdict.replayed)
-            return _Staged(msg, sender, reply)
+            return _Staged(msg, sender, _answer(msg, verdict))
+        if isinstance(verdict, Wait):
+            return _Staged(msg, sender, None, waits=True)
         handlers = self._compensations if msg.kind == "undo" else self._actions
         handler = handlers.get(msg.action)
         if handler is None:
@@ -366,27 +410,33 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             verdict.forward_result,
             verdict.forward_outcome,
             msg.forward_key if msg.kind == "undo" else None,
+            msg.failure,
+            handles=self._handles,
         )
         if handler.external:
             if not verdict.started:
                 self.ledger.record(msg.key, msg, digest, STARTED)  # write-ahead
             return _Staged(msg, sender, None, launch=Launch(msg, sender, handler.method, context))
-        return _Staged(msg, sender, self._run(msg, handler, context, digest, verdict.started))
+        reply = self._run(msg, handler, context, digest, verdict.started)
+        return _Staged(msg, sender, reply, waits=reply is None)
 
     def _run(
         self, msg: StepRequest, handler: Handler, context: StepContext, digest: bytes, started: bool
-    ) -> StepReply:
-        """Run an ordinary handler under its own savepoint and record its outcome."""
+    ) -> StepReply | None:
+        """Run an ordinary handler under its own savepoint and record its outcome; None when
+        it deferred its step (:class:`Later`)."""
         ledger = self.ledger
         assert ledger is not None
         ledger.savepoint()
         try:
             result = getattr(self, handler.method)(context, ledger.connection)
-            encoded = codec.encode(result, f"result of {msg.action!r}")
+            deferred = isinstance(result, Later)
+            encoded = None if deferred else codec.encode(result, f"result of {msg.action!r}")
         except Reject as refusal:
             ledger.rollback_to_savepoint()
-            self._record(msg, digest, started, REJECTED, None, str(refusal))
-            return _reply(msg, "rejected", reason=str(refusal))
+            data = _encoded_data(msg, refusal)
+            self._record(msg, digest, started, REJECTED, data, str(refusal))
+            return _reply(msg, "rejected", reason=str(refusal), data=_data_of(refusal))
         except Exception as exc:
             ledger.rollback_to_savepoint()
             raise _HandlerFailed(_failure(exc)) from exc
@@ -399,8 +449,18 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             # everything until the savepoint is rolled back): its request failed, not the batch.
             ledger.rollback_to_savepoint()
             raise _HandlerFailed(f"the handler's transaction failed: {exc}") from None
+        if deferred:
+            # Its writes commit with the row that makes its handle valid, or neither does.
+            self._record(msg, digest, started, DEFERRED, None, None)
+            ledger.defer(msg.key, self._own_name, context.handle)
+            return None
         self._record(msg, digest, started, APPLIED, encoded, None)
         return _reply(msg, "ok", result=result)
+
+    @property
+    def _own_name(self) -> str:
+        assert self.name is not None
+        return self.name
 
     def _record(
         self,
@@ -442,39 +502,108 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         for launch, future in self.calls.finished():
             reply = self._outcome(launch, future)
             self.staged.append(
-                _Staged(launch.msg, launch.sender, reply, releases=launch.msg.forward_key)
+                _Staged(
+                    launch.msg,
+                    launch.sender,
+                    reply,
+                    releases=launch.msg.forward_key,
+                    waits=reply is None,
+                )
             )
+            if reply is None:
+                self._wait(launch.msg, launch.sender)
             self.schedule_flush()
         if self.calls.in_flight:
             self._poll_soon()
 
-    def _outcome(self, launch: Launch, future: Future[Any]) -> StepReply:
+    def _outcome(self, launch: Launch, future: Future[Any]) -> StepReply | None:
+        """Record what an external call returned, in the open batch; its reply, or None when it
+        deferred its step (:class:`Later`)."""
         msg = launch.msg
         encoded: bytes | None
         reason: str | None
+        data: Any = None
         try:
             result = future.result()
-            encoded = codec.encode(result, f"result of {msg.action!r}")
+            if isinstance(result, Later):
+                outcome, encoded, reason = DEFERRED, None, None
+            else:
+                outcome, reason = APPLIED, None
+                encoded = codec.encode(result, f"result of {msg.action!r}")
         except Reject as refusal:
-            outcome, result, encoded, reason = REJECTED, None, None, str(refusal)
+            try:
+                encoded = _encoded_data(msg, refusal)
+            except _HandlerFailed as unencodable:
+                return _reply(msg, "error", reason=unencodable.reason)  # the row stays "started"
+            outcome, result, reason, data = REJECTED, None, str(refusal), _data_of(refusal)
         except Exception as exc:
             # The call may or may not have taken effect: the row stays "started", and a retry
             # of the key (or the step's compensation) runs its handler again.
             return _reply(msg, "error", reason=_failure(exc))
-        else:
-            outcome, reason = APPLIED, None
         assert self.ledger is not None
         try:
             if not self.ledger.in_transaction:
                 self.ledger.begin()
-            self.ledger.finish(msg.key, outcome, encoded, reason)
+            if not self.ledger.settle(msg.key, outcome, encoded, reason):
+                # The call handed its handle out, and the completion came back before the call
+                # did: what it recorded is the step's outcome.
+                recorded = self.ledger.recorded(msg.key)
+                if recorded is None:
+                    raise LedgerError(
+                        f"ledger {self.ledger.where}: the row of key {msg.key!r} is no longer "
+                        "'started' (another process recorded it meanwhile)"
+                    )
+                self.ledger.noticed(msg.key)
+                return _answer(msg, attrs.evolve(recorded, replayed=False))
+            if outcome == DEFERRED:
+                self.ledger.defer(msg.key, self._own_name, launch.context.handle)
         except LedgerError as exc:
             failed = f"participant {self.name!r} could not write its ledger: {exc}"
             self._abandon(failed)
             return _reply(msg, "error", reason=failed)
+        if outcome == DEFERRED:
+            return None
         if outcome == REJECTED:
-            return _reply(msg, "rejected", reason=reason)
+            return _reply(msg, "rejected", reason=reason, data=data)
         return _reply(msg, "ok", result=result)
+
+    # --- deferred steps ---------------------------------------------------------------------
+
+    def _wait(self, msg: StepRequest, sender: Any) -> None:
+        """``msg`` waits for its deferred step's completion (a newer request replaces it)."""
+        self._waiting[msg.key] = (msg, sender)
+        self._poll_completions_soon()
+
+    def _poll_completions_soon(self) -> None:
+        if not self._completions_scheduled:
+            self._completions_scheduled = True
+            self.wakeupAfter(timedelta(seconds=self._completion_poll), PollCompletions())
+
+    def _collect_completions(self) -> None:
+        """Answer the waiting requests whose steps were completed since the last look, in the
+        open batch (the replies go once it commits). Looks only while requests wait: a request
+        for a step completed when none waited is answered from its ledger row."""
+        ledger = self.ledger
+        if ledger is None or not self._waiting:
+            return
+        try:
+            news = ledger.news(self._own_name)
+            if news:
+                if not ledger.in_transaction:
+                    ledger.begin()
+                for done in news:
+                    ledger.noticed(done.key)
+                    waiter = self._waiting.pop(done.key, None)
+                    if waiter is not None:
+                        msg, sender = waiter
+                        self.staged.append(_Staged(msg, sender, _answer(msg, done.answer(False))))
+                self.schedule_flush()
+        except LedgerError as exc:
+            # Nothing noticed is kept: the flags stay set, and the next look finds them again
+            # (a waiter answered here with an error retries, and is answered from the ledger).
+            self._abandon(f"participant {self.name!r} could not read its completions: {exc}")
+        if self._waiting:
+            self._poll_completions_soon()
 
     def _unpark(self) -> None:
         """Serve the requests that waited for a call on their step, where it has ended."""
@@ -491,6 +620,8 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
             self.ledger.rollback()
         for item in staged:
             self._release(item)
+            if item.waits and self._waiting.get(item.msg.key, (None,))[0] is item.msg:
+                del self._waiting[item.msg.key]  # its row may not say "deferred": it retries
             self.send(item.sender, _reply(item.msg, "error", reason=reason))
         if self.parked:
             self.schedule_flush()  # a step released here: its parked requests go next
@@ -505,8 +636,8 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         never runs ahead of the ledger row it reports (write-ahead, as in the saga host)."""
         staged, self.staged = self.staged, []
         ledger = self.ledger
-        if not staged or ledger is None:
-            return
+        if ledger is None or not (staged or ledger.in_transaction):
+            return  # (a transaction with nothing staged: completions noticed, nobody to answer)
         try:
             if ledger.in_transaction:
                 ledger.commit()
@@ -522,6 +653,8 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 self._launch(item.launch)
                 continue
             self._release(item)
+            if item.waits:
+                continue  # in self._waiting: answered when its step is completed
             msg, sender, reply = item.msg, item.sender, item.reply
             assert reply is not None
             try:
@@ -575,12 +708,36 @@ def _failure(exc: Exception) -> str:
     return str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__name__}: {exc}"
 
 
+def _data_of(refusal: Reject) -> Any:
+    """What a refusal carries (a subclass of :class:`Reject` may not have set it)."""
+    return getattr(refusal, "data", None)
+
+
+def _encoded_data(msg: StepRequest, refusal: Reject) -> bytes | None:
+    """The refusal's data, encoded for the ledger; data msgpack cannot encode fails the
+    request (an error, as a result that cannot be encoded does), naming the step."""
+    data = _data_of(refusal)
+    if data is None:
+        return None
+    try:
+        return codec.encode(
+            data, f"data of the refusal of step {msg.step_name!r} (action {msg.action!r})"
+        )
+    except PayloadError as exc:
+        raise _HandlerFailed(str(exc)) from None
+
+
+def _answer(msg: StepRequest, answer: Answer) -> StepReply:
+    return _reply(msg, answer.outcome, answer.result, answer.reason, answer.replayed, answer.data)
+
+
 def _reply(
     msg: StepRequest,
     outcome: str,
     result: Any = None,
     reason: str | None = None,
     replayed: bool = False,
+    data: Any = None,
 ) -> StepReply:
     return StepReply(
         msg.saga_id,
@@ -593,4 +750,5 @@ def _reply(
         result,
         reason,
         replayed,
+        data,
     )

@@ -29,6 +29,11 @@ A backend implements :class:`SagaStore` (SQLite now; PostgreSQL can follow). The
   show`` prints as a saga's timeline. What a runtime says about a saga it leaves alone (recovery
   suspending a saga whose definition version it lacks) is a :class:`Note`: events appended
   without changing the saga's row (:meth:`SagaStore.note`).
+- Choreography's event log (:meth:`SagaStore.append_events` and the methods after it): an event
+  id is appended once, an acknowledgement recorded once per (subscriber, event), both in one
+  transaction with what they came with; what a subscriber has not acknowledged is computed,
+  never stored, so only its own acknowledgement takes an event off its list
+  (:mod:`understudy.persistence.eventlog`).
 - Driver errors are translated to :mod:`understudy.errors` (``StoreUnavailable`` for locked, busy,
   read-only or full databases; ``CorruptRecord`` for rows that fail to decode).
 """
@@ -233,6 +238,105 @@ class CommandDone:
 Write = NewSaga | Transition | CommandDone
 
 
+# --- choreography: the event log -----------------------------------------------------------------
+
+#: :attr:`TopicEvent.kind`: an event a service or plain code published, or the failure event a
+#: reaction that refused or kept failing published in its place (its subscribers compensate).
+EVENT: Final = "event"
+FAILURE: Final = "failure"
+#: What a subscriber did with an event (:attr:`Acknowledgement.outcome`): its handler's effects
+#: committed (APPLIED), it refused (REJECTED, a business refusal), or it kept failing past its
+#: attempts or the event was damaged (FAILED). The last two published a failure event.
+REJECTED: Final = "rejected"
+REACTION_OUTCOMES: Final = (APPLIED, REJECTED, FAILED)
+
+
+@attrs.frozen
+class TopicEvent:
+    """An event published to ``topic``, as appended to the event log. ``data`` is msgpack
+    bytes. ``correlation_id`` names the chain (the first event's, inherited by every event
+    published while reacting to it); ``causation_id`` is the event whose reaction published
+    this one (None for a chain's first); ``source`` who published it ("" for plain code)."""
+
+    event_id: str
+    topic: str
+    correlation_id: str
+    data: bytes
+    at: float
+    source: str = ""
+    causation_id: str | None = None
+    kind: str = EVENT
+
+
+@attrs.frozen
+class Acknowledgement:
+    """Subscriber ``subscriber`` is done with event ``event_id`` (``outcome``, one of
+    :data:`REACTION_OUTCOMES`, with ``reason`` for a refusal or a failure); ``published``
+    names the events its reaction published."""
+
+    subscriber: str
+    event_id: str
+    correlation_id: str
+    outcome: str
+    at: float
+    reason: str | None = None
+    published: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class PublishedEvent:
+    """An event of the log as read back: ``seq`` orders the log, ``data`` is decoded."""
+
+    seq: int
+    event_id: str
+    topic: str
+    correlation_id: str
+    source: str
+    causation_id: str | None
+    kind: str
+    data: Any
+    at: float
+    #: Why this row cannot be trusted (fails its checksum or does not decode); None when intact.
+    corrupt: str | None = None
+
+
+@attrs.frozen
+class AckRecord:
+    """An :class:`Acknowledgement` as read back."""
+
+    subscriber: str
+    event_id: str
+    correlation_id: str
+    outcome: str
+    reason: str | None
+    published: tuple[str, ...]
+    at: float
+    corrupt: str | None = None
+
+
+@attrs.frozen
+class TopicSubscription:
+    """``subscriber`` gets every event of ``topic`` whose ``seq`` is above ``since_seq`` (the
+    log's end when it first subscribed)."""
+
+    subscriber: str
+    topic: str
+    since_seq: int
+    at: float
+
+
+@attrs.frozen
+class ChainHead:
+    """One chain of the log, for listing: its first event and its extent."""
+
+    correlation_id: str
+    topic: str
+    source: str
+    started_at: float
+    last_at: float
+    events: int
+
+
 class SagaStore(abc.ABC):
     """Durable home of sagas and their timelines. One instance per process; not thread-safe."""
 
@@ -399,6 +503,48 @@ class SagaStore(abc.ABC):
         """The ``seq`` of the latest event, 0 when there is none. Cheap (one index lookup), and
         it changes whenever anything is written, since every write carries events: what a
         watcher polls to tell progress from a standstill."""
+
+    # --- choreography: the event log ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def append_events(
+        self, events: Sequence[TopicEvent], acks: Sequence[Acknowledgement] = ()
+    ) -> list[bool]:
+        """Append ``events`` to the event log and record ``acks``, in one durable transaction;
+        one bool per event (False: an event with that id is in the log already, and nothing of
+        it changes). An acknowledgement is recorded once per (subscriber, event); a repeated
+        one changes nothing. So a relay that dies after the commit and runs again appends
+        nothing twice, and an acknowledgement is never visible before the events its reaction
+        published."""
+
+    @abc.abstractmethod
+    def subscribe(
+        self, subscriber: str, topics: Sequence[str], at: float
+    ) -> list[TopicSubscription]:
+        """Make ``topics`` the topics ``subscriber`` gets (durable when this returns): a topic
+        new to it starts at the log's end, one it had keeps its start, one it no longer lists
+        is dropped. Returns its subscriptions, by topic."""
+
+    @abc.abstractmethod
+    def undelivered(self, subscriber: str, limit: int = 100) -> list[PublishedEvent]:
+        """The events of ``subscriber``'s topics, past each subscription's start, that it has
+        not acknowledged, oldest first (at most ``limit``): what it must still react to."""
+
+    @abc.abstractmethod
+    def chain_events(self, correlation_id: str) -> list[PublishedEvent]:
+        """Every event of the chain ``correlation_id``, in log order."""
+
+    @abc.abstractmethod
+    def chain_acks(self, correlation_id: str) -> list[AckRecord]:
+        """Every acknowledgement of the chain's events, in the order recorded."""
+
+    @abc.abstractmethod
+    def subscriptions(self) -> list[TopicSubscription]:
+        """Every subscription, by subscriber and topic."""
+
+    @abc.abstractmethod
+    def list_chains(self, limit: int = 100) -> list[ChainHead]:
+        """The chains of the log, the newest first (by their first event)."""
 
     @abc.abstractmethod
     def close(self) -> None:

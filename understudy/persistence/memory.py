@@ -36,6 +36,7 @@ from understudy.persistence.base import (
     Transition,
     Write,
 )
+from understudy.persistence.memory_eventlog import MemoryEventLog
 from understudy.persistence.rows import (
     CLOSED_STATUSES,
     check_done,
@@ -82,7 +83,7 @@ class _StoredCommand:
         return command_record(attrs.astuple(self, recurse=False))
 
 
-class MemoryStore(SagaStore):
+class MemoryStore(MemoryEventLog, SagaStore):
     """A :class:`SagaStore` held in dicts and lists; for tests and experiments only.
 
     Nothing is written anywhere: the sagas and their timelines die with the process.

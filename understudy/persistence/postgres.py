@@ -83,6 +83,7 @@ from understudy.persistence.pg_arrays import (
     TextArray,
     columns,
 )
+from understudy.persistence.postgres_eventlog import PostgresEventLog
 from understudy.persistence.rows import (
     CLOSED_STATUSES,
     COMMAND_COLUMNS,
@@ -333,7 +334,7 @@ class _Pipe:
             self._pipeline.sync()
 
 
-class PostgresStore(SagaStore):
+class PostgresStore(PostgresEventLog, SagaStore):
     """A :class:`SagaStore` in a PostgreSQL database (see the module docstring).
 
     ``read_only`` opens for queries only (the CLI, status queries): the session's transactions
@@ -454,6 +455,7 @@ class PostgresStore(SagaStore):
                 f"saga store {self.where} has schema version {found}, this understudy expects "
                 f"{SCHEMA_VERSION}; upgrade understudy or use a new database"
             )
+        self._event_log_table = self._prepare_event_log(conn)  # choreography's tables
 
     @staticmethod
     def _schema_version(conn: Connection) -> tuple[int | None, bool]:

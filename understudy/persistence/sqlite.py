@@ -64,6 +64,7 @@ from understudy.persistence.rows import (
     unpack_about,
     unpack_blame,
 )
+from understudy.persistence.sqlite_eventlog import SQLiteEventLog, schema_statements
 
 SCHEMA_VERSION = 2
 
@@ -184,7 +185,7 @@ def _translate(exc: sqlite3.Error, path: str, doing: str) -> StoreError:
     return StoreError(f"saga store {path!r} failed while {doing}: {text}")
 
 
-class SQLiteStore(SagaStore):
+class SQLiteStore(SQLiteEventLog, SagaStore):
     """A :class:`SagaStore` in one SQLite file.
 
     ``synchronous`` is ``"FULL"`` by default (durable across power loss); ``"NORMAL"`` survives a
@@ -212,6 +213,7 @@ class SQLiteStore(SagaStore):
         # Opening for writing creates the commands table; a file from before it has none, which
         # a read-only store looks for again when asked (see _has_commands).
         self._commands_table = not read_only
+        self._event_log_table = not read_only  # likewise the event log's (choreography)
         if read_only:
             self._open_read_only(busy_timeout)
             return
@@ -279,6 +281,8 @@ class SQLiteStore(SagaStore):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            for statement in schema_statements():  # the choreography event log
+                conn.execute(statement)
             conn.execute(
                 "INSERT OR IGNORE INTO understudy_meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),

@@ -323,3 +323,10 @@ class Refuser(Participant):
     @compensation("uncheck")
     def uncheck(self, step: StepContext, db: Any) -> Any:
         return None
+
+
+class NarrowApprovals(Approvals):
+    """Approvals that take one request at a time: steps waiting for their completion must not
+    count against it."""
+
+    max_in_flight = 1

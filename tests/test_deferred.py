@@ -21,7 +21,7 @@ import attrs
 import psycopg
 import pytest
 from conftest import FAST, recorders, start_runtime, stored
-from participants import Approvals
+from participants import Approvals, NarrowApprovals
 
 from understudy import PayloadError, RetryPolicy, SagaDefinition, Step, Understudy
 from understudy.actors.deferred import Handles, complete, fail, reject
@@ -145,6 +145,23 @@ def test_a_step_waits_for_its_completion_and_the_saga_gets_its_result(
     with pytest.raises(CompletionRefused, match="completed before as 'applied'") as refused:
         reject(db, handle, "too late")
     assert "applied" == refused.value.state
+
+
+def test_waiting_steps_hold_no_slot_of_the_participants_window(
+    start: Start, tmp_path: Path
+) -> None:
+    """``max_in_flight = 1``: three steps waiting at once all reached the participant, since a
+    deferred request is acknowledged as taken and frees its slot."""
+    (orders, (name, _cls, options)) = participants(tmp_path)
+    us = start([definition()], [orders, (name, NarrowApprovals, options)])
+    db = str(tmp_path / "approvals.db")
+    futures = [us.submit_future(f"w-{i}", "approval", {}) for i in range(3)]
+    handles = [handle_of(db, f"w-{i}") for i in range(3)]  # all three wait at once
+    for handle in handles:
+        complete(db, handle, {"approved_by": "bob"})
+    assert [f.result(60).status for f in futures] == ["completed"] * 3
+    _record, events = stored(str(tmp_path / "sagas.db"), "w-0")
+    assert [e.kind for e in events if e.step == 1][:2] == ["intent", "accepted"]
 
 
 def test_resent_requests_run_nothing_again_and_get_the_completion(
@@ -382,7 +399,11 @@ def test_the_latest_waiting_request_gets_the_refusal_with_its_data(
     db = str(tmp_path / "approvals.db")
     asys.tell(address, request("do", attempt=1))
     handle = handle_of(db, "s-1")
-    assert asys.ask(address, request("do", attempt=2), 1) is None  # it waits
+    # Each attempt is taken, not answered: it waits (the saga host frees its slot).
+    first = asys.listen(30)
+    assert isinstance(first, StepReply) and (first.outcome, first.attempt) == ("accepted", 1)
+    taken = asys.ask(address, request("do", attempt=2), 30)
+    assert isinstance(taken, StepReply) and (taken.outcome, taken.attempt) == ("accepted", 2)
     data = {"code": "card_declined", "retry_after": 30}
     reject(db, handle, "declined", data=data)
     reply = asys.listen(30)
@@ -445,7 +466,8 @@ def test_a_compensation_can_finish_later_too(approvals: tuple[Any, str], tmp_pat
     forward = asys.ask(address, attrs.evolve(request("do"), payload=payload), 30)
     assert isinstance(forward, StepReply) and "ok" == forward.outcome
     undo = attrs.evolve(request("undo"), payload=payload)
-    assert asys.ask(address, undo, 1) is None  # it waits
+    taken = asys.ask(address, undo, 30)  # taken, not answered: it waits
+    assert isinstance(taken, StepReply) and ("undo", "accepted") == (taken.kind, taken.outcome)
     key = idempotency_key("s-1", 1, "undo")
     ((handle,),) = query(db, "SELECT handle FROM withdrawals WHERE key = ?", (key,))
     complete(db, handle, {"refunded": 5})

@@ -115,10 +115,17 @@ class StepRequest:
     failure: dict[str, Any] | None = None
 
 
+#: ``StepReply.outcome`` of a request a participant took and finishes later (its handler
+#: returned ``Later()``): not an answer. The saga keeps waiting, its reply deadline running;
+#: the saga host frees the request's slot in the participant's window.
+ACCEPTED = "accepted"
+
+
 @attrs.frozen
 class StepReply:
     """A participant's answer: ``outcome`` is ``ok``, ``rejected`` (a business refusal, final)
-    or ``error`` (the handler failed; the coordinator may retry with the same key)."""
+    or ``error`` (the handler failed; the coordinator may retry with the same key); or
+    :data:`ACCEPTED`, which answers nothing yet."""
 
     saga_id: str
     step: int

@@ -116,7 +116,13 @@ from understudy.actors.plumbing import Batch, Flush, Stopped, handle_batched
 from understudy.actors.system import ActorTypeDispatcher, WakeupMessage
 from understudy.actors.watch import OwnerWatch
 from understudy.errors import DefinitionError, LedgerError, PayloadError
-from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
+from understudy.messages import (
+    ACCEPTED,
+    ConfigureParticipant,
+    ParticipantReady,
+    StepReply,
+    StepRequest,
+)
 
 __all__ = ["Later", "Participant", "Reject", "StepContext", "action", "compensation"]
 
@@ -654,7 +660,11 @@ class Participant(GroupCommit, OwnerWatch, ActorTypeDispatcher):
                 continue
             self._release(item)
             if item.waits:
-                continue  # in self._waiting: answered when its step is completed
+                # In self._waiting: answered when its step is completed. Told now that it was
+                # taken (committed as deferred), so the saga host frees its slot in this
+                # participant's window: a step that waits an hour holds back nobody.
+                outbox.add(item.sender, _reply(item.msg, ACCEPTED))
+                continue
             msg, sender, reply = item.msg, item.sender, item.reply
             assert reply is not None
             try:

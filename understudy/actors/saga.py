@@ -27,7 +27,7 @@ from understudy import codec
 from understudy.actors.inputs import InputMissing, request_data
 from understudy.definitions import SagaDefinition, Step
 from understudy.errors import CorruptRecord
-from understudy.messages import StepReply, StepRequest
+from understudy.messages import ACCEPTED, StepReply, StepRequest
 from understudy.persistence.base import (
     COMPENSATED,
     COMPENSATING,
@@ -371,6 +371,10 @@ class Saga:
         ):
             return None
         kind, step, attempt, _deadline = s.pending
+        if reply.outcome == ACCEPTED:
+            # Taken, to be finished later: still waited on, under the same deadline.
+            self._event("accepted", now, step, attempt, {"kind": kind})
+            return []
         s.pending = None
         detail: dict[str, Any] = {"outcome": reply.outcome}
         if reply.reason:

@@ -40,7 +40,7 @@ from understudy.actors.saga import (
 )
 from understudy.definitions import WorkflowDefinition
 from understudy.errors import CorruptRecord
-from understudy.messages import StepReply, StepRequest
+from understudy.messages import ACCEPTED, StepReply, StepRequest
 from understudy.persistence.base import (
     COMPENSATED,
     COMPENSATING,
@@ -330,7 +330,7 @@ class Workflow:
                 entry[4] = self._token()
                 commands.append(Timer(max(0.0, entry[3] - now), entry[4]))
         if s.phase == RUNNING:
-            return commands + self._advance(now)
+            return self._go_on(commands, now)
         return commands + self._compensate_ready(now)
 
     def on_reply(self, reply: StepReply, now: float) -> list[Command] | None:
@@ -347,6 +347,10 @@ class Workflow:
         if entry is None or entry[0] != OUT or entry[1:3] != [reply.kind, reply.attempt]:
             return None
         kind, attempt = entry[1], entry[2]
+        if reply.outcome == ACCEPTED:
+            # Taken, to be finished later: still waited on, under the same deadline.
+            self._event("accepted", now, step, attempt, {"kind": kind})
+            return []
         detail: dict[str, Any] = {"outcome": reply.outcome}
         if reply.reason:
             detail["reason"] = reply.reason
@@ -430,6 +434,18 @@ class Workflow:
                     return launched
                 commands += launched
         return commands
+
+    def _go_on(self, staged: list[Command], now: float) -> list[Command]:
+        """``staged`` (requests sent again, retries re-armed), then :meth:`_advance`. When what
+        became ready stopped the workflow (a request that cannot be built), the staged
+        forward sends are dropped with the rest, as :meth:`_advance` drops its own: they were
+        returned with the stop's commands, so a workflow parked again still sent them (its
+        snapshot then waiting on nothing), or an aborted one sent forward requests along with
+        their compensations."""
+        advanced = self._advance(now)
+        if self.state.phase != RUNNING:
+            return advanced
+        return staged + advanced
 
     def _launch(self, step: int, now: float) -> list[Command]:
         s = self.state

@@ -59,7 +59,10 @@ def _forward_only(saga: Workflow, verb: str) -> None:
             saga,
             verb,
             f"its irreversible step {saga._name(started[0])!r} has started, so it can only go "
-            "forward: retry or skip the steps it stopped at, or abandon it",
+            "forward: retry or skip the steps it stopped at"
+            # Not "or abandon it" when the verb refused is abandon itself (it is refused for
+            # the same reason: abandoning owes compensations, which go backward).
+            + ("" if verb == "abandon" else ", or abandon it"),
         )
 
 
@@ -70,7 +73,17 @@ def _entries(saga: Workflow, *statuses: str) -> list[int]:
 def _check_cancel(saga: Workflow, args: dict[str, Any]) -> None:
     _finished(saga, "cancel")
     if _stopped_in(saga) != RUNNING:
-        raise _refuse(saga, "cancel", "it is already compensating")
+        # What instead, as the saga's refusal says (a refusal says why and what instead).
+        raise _refuse(
+            saga,
+            "cancel",
+            "it is already compensating"
+            + (
+                ": retry it, resolve what it owes, or abandon it"
+                if saga.state.phase == FAILED
+                else ""
+            ),
+        )
     _forward_only(saga, "cancel")
 
 
@@ -86,7 +99,13 @@ def _check_pause(saga: Workflow, args: dict[str, Any]) -> None:
 def _check_resume(saga: Workflow, args: dict[str, Any]) -> None:
     _finished(saga, "resume")
     if saga.state.paused is None:
-        raise _refuse(saga, "resume", "it is not paused")
+        raise _refuse(
+            saga,
+            "resume",
+            "it is not paused"
+            # What instead, as the saga's refusal says.
+            + ("; retry takes a parked workflow up again" if saga.state.phase == FAILED else ""),
+        )
 
 
 def _check_retry(saga: Workflow, args: dict[str, Any]) -> None:
@@ -141,8 +160,14 @@ def _check_skip(saga: Workflow, args: dict[str, Any]) -> None:
         raise _refuse(
             saga,
             "skip",
-            f"a request for step {name!r} is out and could still apply: pause the workflow "
-            "and wait for its reply or timeout, then skip",
+            f"a request for step {name!r} is out and could still apply: "
+            # A parked workflow cannot be paused, and waits for no reply: a retry sends the
+            # request again, and its reply or timeout settles the step.
+            + (
+                "retry the workflow and wait for its reply or timeout, then skip"
+                if s.phase == FAILED
+                else "pause the workflow and wait for its reply or timeout, then skip"
+            ),
         )
 
 
@@ -154,12 +179,28 @@ def _check_resolve(saga: Workflow, args: dict[str, Any]) -> None:
     entry = s.track[step]
     if entry is not None and entry[0] == OWED:
         return
-    due = _stopped_in(saga) == COMPENSATING and entry is not None and entry[0] in (TODO, DUE, HELD)
+    compensating = _stopped_in(saga) == COMPENSATING
+    if compensating and entry is not None and entry[:2] == [OUT, UNDO]:
+        # Its own refusal: "owes no compensation that is due" would be wrong (it is due, and
+        # out), and resolving it could double the compensation the request may still apply.
+        raise _refuse(
+            saga,
+            "resolve",
+            f"a compensation request for step {name!r} is out and could still apply: "
+            + (
+                "retry the workflow and wait for its reply or timeout"
+                if s.phase == FAILED
+                else "pause the workflow and wait for its reply or timeout"
+            ),
+        )
+    due = compensating and entry is not None and entry[0] in (TODO, DUE, HELD)
     if not due or not _dependents_settled(saga, step):
+        # Only compensations are owed: a forward request out (kind do) is not (it listed
+        # running workflows' forward steps as "owed now").
         owed = [saga._name(e[0]) for e in s.debt] + [
             saga._name(i)
             for i in _entries(saga, TODO, DUE, HELD, OUT)
-            if _dependents_settled(saga, i)
+            if s.track[i][1] == UNDO and _dependents_settled(saga, i)
         ]
         raise _refuse(
             saga,
@@ -214,7 +255,9 @@ def _reopen(saga: Workflow, phase: str, now: float) -> list[Command]:
             if entry[1] == DO and i not in s.started:
                 s.track[i] = None  # held before its intent: it starts afresh when due
                 continue
-            commands += saga._send(entry[1], i, entry[2] + (entry[0] != HELD), now)
+            # A new attempt only for a request that was out: a retry due (DUE) or held (HELD)
+            # records the attempt not sent yet (it sent DUE's attempt + 1, skipping one).
+            commands += saga._send(entry[1], i, entry[2] + (entry[0] == OUT), now)
     return commands
 
 
@@ -245,7 +288,7 @@ def _resume(saga: Workflow, args: dict[str, Any], who: str, why: str, now: float
         else:
             commands += saga._send(kind, i, attempt, now)
     if s.phase == RUNNING:
-        return commands + saga._advance(now)
+        return saga._go_on(commands, now)  # not commands + _advance: see _go_on
     return commands + saga._compensate_ready(now)
 
 
@@ -265,7 +308,7 @@ def _retry(saga: Workflow, args: dict[str, Any], who: str, why: str, now: float)
                 commands += saga._send(DO, i, attempt + 1, now)
             else:  # its request could not be built: build it again
                 s.track[i] = None
-        return commands + saga._advance(now)
+        return saga._go_on(commands, now)  # not commands + _advance: see _go_on
     commands = _reopen(saga, COMPENSATING, now)
     for entry in sorted(s.debt, key=lambda e: e[0]):
         s.track[entry[0]] = [TODO, UNDO, 0, 0, 0]
@@ -277,16 +320,28 @@ def _retry(saga: Workflow, args: dict[str, Any], who: str, why: str, now: float)
 def _skip(saga: Workflow, args: dict[str, Any], who: str, why: str, now: float) -> list[Command]:
     s = saga.state
     step = _step_arg(saga, "skip", args)
-    commands = _reopen(saga, RUNNING, now)
+    parked_for = s.reason if s.phase == FAILED else None
     if step not in s.started:
         s.started.append(step)  # as if its intent had been recorded: compensated on abort
     name = saga._name(step)
+    # Done before taking a parked workflow up again: _reopen sends again what it waited on,
+    # and a retry of this step due or held when it parked would go out for a step done by hand.
     s.track[step] = [DONE, DO, max(1, (s.track[step] or [0, 0, 1])[2]), None, 0]
+    commands = _reopen(saga, RUNNING, now)
     s.results[name] = args.get("result")
     saga._event("skipped", now, step, detail={"name": name, "who": who})
     if all(e is not None and e[0] == DONE for e in s.track):
         return saga._finish(COMPLETED, None, (), now)
-    return commands + saga._advance(now)
+    commands = saga._go_on(commands, now)  # not commands + _advance: see _go_on
+    if s.phase == RUNNING and not _entries(saga, OUT, DUE, HELD):
+        # Another step stopped for good (a parked workflow can stop at several) and nothing
+        # else can move: running on, it would wait for ever. It parks again, listing the
+        # steps left, for a retry or another skip.
+        stopped = ", ".join(repr(saga._name(i)) for i in _entries(saga, STOPPED))
+        return commands + saga._park(
+            parked_for or f"step(s) {stopped or '?'} stopped; retry or skip them", now
+        )
+    return commands
 
 
 def _resolve(saga: Workflow, args: dict[str, Any], who: str, why: str, now: float) -> list[Command]:

@@ -40,16 +40,18 @@ def parse(argv: list[str] | None = None) -> Config:
         "--store",
         default=None,
         help="the saga store: a postgresql://user@host:port/db URL of an empty database "
-        "(default: sagas.db in --dir)",
+        "(default: sagas.db in --dir); with --style local, the shop's one database",
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the workload (default 7)")
     parser.add_argument(
         "--style",
-        choices=sorted(STYLES),
+        choices=sorted([*STYLES, "local"]),
         default="orchestrated",
         help="how the order runs: an orchestrated saga (create, reserve, charge, one after "
-        "the other; the default) or a workflow (reserve and charge at once once the order "
-        "exists)",
+        "the other; the default), a workflow (reserve and charge at once once the order "
+        "exists), or local: no saga, one transaction per order in one database (shop.db, or "
+        "the PostgreSQL database --store names), placed by worker processes that --kills "
+        "SIGKILLs",
     )
     parser.add_argument("--hosts", type=int, default=2, help="saga host actors (default 2)")
     parser.add_argument(

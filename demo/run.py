@@ -23,6 +23,7 @@ import attrs
 
 from demo.check import TERMINAL, check_ledgers
 from demo.crash import HostKiller
+from demo.local_run import run_local_demo
 from demo.participants import Inventory, Orders, Payments
 from demo.saga import INVENTORY, ORDERS, PAYMENTS, STYLES
 from demo.workload import Order, make_orders, opening_stock
@@ -48,7 +49,7 @@ class Config:
     hosts: int = 2
     wave: int = 40
     store: str | None = None  # a saga store URL; default: sagas.db in the directory
-    style: str = "orchestrated"  # a key of demo.saga.STYLES
+    style: str = "orchestrated"  # a key of demo.saga.STYLES, or "local" (demo.local_run)
 
     @property
     def store_location(self) -> str:
@@ -111,6 +112,8 @@ def participants(directory: Path, stock: dict[str, int]) -> list[tuple[str, type
 
 def run_demo(config: Config, out: TextIO | None = None) -> int:
     """Run the whole demo; the exit status is 1 when any ledger check fails."""
+    if config.style == "local":  # no saga, so no saga definition in STYLES: see demo.local_run
+        return run_local_demo(config, out)
     out = out if out is not None else sys.stdout
     started = time.monotonic()
     orders = make_orders(config.orders, config.seed)

@@ -212,6 +212,11 @@ class SagaDefinition:
                     + (
                         f"step {root!r} does not complete before this one; a step reads only "
                         "the results of steps that complete before it starts"
+                        + (
+                            f" (in a workflow, add {root!r} to its after=)"
+                            if isinstance(self, WorkflowDefinition)
+                            else ""
+                        )
                         if root in known
                         else f"there is no step {root!r}; inputs start with 'payload' or the "
                         "name of an earlier step"
@@ -267,14 +272,18 @@ class WorkflowDefinition(SagaDefinition):
             here = f"{where}, step {step.name!r}"
             for name in step.after:
                 if name == step.name:
-                    raise DefinitionError(f"{here} depends on itself")
+                    raise DefinitionError(
+                        f"{here} depends on itself; remove {name!r} from its after="
+                    )
                 if name not in index:
                     raise DefinitionError(
                         f"{here} depends on {name!r}, which is not a step of this workflow "
                         f"(its steps: {', '.join(index)})"
                     )
             if len(set(step.after)) != len(step.after):
-                raise DefinitionError(f"{here} names a dependency twice: {list(step.after)}")
+                raise DefinitionError(
+                    f"{here} names a dependency twice: {list(step.after)}; list it once"
+                )
         deps = tuple(tuple(index[name] for name in step.after) for step in self.steps)
         object.__setattr__(self, "dependencies", deps)
         after: list[list[int]] = [[] for _ in self.steps]
@@ -285,7 +294,10 @@ class WorkflowDefinition(SagaDefinition):
         cycle = _cycle(deps)
         if cycle:
             names = " -> ".join(self.steps[i].name for i in cycle)
-            raise DefinitionError(f"{where}: the steps depend on each other in a cycle: {names}")
+            raise DefinitionError(
+                f"{where}: the steps depend on each other in a cycle: {names}; break it by "
+                "removing one of these dependencies from its step's after="
+            )
         for i, step in enumerate(self.steps):
             if step.compensation is None:
                 continue

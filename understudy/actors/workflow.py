@@ -132,6 +132,19 @@ def check_state(s: WorkflowState, definition: WorkflowDefinition) -> str | None:
                     return f"step {i} ran before step {d} it depends on was done"
     if s.phase == RUNNING and any(e is not None and e[1] == UNDO for e in s.track):
         return "running with compensations under way"
+    # Added with the tests: two states that would break I4 on abort, or compensate around a
+    # forward request, which the machine never reaches (an intent records the step started
+    # before its request goes out; an abort turns every forward entry into a compensation).
+    for i, entry in enumerate(s.track):
+        if (
+            entry is not None
+            and entry[1] == DO
+            and entry[0] in (OUT, DUE, DONE)
+            and i not in s.started
+        ):
+            return f"step {i} is under way or done but never started"
+    if s.phase == COMPENSATING and any(e is not None and e[1] == DO for e in s.track):
+        return "compensating with forward steps under way"
     if s.phase == COMPLETED and any(e is None or e[0] != DONE for e in s.track):
         return "completed with steps not done"
     if s.phase == COMPENSATED and any(s.track[i][0] not in _SETTLED for i in s.started):
@@ -433,6 +446,20 @@ class Workflow:
                     # steps are compensated instead, which the stop's commands hold).
                     return launched
                 commands += launched
+        stopped = [i for i, e in enumerate(s.track) if e is not None and e[0] == STOPPED]
+        if (
+            stopped
+            and not commands
+            and not any(e is not None and e[0] in _WAITING for e in s.track)
+        ):
+            # A step stopped for good stays so in a running workflow only when an operator
+            # took it up again by skipping another step; once nothing else can move it would
+            # run for ever waiting on nothing: it parks again, listing what is left.
+            names = ", ".join(repr(self._name(i)) for i in stopped)
+            why = f" ({s.failure[1]})" if s.failure is not None else ""
+            return self._park(
+                f"step {names} stopped{why} and nothing else can move: retry or skip it", now
+            )
         return commands
 
     def _go_on(self, staged: list[Command], now: float) -> list[Command]:
@@ -562,7 +589,9 @@ class Workflow:
         others = self._irreversible_started(besides=step if rejected else None)
         if others:
             return self._park(
-                f"step {spec.name!r} failed ({reason}) after the irreversible step "
+                # "was rejected" for a refusal, as the abort's reason says (it said "failed").
+                f"step {spec.name!r} {'was rejected' if rejected else 'failed'} ({reason}) "
+                "after the irreversible step "
                 f"{self._name(others[0])!r} started; the workflow recovers forward only, so "
                 "finish this step by hand",
                 now,

@@ -320,7 +320,6 @@ def _retry(saga: Workflow, args: dict[str, Any], who: str, why: str, now: float)
 def _skip(saga: Workflow, args: dict[str, Any], who: str, why: str, now: float) -> list[Command]:
     s = saga.state
     step = _step_arg(saga, "skip", args)
-    parked_for = s.reason if s.phase == FAILED else None
     if step not in s.started:
         s.started.append(step)  # as if its intent had been recorded: compensated on abort
     name = saga._name(step)
@@ -332,16 +331,9 @@ def _skip(saga: Workflow, args: dict[str, Any], who: str, why: str, now: float) 
     saga._event("skipped", now, step, detail={"name": name, "who": who})
     if all(e is not None and e[0] == DONE for e in s.track):
         return saga._finish(COMPLETED, None, (), now)
-    commands = saga._go_on(commands, now)  # not commands + _advance: see _go_on
-    if s.phase == RUNNING and not _entries(saga, OUT, DUE, HELD):
-        # Another step stopped for good (a parked workflow can stop at several) and nothing
-        # else can move: running on, it would wait for ever. It parks again, listing the
-        # steps left, for a retry or another skip.
-        stopped = ", ".join(repr(saga._name(i)) for i in _entries(saga, STOPPED))
-        return commands + saga._park(
-            parked_for or f"step(s) {stopped or '?'} stopped; retry or skip them", now
-        )
-    return commands
+    # Not commands + _advance (see _go_on). With another step stopped and nothing else to
+    # move, _advance parks it again (it ran on, waiting on nothing, for ever).
+    return saga._go_on(commands, now)
 
 
 def _resolve(saga: Workflow, args: dict[str, Any], who: str, why: str, now: float) -> list[Command]:

@@ -18,15 +18,13 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import attrs
 
-from understudy import codec
 from understudy.actors.inputs import InputMissing, request_data
+from understudy.actors.instance import Instance
 from understudy.definitions import SagaDefinition, Step
-from understudy.errors import CorruptRecord
 from understudy.messages import ACCEPTED, StepReply, StepRequest
 from understudy.persistence.base import (
     COMPENSATED,
@@ -35,8 +33,6 @@ from understudy.persistence.base import (
     FAILED,
     RUNNING,
     TERMINAL_STATUSES,
-    Event,
-    SagaRecord,
 )
 
 DO = "do"
@@ -117,9 +113,7 @@ class SagaState:
     failure: list[Any] | None = None
 
 
-_STATE_FIELDS = tuple(field.name for field in attrs.fields(SagaState))
 _LATER_FIELDS = frozenset({"paused", "held", "debt", "stopped_in", "cause", "failure"})
-_STATE_VALUES = operator.attrgetter(*_STATE_FIELDS)  # every field's value, in one C call
 _PHASES = (RUNNING, COMPENSATING, *TERMINAL_STATUSES)
 _ACTIVE = (RUNNING, COMPENSATING)
 #: ``stopped_in`` of a saga parked because its snapshot outgrew its cap: its step results were
@@ -221,98 +215,17 @@ def _check_operated(s: SagaState, n: int) -> str | None:
     return None
 
 
-class Saga:
+class Saga(Instance[SagaState, SagaDefinition]):
     """One saga instance: its definition, payload, incarnation and :class:`SagaState`."""
 
     kind = "saga"
+    state_class = SagaState
+    label = "saga"
+    later_fields = _LATER_FIELDS
 
-    def __init__(
-        self,
-        saga_id: str,
-        definition: SagaDefinition,
-        payload: dict[str, Any],
-        incarnation: int,
-        state: SagaState,
-        snapshot_version: int,
-    ) -> None:
-        self.saga_id = saga_id
-        self.definition = definition
-        self.payload = payload
-        self.incarnation = incarnation
-        self.state = state
-        self.snapshot_version = snapshot_version
-        self.events: list[Event] = []
-
-    @classmethod
-    def restore(
-        cls,
-        saga_id: str,
-        definition: SagaDefinition,
-        payload: dict[str, Any],
-        incarnation: int,
-        snapshot: bytes | None,
-        snapshot_version: int,
-        recovery_attempts: int,
-    ) -> Saga:
-        """Rebuild from a stored snapshot. Raises :class:`CorruptRecord` when it does not
-        decode, or decodes to a state that makes no sense for ``definition`` (a damaged row that
-        still decodes must never be acted on)."""
-        state = SagaState()
-        if snapshot is not None:
-            what = f"snapshot v{snapshot_version} of saga {saga_id!r}"
-            data = codec.decode(snapshot, what)
-            if not isinstance(data, dict) or not (
-                set(_STATE_FIELDS) - _LATER_FIELDS <= set(data) <= set(_STATE_FIELDS)
-            ):
-                raise CorruptRecord(f"{what} does not hold a saga state (fields do not match)")
-            state = SagaState(**data)
-            problem = check_state(state, definition)
-            if problem is not None:
-                raise CorruptRecord(
-                    f"{what} makes no sense for {definition.name!r} "
-                    f"v{definition.version}: {problem}"
-                )
-        state.recovery_attempts = recovery_attempts
-        return cls(saga_id, definition, payload, incarnation, state, snapshot_version)
-
-    @classmethod
-    def from_record(cls, record: SagaRecord, definition: SagaDefinition) -> Saga:
-        """:meth:`restore` the saga a stored row holds. Raises :class:`CorruptRecord` when the
-        row failed its checksum, or its payload or snapshot cannot be trusted."""
-        if record.corrupt is not None:
-            raise CorruptRecord(record.corrupt)
-        payload = codec.decode(record.payload, f"payload of saga {record.saga_id!r}")
-        return cls.restore(
-            record.saga_id,
-            definition,
-            payload,
-            record.incarnation,
-            record.snapshot,
-            record.snapshot_version,
-            record.recovery_attempts,
-        )
-
-    # --- what the host reads ----------------------------------------------------------------
-
-    @property
-    def status(self) -> str:
-        return self.state.phase
-
-    @property
-    def terminal(self) -> bool:
-        return self.state.phase in TERMINAL_STATUSES
-
-    def snapshot(self) -> bytes:
-        # A shallow dict: the fields are plain values, lists and dicts already (attrs.asdict
-        # would copy them all recursively, and this runs at every step of every saga).
-        return codec.encode(
-            dict(zip(_STATE_FIELDS, _STATE_VALUES(self.state), strict=True)),
-            f"snapshot of saga {self.saga_id!r}",
-        )
-
-    def take_events(self) -> tuple[Event, ...]:
-        events, self.events = tuple(self.events), []
-        return events
+    @staticmethod
+    def problem(state: Any, definition: Any) -> str | None:
+        return check_state(state, definition)
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -700,19 +613,6 @@ class Saga:
     def _arm_timer(self, delay: float) -> Timer:
         self.state.timer += 1
         return Timer(delay, self.state.timer)
-
-    def _event(
-        self,
-        kind: str,
-        now: float,
-        step: int | None = None,
-        attempt: int | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        self.events.append(Event(kind, now, step, attempt, detail or {}))
-
-    def _name(self, index: int) -> str:
-        return self.definition.steps[index].name
 
 
 def _instead(step: Step) -> str:

@@ -20,13 +20,12 @@ out at once, one per step at most:
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import attrs
 
-from understudy import codec
 from understudy.actors.inputs import InputMissing, request_data
+from understudy.actors.instance import Instance
 from understudy.actors.saga import (
     DO,
     OVERFLOW,
@@ -39,7 +38,6 @@ from understudy.actors.saga import (
     idempotency_key,
 )
 from understudy.definitions import WorkflowDefinition
-from understudy.errors import CorruptRecord
 from understudy.messages import ACCEPTED, StepReply, StepRequest
 from understudy.persistence.base import (
     COMPENSATED,
@@ -48,8 +46,6 @@ from understudy.persistence.base import (
     FAILED,
     RUNNING,
     TERMINAL_STATUSES,
-    Event,
-    SagaRecord,
 )
 
 # What a step's entry of ``WorkflowState.track`` says: [status, kind, attempt, at, token].
@@ -88,8 +84,6 @@ class WorkflowState:
     failure: list[Any] | None = None  # [step name, reason, data]
 
 
-_STATE_FIELDS = tuple(field.name for field in attrs.fields(WorkflowState))
-_STATE_VALUES = operator.attrgetter(*_STATE_FIELDS)
 _PHASES = (RUNNING, COMPENSATING, *TERMINAL_STATUSES)
 
 
@@ -170,92 +164,22 @@ def check_state(s: WorkflowState, definition: WorkflowDefinition) -> str | None:
     return None
 
 
-class Workflow:
+class Workflow(Instance[WorkflowState, WorkflowDefinition]):
     """One workflow instance: its definition, payload, incarnation and :class:`WorkflowState`."""
 
     kind = "workflow"
+    state_class = WorkflowState
+    label = "workflow"
 
-    def __init__(
-        self,
-        saga_id: str,
-        definition: WorkflowDefinition,
-        payload: dict[str, Any],
-        incarnation: int,
-        state: WorkflowState,
-        snapshot_version: int,
-    ) -> None:
-        self.saga_id = saga_id
-        self.definition = definition
-        self.payload = payload
-        self.incarnation = incarnation
-        self.state = state
-        self.snapshot_version = snapshot_version
-        self.events: list[Event] = []
-        if not state.track:
-            state.track = [None] * len(definition.steps)
+    @staticmethod
+    def problem(state: Any, definition: Any) -> str | None:
+        return check_state(state, definition)
 
     @classmethod
-    def restore(
-        cls,
-        saga_id: str,
-        definition: WorkflowDefinition,
-        payload: dict[str, Any],
-        incarnation: int,
-        snapshot: bytes | None,
-        snapshot_version: int,
-        recovery_attempts: int,
-    ) -> Workflow:
-        """Rebuild from a stored snapshot; :class:`CorruptRecord` when it cannot be trusted."""
-        state = WorkflowState(track=[None] * len(definition.steps))
-        if snapshot is not None:
-            what = f"snapshot v{snapshot_version} of workflow {saga_id!r}"
-            data = codec.decode(snapshot, what)
-            if not isinstance(data, dict) or set(data) != set(_STATE_FIELDS):
-                raise CorruptRecord(f"{what} does not hold a workflow state (fields do not match)")
-            state = WorkflowState(**data)
-            problem = check_state(state, definition)
-            if problem is not None:
-                raise CorruptRecord(
-                    f"{what} makes no sense for {definition.name!r} "
-                    f"v{definition.version}: {problem}"
-                )
-        state.recovery_attempts = recovery_attempts
-        return cls(saga_id, definition, payload, incarnation, state, snapshot_version)
-
-    @classmethod
-    def from_record(cls, record: SagaRecord, definition: WorkflowDefinition) -> Workflow:
-        if record.corrupt is not None:
-            raise CorruptRecord(record.corrupt)
-        payload = codec.decode(record.payload, f"payload of workflow {record.saga_id!r}")
-        return cls.restore(
-            record.saga_id,
-            definition,
-            payload,
-            record.incarnation,
-            record.snapshot,
-            record.snapshot_version,
-            record.recovery_attempts,
-        )
+    def fresh_state(cls, definition: WorkflowDefinition) -> WorkflowState:
+        return WorkflowState(track=[None] * len(definition.steps))
 
     # --- what the host reads ----------------------------------------------------------------
-
-    @property
-    def status(self) -> str:
-        return self.state.phase
-
-    @property
-    def terminal(self) -> bool:
-        return self.state.phase in TERMINAL_STATUSES
-
-    def snapshot(self) -> bytes:
-        return codec.encode(
-            dict(zip(_STATE_FIELDS, _STATE_VALUES(self.state), strict=True)),
-            f"snapshot of workflow {self.saga_id!r}",
-        )
-
-    def take_events(self) -> tuple[Event, ...]:
-        events, self.events = tuple(self.events), []
-        return events
 
     def sends(self) -> list[Send]:
         """Every request this workflow waits on, rebuilt identically (same keys): re-sending
@@ -730,19 +654,6 @@ class Workflow:
     def _token(self) -> int:
         self.state.timer += 1
         return self.state.timer
-
-    def _event(
-        self,
-        kind: str,
-        now: float,
-        step: int | None = None,
-        attempt: int | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        self.events.append(Event(kind, now, step, attempt, detail or {}))
-
-    def _name(self, index: int) -> str:
-        return self.definition.steps[index].name
 
 
 def _instead(irreversible: Any) -> str:

@@ -1,0 +1,155 @@
+"""What every saga state machine shares: its identity, its stored state and how it is restored,
+snapshotted and timelined. :class:`~understudy.actors.saga.Saga` (linear) and
+:class:`~understudy.actors.workflow.Workflow` (a graph) differ only in what they do between.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
+
+import attrs
+
+from understudy import codec
+from understudy.definitions import SagaDefinition
+from understudy.errors import CorruptRecord
+from understudy.persistence.base import TERMINAL_STATUSES, Event, SagaRecord
+
+S = TypeVar("S")  # the state class (a frozen-free attrs class, stored as a msgpack map)
+D = TypeVar("D", bound=SagaDefinition)
+I = TypeVar("I", bound="Instance[Any, Any]")  # noqa: E741 - the instance class itself
+
+
+class Instance(Generic[S, D]):
+    """One saga instance: its definition, payload, incarnation and state."""
+
+    #: "saga" or "workflow": what the host and the tools tell apart.
+    kind: ClassVar[str]
+    #: The state class, what its snapshot calls it, and the fields a snapshot written before
+    #: they existed may lack (restored with their defaults).
+    state_class: ClassVar[type]
+    label: ClassVar[str]
+    later_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        saga_id: str,
+        definition: D,
+        payload: dict[str, Any],
+        incarnation: int,
+        state: S,
+        snapshot_version: int,
+    ) -> None:
+        self.saga_id = saga_id
+        self.definition = definition
+        self.payload = payload
+        self.incarnation = incarnation
+        self.state = state
+        self.snapshot_version = snapshot_version
+        self.events: list[Event] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "state_class" in vars(cls):
+            fields = tuple(field.name for field in attrs.fields(cls.state_class))
+            cls._fields = fields
+            cls._values = operator.attrgetter(*fields)  # every field's value, in one C call
+
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _values: ClassVar[Callable[[Any], tuple[Any, ...]]]
+
+    @classmethod
+    def fresh_state(cls, definition: D) -> S:
+        """The state of an instance that has not started."""
+        return cls.state_class()
+
+    @staticmethod
+    def problem(state: Any, definition: Any) -> str | None:
+        """What makes a restored ``state`` impossible for ``definition``; None when sound."""
+        return None
+
+    @classmethod
+    def restore(
+        cls: type[I],
+        saga_id: str,
+        definition: Any,
+        payload: dict[str, Any],
+        incarnation: int,
+        snapshot: bytes | None,
+        snapshot_version: int,
+        recovery_attempts: int,
+    ) -> I:
+        """Rebuild from a stored snapshot (a new instance when it is None). Raises
+        :class:`CorruptRecord` when it does not decode, or decodes to a state that makes no
+        sense for ``definition`` (a damaged row that still decodes must never be acted on)."""
+        state = cls.fresh_state(definition)
+        if snapshot is not None:
+            what = f"snapshot v{snapshot_version} of {cls.label} {saga_id!r}"
+            data = codec.decode(snapshot, what)
+            fields = set(cls._fields)
+            if not isinstance(data, dict) or not (fields - cls.later_fields <= set(data) <= fields):
+                raise CorruptRecord(
+                    f"{what} does not hold a {cls.label} state (fields do not match)"
+                )
+            state = cls.state_class(**data)
+            problem = cls.problem(state, definition)
+            if problem is not None:
+                raise CorruptRecord(
+                    f"{what} makes no sense for {definition.name!r} "
+                    f"v{definition.version}: {problem}"
+                )
+        state.recovery_attempts = recovery_attempts
+        return cls(saga_id, definition, payload, incarnation, state, snapshot_version)
+
+    @classmethod
+    def from_record(cls: type[I], record: SagaRecord, definition: Any) -> I:
+        """:meth:`restore` the instance a stored row holds. Raises :class:`CorruptRecord` when
+        the row failed its checksum, or its payload or snapshot cannot be trusted."""
+        if record.corrupt is not None:
+            raise CorruptRecord(record.corrupt)
+        payload = codec.decode(record.payload, f"payload of {cls.label} {record.saga_id!r}")
+        return cls.restore(
+            record.saga_id,
+            definition,
+            payload,
+            record.incarnation,
+            record.snapshot,
+            record.snapshot_version,
+            record.recovery_attempts,
+        )
+
+    # --- what the host reads ----------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        return self.state.phase  # type: ignore[attr-defined]
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def snapshot(self) -> bytes:
+        # A shallow dict: the fields are plain values, lists and dicts already (attrs.asdict
+        # would copy them all recursively, and this runs at every step of every saga).
+        return codec.encode(
+            dict(zip(self._fields, type(self)._values(self.state), strict=True)),
+            f"snapshot of {self.label} {self.saga_id!r}",
+        )
+
+    def take_events(self) -> tuple[Event, ...]:
+        events, self.events = tuple(self.events), []
+        return events
+
+    def _event(
+        self,
+        kind: str,
+        now: float,
+        step: int | None = None,
+        attempt: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.events.append(Event(kind, now, step, attempt, detail or {}))
+
+    def _name(self, index: int) -> str:
+        return self.definition.steps[index].name

@@ -265,6 +265,11 @@ class WorkflowDefinition(SagaDefinition):
     dependents: tuple[tuple[int, ...], ...] = attrs.field(
         init=False, default=(), eq=False, repr=False
     )
+    #: For each step (by index), the names of every step it depends on, directly or not:
+    #: computed once, since every request of the step reads it.
+    _readable: tuple[frozenset[str], ...] = attrs.field(
+        init=False, default=(), eq=False, repr=False, alias="_readable"
+    )
 
     def _check_order(self, where: str) -> None:
         index = {step.name: i for i, step in enumerate(self.steps)}
@@ -292,6 +297,12 @@ class WorkflowDefinition(SagaDefinition):
                 after[d].append(i)
         object.__setattr__(self, "dependents", tuple(tuple(a) for a in after))
         cycle = _cycle(deps)
+        if not cycle:
+            readable = tuple(
+                frozenset(self.steps[a].name for a in self.ancestors(i))
+                for i in range(len(self.steps))
+            )
+            object.__setattr__(self, "_readable", readable)
         if cycle:
             names = " -> ".join(self.steps[i].name for i in cycle)
             raise DefinitionError(
@@ -324,7 +335,7 @@ class WorkflowDefinition(SagaDefinition):
     def earlier(self, index: int) -> frozenset[str]:
         """The steps whose results step ``index`` may read: the ones it depends on, directly
         or not (they all complete before it starts)."""
-        return frozenset(self.steps[i].name for i in self.ancestors(index))
+        return self._readable[index]
 
 
 def _cycle(deps: tuple[tuple[int, ...], ...]) -> list[int]:

@@ -45,13 +45,14 @@ def parse(argv: list[str] | None = None) -> Config:
     parser.add_argument("--seed", type=int, default=7, help="seed of the workload (default 7)")
     parser.add_argument(
         "--style",
-        choices=sorted([*STYLES, "local"]),
+        choices=sorted([*STYLES, "local", "choreography"]),
         default="orchestrated",
         help="how the order runs: an orchestrated saga (create, reserve, charge, one after "
         "the other; the default), a workflow (reserve and charge at once once the order "
-        "exists), or local: no saga, one transaction per order in one database (shop.db, or "
+        "exists), local: no saga, one transaction per order in one database (shop.db, or "
         "the PostgreSQL database --store names), placed by worker processes that --kills "
-        "SIGKILLs",
+        "SIGKILLs, or choreography: no coordinator, orders, inventory and payments react to "
+        "one another's events, their processes SIGKILLed",
     )
     parser.add_argument("--hosts", type=int, default=2, help="saga host actors (default 2)")
     parser.add_argument(

@@ -9,17 +9,23 @@ undone) are the scenario's domain invariants.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from demo.check import check_ledgers
+from demo.choreography_check import COVERED, check_choreography
 from demo.participants import DECLINED_SUFFIX
+from demo.reactors import PLACED, placed_id
+from demo.reactors import services as reactor_services
 from demo.run import participants as demo_participants
-from demo.saga import ORDER, ORDER_WORKFLOW
+from demo.saga import ORDER, ORDER_WORKFLOW, PARTICIPANT_NAMES
 from demo.workload import Order, make_orders, opening_stock
 from understudy import COMPLETED, FAILED, RetryPolicy, SagaDefinition
 from understudy.testing import Invariant, Participants, RunView, SagaStart, Scenario
+from understudy.testing.checker import ChainStart, Start
 
 FAST = RetryPolicy(attempts=4, backoff=0.05, max_backoff=0.5)
 
@@ -93,3 +99,57 @@ class WorkflowScenario(DemoScenario):
 scenario = DemoScenario()
 #: ``understudy chaos --scenario demo.chaos:workflow``.
 workflow = WorkflowScenario()
+
+
+# --- the order, choreographed ---------------------------------------------------------------------
+
+
+#: The failpoints a reactor hits: before a batch is applied, after it committed (not relayed),
+#: and in the relay (the store has it, the outbox is not marked).
+REACTOR_POINTS = ("participant.before_apply", "participant.after_apply", "participant.before_reply")
+
+
+def _chain_orders(starts: Iterable[Start]) -> list[Order]:
+    return [Order(**start.data) for start in starts if isinstance(start, ChainStart)]
+
+
+class ChoreographyScenario(Scenario):
+    """The same orders (every fourth from the second one declined, scarce skus running out),
+    placed as chains: each order is an ``order.placed`` event whose correlation id is the order
+    id, and Orders, Inventory and Payments react to one another's events
+    (:mod:`demo.reactors`); no saga, no coordinator in the order's way. Its domain invariants
+    are the demo's ledger checks against each order's chain (:mod:`demo.choreography_check`).
+    """
+
+    definitions = ()
+    reactors = PARTICIPANT_NAMES
+    #: The failpoints a reactor hits (see understudy.actors.reactor): its campaigns draw only
+    #: these, so that its runs kill, hang and cut reactors where they can be hurt.
+    points = REACTOR_POINTS
+    #: Reactor classes replaced by name (the harness's broken reactors, in tests).
+    classes: dict[str, type] = {}
+
+    def participants(self, directory: Path, sagas: list[Any]) -> Participants:
+        return reactor_services(directory, opening_stock(_chain_orders(sagas)), self.classes)
+
+    def workload(self, rng: random.Random, count: int) -> list[Start]:
+        return [
+            ChainStart(start.saga_id, PLACED, start.payload, placed_id(start.saga_id))
+            for start in DemoScenario().workload(rng, count)
+            if isinstance(start, SagaStart)
+        ]
+
+    def invariants(self) -> list[Invariant]:
+        return [choreography_ledger_checks]
+
+
+def choreography_ledger_checks(view: RunView) -> list[str]:
+    """The demo's ledger checks against each order's chain, from the reactors' files and the
+    run's saga store."""
+    orders = _chain_orders(view.chains)
+    report = check_choreography(view.directory, orders, opening_stock(orders), str(view.store))
+    return [f"{c.name}: {c.detail}" for c in report.checks if not c.ok and c.name not in COVERED]
+
+
+#: ``understudy chaos --scenario demo.chaos:choreography``.
+choreography = ChoreographyScenario()

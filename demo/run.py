@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import attrs
 
 from demo.check import TERMINAL, check_ledgers
+from demo.choreography_style import run_choreography
 from demo.crash import HostKiller
 from demo.local_run import run_local_demo
 from demo.participants import Inventory, Orders, Payments
@@ -114,6 +115,8 @@ def run_demo(config: Config, out: TextIO | None = None) -> int:
     """Run the whole demo; the exit status is 1 when any ledger check fails."""
     if config.style == "local":  # no saga, so no saga definition in STYLES: see demo.local_run
         return run_local_demo(config, out)
+    if config.style == "choreography":  # reactors and events, no saga: demo.choreography_style
+        return run_choreography(config, out)
     out = out if out is not None else sys.stdout
     started = time.monotonic()
     orders = make_orders(config.orders, config.seed)

@@ -164,3 +164,161 @@ class CompensatesForwards(SagaHost):
     """A saga host whose workflows compensate a step before the steps that depend on it."""
 
     workflow_class = _CompensatesForwards
+
+
+# --- broken reactors (choreography) --------------------------------------------------------------
+# Imported here, not at the top: this part of the file was appended to it.
+import time  # noqa: E402
+
+from demo import reactors as demo_reactors  # noqa: E402
+from understudy import codec, failpoints  # noqa: E402
+from understudy.actors import outbox as outbox_rows  # noqa: E402
+from understudy.actors.reacting import ledger_request  # noqa: E402
+from understudy.actors.reactor import Reactor  # noqa: E402
+from understudy.errors import UnderstudyError  # noqa: E402
+from understudy.persistence.base import PublishedEvent, TopicEvent  # noqa: E402
+
+
+class _ReactsFirst(Reactor):
+    """Not broken: a reactor that looks at the log before it relays what it left (the real one
+    relays first). After a crash between its commit and its relay it is handed the event again,
+    and its ledger answers: the redelivery runs nothing. The mutants below build on it."""
+
+    def _look(self) -> bool:
+        if self.store is None or self.ledger is None or self.name is None:
+            return False
+        try:
+            events = self.store.undelivered(self.name, self.batch_size)
+            now = time.monotonic()
+            due = [e for e in events if self.retry_at.get(e.event_id, 0.0) <= now]
+            if due:
+                self._react(due)
+            self._relay()
+            return bool(due)
+        except (UnderstudyError, failpoints.InjectedFault):
+            return False
+
+
+class _ForgetsRedeliveries(_ReactsFirst):
+    """Broken on purpose: skips its ledger check, so an event handed to it again is applied
+    again (and what the reaction publishes is published again, under new ids)."""
+
+    def _react_one(self, event: PublishedEvent) -> None:
+        assert self.ledger is not None and self.name is not None
+        key = ledger_request(event, self.name).key
+        self.ledger._execute("DELETE FROM understudy_ledger WHERE key = ?", (key,))  # the bug
+        super()._react_one(event)
+
+
+class _PublishesBeforeCommit(Reactor):
+    """Broken on purpose: relays each reaction's outbox rows to the store as soon as the
+    reaction ran, inside the batch's transaction, before it commits ("to cut latency"). Nothing
+    shows until a crash lands between that relay and the commit: the store then holds events
+    and an acknowledgement of a reaction that rolled back."""
+
+    def _react_one(self, event: PublishedEvent) -> None:
+        super()._react_one(event)
+        assert self.outbox is not None and self.store is not None and self.name is not None
+        rows = self.outbox._execute(outbox_rows._PENDING, (self.name, 500)).fetchall()
+        events, acks = [], []
+        for _id, kind, body in rows:
+            value = codec.decode(bytes(body), "outbox row")
+            if kind == outbox_rows.EVENT_ROW:
+                events.append(TopicEvent(**value))
+            else:
+                acks.append(outbox_rows._ack(value))
+        self.store.append_events(events, acks)  # the bug: before the commit
+
+
+class _MarksBeforeRelaying(Reactor):
+    """Broken on purpose: marks its outbox rows relayed before the store has them. A crash
+    between the two loses the events its reactions published (and their acknowledgement, so
+    the event is handed to it again; its ledger replays the reaction without publishing)."""
+
+    def _relay(self) -> None:
+        assert self.outbox is not None and self.store is not None and self.name is not None
+        while True:
+            pending = self.outbox.pending()
+            if not pending.ids:
+                return
+            self.outbox.mark_relayed(pending.ids)  # the bug: marked first
+            if failpoints.hit("participant.before_reply", None, self.name) == "drop":
+                return
+            self.store.append_events(pending.events, pending.acks)
+
+
+class ReactsFirstOrders(demo_reactors.Orders, _ReactsFirst):
+    pass
+
+
+class ReactsFirstInventory(demo_reactors.Inventory, _ReactsFirst):
+    pass
+
+
+class ReactsFirstPayments(demo_reactors.Payments, _ReactsFirst):
+    pass
+
+
+class ForgetfulOrders(demo_reactors.Orders, _ForgetsRedeliveries):
+    pass
+
+
+class ForgetfulInventory(demo_reactors.Inventory, _ForgetsRedeliveries):
+    pass
+
+
+class ForgetfulPayments(demo_reactors.Payments, _ForgetsRedeliveries):
+    pass
+
+
+class HastyOrders(demo_reactors.Orders, _PublishesBeforeCommit):
+    # Looks seldom, so that the orders placed at once reach it in one batch: a crash at the
+    # batch's second event or later then lands after the first one's early relay.
+    poll_interval = 0.5
+
+
+class HastyInventory(demo_reactors.Inventory, _PublishesBeforeCommit):
+    pass
+
+
+class HastyPayments(demo_reactors.Payments, _PublishesBeforeCommit):
+    pass
+
+
+class CarelessOrders(demo_reactors.Orders, _MarksBeforeRelaying):
+    pass
+
+
+class CarelessInventory(demo_reactors.Inventory, _MarksBeforeRelaying):
+    pass
+
+
+class CarelessPayments(demo_reactors.Payments, _MarksBeforeRelaying):
+    pass
+
+
+# The service comes first among the bases: a reactor's reactions are collected from its first
+# base's (understudy.actors.reactions.collect), and the broken part, a Reactor itself, has none.
+
+#: Each broken (or, for REACTS_FIRST, merely reordered) reactor of the choreographed demo, by
+#: the name it replaces (the scenario's ``classes``).
+REACTS_FIRST: dict[str, type] = {
+    "orders": ReactsFirstOrders,
+    "inventory": ReactsFirstInventory,
+    "payments": ReactsFirstPayments,
+}
+FORGETS_REDELIVERIES = {
+    "orders": ForgetfulOrders,
+    "inventory": ForgetfulInventory,
+    "payments": ForgetfulPayments,
+}
+PUBLISHES_BEFORE_COMMIT = {
+    "orders": HastyOrders,
+    "inventory": HastyInventory,
+    "payments": HastyPayments,
+}
+MARKS_BEFORE_RELAYING = {
+    "orders": CarelessOrders,
+    "inventory": CarelessInventory,
+    "payments": CarelessPayments,
+}

@@ -94,9 +94,13 @@ def test_a_point_left_out_of_the_crash_sweeps_is_hit_right_after_the_one_swept()
     Code between them, or a hit elsewhere, would make its crash a scenario of its own, to be
     swept again."""
     package = Path(understudy.__file__).parent
+    # A Reactor hits the participant points too, at places of its own where they are separate
+    # crashes: the choreography sweep (tests/test_harness_choreography.py) crashes each there.
+    reactors = {Path("actors/reactor.py"), Path("actors/reacting.py")}
     lines = [
         (source.relative_to(package), number, line)
         for source in sorted(package.rglob("*.py"))
+        if source.relative_to(package) not in reactors
         for number, line in enumerate(source.read_text().splitlines(), 1)
     ]
 

@@ -16,6 +16,13 @@ Quick start (the pytest plugin gives you these as fixtures; see ``docs/testing.m
     for result in runner.exhaustive(sagas=2):
         result.report.assert_ok(result.schedule.describe())
 
+Choreography: a scenario's participants may be reactors, and its workload may start chains
+(:class:`ChainStart`: an event published from plain code with the chain's correlation id) as
+well as sagas; the runner waits for every chain to end and every reactor's outbox to be
+relayed, and the checker holds chains to their own rules (delivered to every subscriber,
+applied once, nothing published by a reaction that rolled back, nothing left unrelayed, every
+chain completed or compensated). ``demo.chaos:choreography`` is the demo's order so.
+
 A schedule can also carry operators' verbs (:class:`OperatorAction`: cancel, pause, resume,
 retry, skip, resolve, abandon on a saga of the workload), which the runner carries out while
 the run is under fault and while it heals; ``campaign(verbs=N)`` draws N operator stories per
@@ -29,6 +36,7 @@ the store and the participants' ledgers (:mod:`understudy.testing.checker` lists
 
 from understudy.failpoints import ACTIONS, POINTS, SERVER_ACTIONS, Fault
 from understudy.testing.checker import (
+    ChainStart,
     Invariant,
     InvariantViolation,
     Report,
@@ -57,6 +65,7 @@ __all__ = [
     "ACTIONS",
     "POINTS",
     "SERVER_ACTIONS",
+    "ChainStart",
     "ChaosRunner",
     "Fault",
     "FaultSchedule",

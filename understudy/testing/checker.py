@@ -51,6 +51,33 @@ The invariants (rule names in brackets):
   nothing;
 - [domain] every user invariant returned no complaint.
 
+Choreographed chains (:mod:`understudy.testing.chain_rules`; a run with reactors, or whose
+workload starts chains, :class:`ChainStart`). Each violation names its chain (``chain <id>``)
+and the event (topic and id):
+
+- [chain-lost] every chain whose first event the driver's publish returned for is in the log;
+- [unknown-chain] the log holds no chain the workload did not start;
+- [chain-pending] nothing is left pending: every event in the log was acknowledged by every
+  reactor subscribed to its topic before it was appended;
+- [chain-once] every acknowledgement has its reactor's ledger row for that event, with the
+  same outcome (applied, or refused for a rejection or a final failure), and every ledger row
+  of a reaction has its acknowledgement: each subscriber applied each event exactly once (the
+  ledger's key is the event and the reactor; the domain invariants judge the effects);
+- [chain-caused] every event a reactor published is named by the acknowledgement its reaction
+  committed with (an event from a reaction that rolled back, or that ran a second time, is
+  not), and every event an acknowledgement names is in the log;
+- [chain-outbox] no reactor's outbox row is left unrelayed, every row marked relayed is in the
+  store, and every event a reactor published went through its outbox;
+- [chain-consistent] every chain ends completed or compensated (every failure published its
+  failure event and every subscriber of that applied it). How this was decided: a chain left
+  failed is a violation, whatever the faults. The harness's faults strike a reactor's
+  boundaries (before a batch, after its commit, in the relay), never inside a reaction, and a
+  crash is retried, not counted as the reaction's failure; so no fault makes a chain failed by
+  design. A scenario whose own reactions leave failures uncompensated fails this rule, as it
+  should: ``understudy show`` would list the chain as needing attention.
+
+[progress] counts completed chains with the completed sagas.
+
 Operators' verbs change what a saga's effects must be, and only for the steps they name: a
 step an operator skipped needs no forward effect ([completed]), a compensation resolved by hand
 (``resolved``, ``debt-settled``) needs no compensation effect ([compensated],
@@ -68,6 +95,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing
@@ -93,11 +121,13 @@ from understudy.persistence.base import (
     SagaRecord,
 )
 from understudy.supervisors.policy import RestartPolicy
+from understudy.testing.chain_rules import check_chains
 
 if TYPE_CHECKING:
     import psycopg
 
 SHOWN = 20  # violations printed per rule
+_CHAIN_STARTS = uuid.UUID("6f1d3c52-8d0e-4d43-9a55-2f0b6c1a7e10")  # the first events' ids
 #: The verb each event only an operator's verb writes comes from.
 VERB_OF = {
     "skipped": "skip",
@@ -145,6 +175,36 @@ class SagaStart:
 
 
 @attrs.frozen
+class ChainStart:
+    """One choreographed chain a workload starts: an event on ``topic`` published from plain
+    code (``Understudy.publish``) with the chain's ``correlation_id``. ``event_id`` makes a
+    publish sent again after a crash idempotent (the store appends each id once); by default
+    it is derived from the correlation id (a UUID of it, shown like any other event id), so
+    each chain starts with one event."""
+
+    correlation_id: str
+    topic: str
+    data: Any = None
+    event_id: str = ""
+
+    @property
+    def first_event(self) -> str:
+        """The id of the event that starts the chain."""
+        return self.event_id or uuid.uuid5(_CHAIN_STARTS, self.correlation_id).hex
+
+    @property
+    def saga_id(self) -> str:
+        """What names this start where a saga id is expected (a fault scoped to the N-th start
+        of the workload, ``#N``): the chain's correlation id, which a reactor reports at its
+        failpoints."""
+        return self.correlation_id
+
+
+#: What a workload starts: sagas, chains, or both.
+Start = SagaStart | ChainStart
+
+
+@attrs.frozen
 class RunView:
     """Where a run's data is, and what its driver knows for sure (what it submitted and which
     starts were acknowledged). Domain invariants receive it too."""
@@ -155,8 +215,8 @@ class RunView:
     #: str, as the participant's ``database`` option names it; see :func:`ledger_location`).
     ledgers: Mapping[str, Path | str]
     definitions: tuple[SagaDefinition, ...]
-    submitted: tuple[SagaStart, ...]  # the workload, whether acknowledged or not
-    acknowledged: frozenset[str]
+    submitted: tuple[SagaStart, ...]  # the workload's sagas, whether acknowledged or not
+    acknowledged: frozenset[str]  # saga ids whose start was acknowledged
     policy: RestartPolicy = attrs.field(factory=RestartPolicy)
     #: (saga id, step, "do" or "undo") of each ledger key the driver served itself, doing an
     #: operator's work by hand before recording it (skip, resolve): no intent precedes those.
@@ -164,6 +224,13 @@ class RunView:
     #: The driver kept a runtime running until no operator's command was pending (the chaos
     #: runner's heal does): a command still pending was lost.
     commands_settled: bool = False
+    #: Reactor name -> its database (ledger and outbox), as :attr:`ledgers` holds them; kept
+    #: apart because a reaction's ledger row is keyed by an event, not by a saga's step.
+    reactors: Mapping[str, Path | str] = attrs.field(factory=dict)
+    #: The workload's chains, whether their first event was published or not.
+    chains: tuple[ChainStart, ...] = ()
+    #: Correlation ids of the chains whose first event the driver's publish returned for.
+    published: frozenset[str] = frozenset()
 
     def records(self) -> dict[str, SagaRecord]:
         with closing(open_store(self.store, read_only=True)) as store:
@@ -175,7 +242,7 @@ class RunView:
         or a read-only :class:`psycopg.Connection` for a PostgreSQL database (every transaction
         ``BEGIN READ ONLY``; ``%s`` placeholders; ``with`` closes it). Connecting to PostgreSQL
         raises :class:`~understudy.errors.LedgerError`, without credentials, when it fails."""
-        location = self.ledgers[participant]
+        location = {**self.reactors, **self.ledgers}[participant]
         if _on_postgres(location):
             return _connect_postgres(participant, str(location))
         return sqlite3.connect(location)
@@ -195,6 +262,10 @@ class Report:
     #: Participants whose ledger is in PostgreSQL -> that database, without credentials: a
     #: failing run's databases are kept, and the report names them.
     databases: dict[str, str] = attrs.field(factory=dict)
+    #: Choreographed chains by status, and the events and reactions they hold.
+    chains: Counter[str] = attrs.field(factory=Counter)
+    events: int = 0
+    reactions: int = 0
 
     @property
     def ok(self) -> bool:
@@ -205,7 +276,14 @@ class Report:
 
     def summary(self) -> str:
         statuses = ", ".join(f"{s} {n}" for s, n in sorted(self.statuses.items()))
-        return f"{self.sagas} sagas ({statuses or 'none'}), {self.effects} ledger rows"
+        text = f"{self.sagas} sagas ({statuses or 'none'}), {self.effects} ledger rows"
+        if self.chains:
+            chains = ", ".join(f"{s} {n}" for s, n in sorted(self.chains.items()))
+            text += (
+                f", {sum(self.chains.values())} chains ({chains}), {self.events} events, "
+                f"{self.reactions} reactions"
+            )
+        return text
 
     def __str__(self) -> str:
         if self.ok:
@@ -364,13 +442,16 @@ def check(view: RunView, invariants: Iterable[Invariant] = (), min_completed: in
         for saga_id, orphans in sorted(commands.items()):
             _check_commands(report, view, saga_id, [], orphans)  # of sagas the store lacks
 
-    completed = report.statuses[COMPLETED]
+    if view.reactors or view.chains:
+        check_chains(report, view)
+    completed = report.statuses[COMPLETED] + report.chains[COMPLETED]
     if completed < min_completed:
         report.add(
             "progress",
             None,
-            f"{completed} saga(s) completed, fewer than {min_completed}: the run proves nothing "
-            "(check the workload and the participants' setup)",
+            f"{completed} {'saga(s) or chain(s)' if report.chains else 'saga(s)'} completed, "
+            f"fewer than {min_completed}: the run "
+            "proves nothing (check the workload and the participants' setup)",
         )
     for invariant in invariants:
         name = getattr(invariant, "__name__", repr(invariant))

@@ -159,8 +159,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.fired_kinds().items()))
         print(
             f"[{time.monotonic() - started:7.1f} s] run {len(results)}/{total}: "
-            f"{result.sagas} sagas, faults {kinds or 'none fired'}, recovery "
-            f"{result.recovery_seconds:.2f} s | total {figures.sagas} sagas, "
+            f"{_started(result.sagas, result.chains)}, faults {kinds or 'none fired'}, recovery "
+            f"{result.recovery_seconds:.2f} s | total {_started(figures.sagas, figures.chains)}, "
             f"{sum(figures.faults.values())} faults, {figures.violations} violations",
             file=out,
             flush=True,
@@ -207,3 +207,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"  {line}", file=out)
     out.flush()
     return 0 if figures.violations == 0 else 1
+
+
+def _started(sagas: int, chains: int) -> str:
+    """What a run (or the runs) started: sagas, chains or both."""
+    parts = [f"{sagas} sagas"] if sagas or not chains else []
+    return ", ".join([*parts, f"{chains} chains"] if chains else parts)

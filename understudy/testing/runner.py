@@ -15,10 +15,16 @@ One run, in its own directory (a fresh store and fresh participant ledgers):
    the operator actions of the heal, and those the faulty phase did not reach, are carried out
    while it runs, and then a diligent operator resumes every saga still paused;
 3. **quiesce**: wait until the store holds no unfinished saga and no operator's command is
-   pending, at most ``recovery_bound`` seconds, and shut down;
+   pending (and, for a choreography, every chain ended and every reactor's outbox is
+   relayed), at most ``recovery_bound`` seconds, and shut down;
 4. **check**: :func:`understudy.testing.checker.check` reads the store and the ledgers.
 
 Runs are independent and repeatable: a :class:`FaultSchedule` names the faults and the workload.
+
+A workload may start choreographed chains (:class:`~understudy.testing.checker.ChainStart`) as
+well as sagas: the faulty phase publishes their first events (and waits for the chains to end,
+as for the sagas), the heal publishes again those whose publish never returned, with the same
+event ids, so nothing is appended twice (:mod:`understudy.testing.chain_driver`).
 
 The saga store is a SQLite file in the run's directory, or (``store="postgresql://..."``) a
 fresh database on that PostgreSQL server, dropped after a passing run and kept after a failing
@@ -47,6 +53,7 @@ from typing import Any, TypeVar
 import attrs
 
 from understudy import failpoints
+from understudy.actors.reactor import Reactor
 from understudy.actors.watch import process_identity
 from understudy.definitions import SagaDefinition
 from understudy.errors import StoreUnavailable, UnderstudyError
@@ -58,7 +65,17 @@ from understudy.runtime import Understudy
 from understudy.supervisors.leases import holder_state
 from understudy.supervisors.policy import RestartPolicy
 from understudy.testing import stores
-from understudy.testing.checker import Invariant, Report, RunView, SagaStart, check, ledger_location
+from understudy.testing.chain_driver import ChainDriver
+from understudy.testing.checker import (
+    ChainStart,
+    Invariant,
+    Report,
+    RunView,
+    SagaStart,
+    Start,
+    check,
+    ledger_location,
+)
 from understudy.testing.operators import Operators, VerbTaken, figures, verb_lines
 from understudy.testing.schedule import (
     FAULTY,
@@ -93,19 +110,32 @@ class Scenario:
     Subclass it, set :attr:`definitions`, and implement :meth:`participants` and
     :meth:`workload`; add domain invariants by overriding :meth:`invariants`. Give steps short
     timeouts (a second or so): dropped messages and hung actors are noticed by them.
+
+    Choreography: participants may be reactors (:class:`~understudy.choreography.Reactor`),
+    and a workload may start chains (:class:`ChainStart`: an event published from plain code)
+    as well as sagas; name the reactors in :attr:`reactors` so that the exhaustive mode sweeps
+    the participant failpoints in each of them.
     """
 
     definitions: Sequence[SagaDefinition] = ()
-    #: Sagas that must complete in a run for it to count (see the checker's progress rule).
+    #: The names of the scenario's reactors (its definitions name its participants).
+    reactors: Sequence[str] = ()
+    #: The failpoints campaigns draw faults at, and the exhaustive mode sweeps by default: all
+    #: of them, unless the scenario reaches only some (a choreography reaches only the
+    #: participant points a reactor hits; drawing the others would only dilute its faults).
+    points: Sequence[str] = POINTS
+    #: Sagas (or chains) that must complete in a run for it to count (the progress rule).
     min_completed: int = 1
 
-    def participants(self, directory: Path, sagas: list[SagaStart]) -> Participants:
-        """``(name, ParticipantClass, options)`` for each participant, with its database under
-        ``directory``."""
+    def participants(self, directory: Path, sagas: list[Any]) -> Participants:
+        """``(name, ParticipantClass, options)`` for each participant (and reactor), with its
+        database under ``directory``; ``sagas``: the workload (its :class:`SagaStart` and
+        :class:`ChainStart` values)."""
         raise NotImplementedError
 
-    def workload(self, rng: random.Random, count: int) -> list[SagaStart]:
-        """``count`` sagas to start, drawn from ``rng`` (a run is repeatable from its seed)."""
+    def workload(self, rng: random.Random, count: int) -> Sequence[Start]:
+        """``count`` sagas (or chains) to start, drawn from ``rng`` (a run is repeatable from
+        its seed)."""
         raise NotImplementedError
 
     def invariants(self) -> Iterable[Invariant]:
@@ -139,6 +169,7 @@ class RunResult:
     #: The operators' verbs carried out (the schedule's, and the heal's diligent resumes), each
     #: with what became of it as the store says at the end.
     verbs: tuple[VerbTaken, ...] = ()
+    chains: int = 0  # chains the workload started (``sagas`` counts its sagas)
 
     @property
     def ok(self) -> bool:
@@ -239,11 +270,21 @@ class ChaosRunner:
         probe_count = int(schedule.runner.get("probes", self.probes))
         rng = random.Random(schedule.workload_seed)
         everything = self.scenario.workload(rng, schedule.sagas + probe_count)
-        sagas, probes = everything[: schedule.sagas], everything[schedule.sagas :]
+        first, probes = everything[: schedule.sagas], everything[schedule.sagas :]
+        sagas = [s for s in first if isinstance(s, SagaStart)]
+        saga_probes = [s for s in probes if isinstance(s, SagaStart)]
+        # Faults scoped to the workload's N-th start (#N) name a chain by its correlation id.
         saga_ids = [s.saga_id for s in everything]
         participants, ledgers = _fresh_ledgers(
-            self.scenario.participants(directory, everything), directory.name
+            self.scenario.participants(directory, list(everything)), directory.name
         )
+        reactors = {
+            name: ledger_location(opts["database"])
+            for name, cls, opts in participants
+            if isinstance(cls, type) and issubclass(cls, Reactor)
+        }
+        chains = ChainDriver([s for s in everything if isinstance(s, ChainStart)], reactors)
+        first_chains = [s.correlation_id for s in first if isinstance(s, ChainStart)]
         operators = Operators(
             location, self.scenario.definitions, participants, schedule.verbs, saga_ids
         )
@@ -291,6 +332,7 @@ class ChaosRunner:
                         )
                         for index, s in enumerate(sagas)
                     }
+                    chains.publish(runtime, first_chains)
                     alive = self._faulty_phase(
                         runtime,
                         location,
@@ -300,6 +342,8 @@ class ChaosRunner:
                         restarts,
                         directory / "faults.log",
                         operators,
+                        chains,
+                        first_chains,
                     )
                     if alive:
                         with contextlib.suppress(UnderstudyError):
@@ -336,11 +380,12 @@ class ChaosRunner:
                 location,
                 participants,
                 options,
-                sagas + probes,
+                sagas + saga_probes,
                 acknowledged,
                 heal_started,
                 operators,
                 retry=restart_in_heal,
+                chains=chains,
             )
         finally:
             restarts.finish(RECOVERY)
@@ -349,14 +394,21 @@ class ChaosRunner:
         view = RunView(
             directory,
             Path(location) if schedule.store == SQLITE else location,
-            {name: ledger_location(opts["database"]) for name, _cls, opts in participants},
+            {
+                name: ledger_location(opts["database"])
+                for name, _cls, opts in participants
+                if name not in reactors
+            },
             tuple(self.scenario.definitions),
-            tuple(everything),
+            tuple(s for s in everything if isinstance(s, SagaStart)),
             frozenset(acknowledged),
             policy,
             frozenset(operators.by_hand),
             # The healing runtime ran until no command was pending: one still pending is lost.
             commands_settled=healed is None,
+            reactors=reactors,
+            chains=tuple(chains.starts.values()),
+            published=frozenset(chains.published),
         )
         report = _riding_out(
             lambda: check(view, self.scenario.invariants(), self.scenario.min_completed)
@@ -372,9 +424,9 @@ class ChaosRunner:
             report.add(
                 "recovery",
                 None,
-                f"sagas were still unfinished {recovery:.1f} s after the heal "
+                f"sagas or chains were still unfinished {recovery:.1f} s after the heal "
                 f"(bound {self.recovery_bound} s)"
-                + _diagnosis(location, held_before, healer_start),
+                + _diagnosis(location, held_before, healer_start, chains),
             )
         for error in restarts.errors:
             report.add("server-restart", None, error)
@@ -396,7 +448,7 @@ class ChaosRunner:
             directory,
             report,
             fired,
-            len(everything),
+            len(everything) - len(chains.starts),
             len(acknowledged),
             host_restarts,
             resumed,
@@ -410,6 +462,7 @@ class ChaosRunner:
             heal_began_at,
             healer_start,
             verbs,
+            len(chains.starts),
         )
 
     def _heal(
@@ -422,6 +475,7 @@ class ChaosRunner:
         since: float,
         operators: Operators,
         retry: bool = False,
+        chains: ChainDriver | None = None,
     ) -> tuple[str | None, int, float, float, int]:
         """Start a clean runtime on the run's store, resend what was never acknowledged,
         start the probes, carry out the operator's actions of the heal, and wait for quiet: (why
@@ -431,7 +485,11 @@ class ChaosRunner:
         ``retry``: the database server restarts during the heal. A start that meets it waits
         while a saga host's recovery scan cannot reach the store, but fails when the store
         cannot be reached at all (the start's own checks); the start is then tried again, as
-        the supervisor of a real application restarts it, until the recovery bound."""
+        the supervisor of a real application restarts it, until the recovery bound.
+
+        ``chains``: the workload's chains; their starts no publish returned for (and the
+        probes') are published again until one returns, and the heal waits until every chain
+        ended and every reactor's outbox is relayed."""
         # The recovery bound runs from here and covers the start: a start allowed to take
         # longer than the bound would leave the probes no time at all, and a slow start would
         # be reported as probes "still running" instead of as what it is.
@@ -460,9 +518,17 @@ class ChaosRunner:
         try:
             client = _RetryingClient(healer, [s for s in starts if s.saga_id not in acknowledged])
             operators.begin(RECOVERY)
-            recovery = self._quiesce(
-                location, [s.saga_id for s in starts], since, client.poll, operators.tend
-            )
+
+            def poll() -> None:
+                client.poll()
+                if chains:
+                    chains.publish(healer)
+
+            def busy(store: SagaStore) -> bool:
+                # Operators first: tending carries out what is due.
+                return operators.tend(store) or bool(chains and not chains.settled(store))
+
+            recovery = self._quiesce(location, [s.saga_id for s in starts], since, poll, busy)
             acknowledged.update(client.acknowledged)
         finally:
             healer.shutdown()
@@ -478,13 +544,17 @@ class ChaosRunner:
         restarts: _Restarts,
         fired: Path,
         operators: Operators,
+        chains: ChainDriver | None = None,
+        published: Sequence[str] = (),
     ) -> bool:
         """Wait for the faulty runtime to finish or get stuck; False when it is dead. A server
         restart drawn for this phase starts once the store holds its number of events; while
         it runs the phase is not taken for stuck. The operator's actions of this phase are
-        carried out as they fall due. ``fired``: the run's ``faults.log``."""
+        carried out as they fall due. ``fired``: the run's ``faults.log``. ``chains``: the
+        workload's chains, ``published`` those this phase starts: it waits for them to end
+        too, and any event or acknowledgement they gain is progress."""
         started = last_change = next_ping = time.monotonic()
-        last: tuple[int, int] = (-1, -1)
+        last: tuple[int, int, tuple[int, int] | None] = (-1, -1, None)
         seq_seen = -1
         progress = 0
         with contextlib.closing(_Reader(location)) as store:
@@ -494,6 +564,10 @@ class ChaosRunner:
                         acknowledged.add(saga_id)
                 counts = store.read(lambda s: s.count_by_status())
                 seq = store.read(lambda s: s.last_seq())
+                moved: tuple[int, int] | None = (0, 0)
+                if chains and published:
+                    chains.publish(runtime, published)
+                    moved = store.read(chains.progress)
                 now = time.monotonic()
                 store.read(operators.poll)
                 if seq is not None:
@@ -505,13 +579,14 @@ class ChaosRunner:
                             seq_seen, progress = seq, max(progress, newest)
                 done = sum(n for s, n in (counts or {}).items() if s in TERMINAL_STATUSES)
                 # Any new event (a step, a retry, a recovery) is progress, not only an end.
-                seen = (done, progress)
-                if seen != last or restarts.busy() or counts is None:
+                seen = (done, progress, moved)
+                if seen != last or restarts.busy() or counts is None or moved is None:
                     last, last_change = seen, now
                 if (
                     counts is not None
                     and all(f.done() for f in futures.values())
                     and (done >= len(futures) or store.read(lambda s: s.unfinished()) == [])
+                    and (not published or (moved is not None and moved[0] >= len(published)))
                 ):
                     return True  # every start answered, and nothing stored is unfinished
                 if now - last_change > self.stall or now - started > self.window:
@@ -565,7 +640,7 @@ class ChaosRunner:
         self,
         *,
         sagas: int = 2,
-        points: Sequence[str] = POINTS,
+        points: Sequence[str] | None = None,
         persistent: bool = False,
         max_nth: int = 60,
         workload_seed: int = 0,
@@ -576,10 +651,15 @@ class ChaosRunner:
         points), for n = 1, 2, ... until a run in which the fault never fired (the run
         completed untouched). ``persistent``: the crash repeats at every later hit too, until
         the heal. ``action`` replaces the crash (kill, or raise in-process) with another
-        action the points accept."""
+        action the points accept. ``points``: the scenario's :attr:`Scenario.points` unless
+        given."""
         results = []
+        points = self.scenario.points if points is None else points
         # Each participant counts its own hits in its own process: sweep them one by one.
-        names = sorted({p for d in self.scenario.definitions for p in d.participants})
+        names = sorted(
+            {p for d in self.scenario.definitions for p in d.participants}
+            | set(self.scenario.reactors)
+        )
         targets = [
             (point, name)
             for point in points
@@ -635,6 +715,7 @@ class ChaosRunner:
                 actions=actions,
                 enable=enable,
                 fire=fire,
+                points=self.scenario.points,
                 label=f"campaign seed {seed} run {index}",
                 store=self.store_kind,
                 restarts=self.restart_server is not None,
@@ -897,7 +978,9 @@ def _drop_ledgers(created: dict[str, str]) -> None:
             log.warning("could not drop %s after its run: %s", redact(location), exc)
 
 
-def _diagnosis(location: str, held_before: list[str], healer_start: float) -> str:
+def _diagnosis(
+    location: str, held_before: list[str], healer_start: float, chains: ChainDriver | None = None
+) -> str:
     """What a failed heal needs to be understood: how long the healing runtime took to start,
     who held a shard before it started and after it stopped, and where each unfinished
     saga stopped (its last event and how long before the check)."""
@@ -917,6 +1000,8 @@ def _diagnosis(location: str, held_before: list[str], healer_start: float) -> st
                     f"{saga_id}: {len(events)} event(s), the last "
                     + (f"{last.kind!r} {now - last.at:.1f} s ago" if last else "none")
                 )
+            if chains:
+                lines += chains.diagnosis(store)
     except UnderstudyError as exc:
         lines.append(f"(the store could not be read: {exc})")
     return "".join(f"\n    {line}" for line in lines)
@@ -957,6 +1042,10 @@ class Figures:
     heal_restarts: int = 0  # healing runtimes started again after a server restart failed them
     stale_leases: int = 0  # leases left in the test process's name, freed before a heal
     verbs: Counter[str] = attrs.field(factory=Counter)  # "verb outcome" -> operators' verbs
+    chains: int = 0  # chains started
+    chain_statuses: Counter[str] = attrs.field(factory=Counter)
+    events: int = 0  # events in the runs' logs
+    reactions: int = 0  # reactors' acknowledgements in them
 
     @classmethod
     def of(cls, results: Iterable[RunResult]) -> Figures:
@@ -964,9 +1053,11 @@ class Figures:
         recoveries = sorted(r.recovery_seconds for r in results)
         faults: Counter[str] = Counter()
         statuses: Counter[str] = Counter()
+        chains: Counter[str] = Counter()
         for result in results:
             faults.update(result.fired_kinds())
             statuses.update(result.report.statuses)
+            chains.update(result.report.chains)
         return cls(
             len(results),
             sum(r.sagas for r in results),
@@ -982,15 +1073,26 @@ class Figures:
             sum(r.heal_starts - 1 for r in results),
             sum(r.stale_leases for r in results),
             figures(v for r in results for v in r.verbs),
+            sum(r.chains for r in results),
+            chains,
+            sum(r.report.events for r in results),
+            sum(r.report.reactions for r in results),
         )
 
     def lines(self) -> Iterator[str]:
         yield f"runs: {self.runs} ({self.failed_runs} with violations)"
-        yield (
-            f"sagas run: {self.sagas} ("
-            + ", ".join(f"{s} {n}" for s, n in sorted(self.statuses.items()))
-            + ")"
-        )
+        if self.sagas or not self.chains:
+            yield (
+                f"sagas run: {self.sagas} ("
+                + ", ".join(f"{s} {n}" for s, n in sorted(self.statuses.items()))
+                + ")"
+            )
+        if self.chains:
+            yield (
+                f"chains run: {self.chains} ("
+                + ", ".join(f"{s} {n}" for s, n in sorted(self.chain_statuses.items()))
+                + f"), {self.events} events, {self.reactions} reactions"
+            )
         yield (
             f"faults injected: {sum(self.faults.values())} ("
             + ", ".join(f"{k} {n}" for k, n in sorted(self.faults.items()))

@@ -208,6 +208,17 @@ def build_chain(
                 event.corrupt,
             )
         )
+    # An acknowledgement names what its reaction published; an event named and not in the log
+    # was lost on its way (never a state the relay leaves: the store writes the events and the
+    # acknowledgement in one transaction), and what it would have caused never happened.
+    logged = {event.event_id for event in events}
+    for ack in acks:
+        for missing in (p for p in ack.published if p not in logged):
+            broken = True
+            outstanding.append(
+                f"{ack.subscriber} published {missing} reacting to {ack.event_id}, and the log "
+                "does not hold it: lost"
+            )
     chain = Chain(correlation_id, RUNNING, tuple(read), tuple(outstanding))
     if chain.pending:
         status = RUNNING

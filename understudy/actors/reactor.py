@@ -25,7 +25,6 @@ Crash tests reach the boundaries through the participant failpoints, scoped with
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -94,7 +93,12 @@ class Reactor(OwnerWatch, ActorTypeDispatcher):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._reactions = collect(cls, cls._reactions)
+        # Every base's reactions, the nearest in the MRO winning (``cls._reactions`` alone is
+        # the first base's: a second base's reactions would be lost).
+        inherited: dict[str, Reaction] = {}
+        for base in reversed(cls.__mro__[1:]):
+            inherited.update(vars(base).get("_reactions", {}))
+        cls._reactions = collect(cls, inherited)
         clash = sorted(set(vars(cls)) & _reserved())
         if clash:
             raise DefinitionError(
@@ -412,15 +416,22 @@ class Reactor(OwnerWatch, ActorTypeDispatcher):
         self._close()
 
     def _close(self) -> None:
-        if self.store is not None and self.outbox is not None:
-            with contextlib.suppress(UnderstudyError):
-                self._relay()  # what committed reaches the log now rather than at the restart
-        if self.ledger is not None:
-            self.ledger.close()
-            self.ledger = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        try:
+            if self.store is not None and self.outbox is not None:
+                # What committed reaches the log now rather than at the restart; whatever goes
+                # wrong, the connections are closed below and the stop is answered.
+                self._relay()
+        except Exception as exc:
+            log.warning(
+                "reactor %s: relaying at shutdown: %s", self.name, _scrubbed(self.ledger, exc)
+            )
+        finally:
+            if self.ledger is not None:
+                self.ledger.close()
+                self.ledger = None
+            if self.store is not None:
+                self.store.close()
+                self.store = None
 
 
 def _scrubbed(ledger: Ledger | None, exc: Exception) -> str:

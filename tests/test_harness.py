@@ -1,15 +1,17 @@
 """The crash-injection harness, used on the demo's order saga as a user would use it on theirs.
 
-The exhaustive mode crashes every failpoint at every hit on both bases (a point whose crash is
-another's, SAME_CRASH, once; the points of operators' verbs with an operator story), with the
-saga store in a SQLite file and in a PostgreSQL database;
+The exhaustive mode crashes every failpoint at every hit (a point whose crash is another's,
+SAME_CRASH, once; the points of operators' verbs with an operator story): in the default suite
+in-process with the saga store in a SQLite file, and on the multi-process base (real kills) and
+in a PostgreSQL database every point at its first hit and a seeded few at every hit (the full
+sweeps there are soak runs, ``-m soak``; see SWEPT_IN_FULL); persistent crashes from the first
+hit of every point on both bases and both stores but PostgreSQL on the multi-process base
+(PERSISTENT_SWEEPS; every hit, and that one, are soak runs);
 a seeded random campaign with fixed seeds mixes every fault kind, on PostgreSQL the server's own
 (lost connections, serialization failures, deadlocks, statement timeouts, server restarts) too;
 a server restart while sagas are in flight and while the healing runtime recovers loses nothing;
 and a deliberately broken saga host (one that sends before it commits) must be caught by the
 checker, with a saved schedule that replays the catch.
-The full persistent sweep on the multi-process base is a soak run (``-m soak``); the default
-suite sweeps its first hits.
 
 The PostgreSQL tests use the session's test server (``tests/pg.py``): they fail, never skip,
 without one, and the restart tests fail when it cannot be restarted (CI's can:
@@ -19,6 +21,7 @@ without one, and the restart tests fail when it cannot be restarted (CI's can:
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,13 @@ from understudy.failpoints import POINTS, SERVER_ACTIONS, Fault, actions_for
 from understudy.persistence import open_store, redact
 from understudy.persistence.base import Event, NewSaga
 from understudy.testing import ChaosRunner, FaultSchedule, RunResult, check
-from understudy.testing.schedule import FAULTY, RECOVERY, ServerRestart, random_schedule
+from understudy.testing.schedule import (
+    FAULTY,
+    RECOVERY,
+    ServerRestart,
+    random_schedule,
+    single_fault,
+)
 from understudy.testing.stores import database_url, drop_database
 
 STORES = ["sqlite", "postgres"]
@@ -117,19 +126,124 @@ def test_a_point_left_out_of_the_crash_sweeps_is_hit_right_after_the_one_swept()
         assert depth == len(left_line) - len(left_line.lstrip()), (line, left_line)
 
 
+#: How many of the sweep's targets (points, participant points counted per participant: 22)
+#: the bounded sweeps below crash at every hit, drawn afresh for each base and store (and
+#: ``--understudy-seed``); every other target is crashed at its first hit. Why a bound: a run
+#: costs one to two seconds on the multi-process base (starting and stopping two actor systems
+#: of seven processes, whatever the fault) and most of one on PostgreSQL in-process (a database
+#: created per run), and the full sweep is 109 runs (22 first hits, 65 later hits, and for each
+#: target the run past its last hit that ends its sweep): about two minutes on the
+#: multi-process base with PostgreSQL, one and a half with SQLite, most of one in-process with
+#: PostgreSQL, a third of the whole suite together. Why this one: the 22 first-hit runs crash
+#: every point on every base and store, and five targets in full add 16 to 26 runs of later
+#: hits (the second saga's, the compensations'), other ones on each base and store: 38 to 48
+#: runs, under half. Every hit of every point is still crashed in the default suite by the full
+#: in-process sweep on SQLite, and on every base and store by the soak run's full sweeps.
+SWEPT_IN_FULL = 5
+BOUNDED_SWEEPS = [
+    ("simpleSystemBase", "postgres"),
+    ("multiprocTCPBase", "sqlite"),
+    ("multiprocTCPBase", "postgres"),
+]
+
+
+def _first_hits_and_a_seeded_few_in_full(
+    harness: Any, *, sagas: int, points: tuple[str, ...], seed: int
+) -> list[RunResult]:
+    """The exhaustive mode's single-crash sweep (a run per hit of each point, of each
+    participant for participant points, until a run the crash never reached), bounded: only
+    :data:`SWEPT_IN_FULL` targets, drawn from ``seed``, the base and the store kind, are swept
+    to their end; every other one is crashed at its first hit. With ``--understudy-replay``:
+    the replayed run only."""
+    if harness.replay is not None:
+        return list(harness.exhaustive(sagas=sagas, persistent=False, points=points))
+    runner: ChaosRunner = harness.runner
+    names = sorted({p for d in runner.scenario.definitions for p in d.participants})
+    targets = [
+        (point, participant)
+        for point in points
+        for participant in (names if point.startswith("participant.") else [None])
+    ]
+    drawn = random.Random(f"{seed}:{runner.base}:{runner.store_kind}")
+    in_full = set(drawn.sample(targets, SWEPT_IN_FULL))
+    results = []
+    for point, participant in targets:
+        for nth in range(1, 61 if (point, participant) in in_full else 2):  # 60: exhaustive's
+            schedule = single_fault(
+                point,
+                nth,
+                base=runner.base,
+                sagas=sagas,
+                hosts=runner.hosts,
+                participant=participant,
+                store=runner.store_kind,
+            )
+            result = harness.run(schedule)  # fails the test on a violated invariant
+            results.append(result)
+            if not result.fired_at(point):
+                break
+    return results
+
+
+@pytest.mark.parametrize("chaos_store", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("understudy_base", ["simpleSystemBase"])
 def test_exhaustive_single_crash_at_every_hit_of_every_failpoint(
     chaos: Any, understudy_base: str, chaos_store: str | None
 ) -> None:
     results = chaos(DemoScenario(), store=chaos_store).exhaustive(
         sagas=2, persistent=False, points=CRASH_POINTS
     )
+    _single_crash_sweep_checks(results, chaos_store)
+
+
+@pytest.mark.parametrize("understudy_base,chaos_store", BOUNDED_SWEEPS, indirect=["chaos_store"])
+def test_single_crash_at_the_first_hit_of_every_failpoint_and_every_hit_of_a_seeded_few(
+    chaos: Any, understudy_base: str, chaos_store: str | None, understudy_seed: int
+) -> None:
+    """The default suite's sweep with real kills, and on PostgreSQL (see
+    :data:`SWEPT_IN_FULL`); the soak run sweeps every hit, below."""
+    harness = chaos(DemoScenario(), store=chaos_store)
+    results = _first_hits_and_a_seeded_few_in_full(
+        harness, sagas=2, points=CRASH_POINTS, seed=understudy_seed
+    )
+    if harness.replay is None:
+        assert sum(r.schedule.faults[-1].nth > 1 for r in results) >= SWEPT_IN_FULL
+    _single_crash_sweep_checks(results, chaos_store)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("understudy_base,chaos_store", BOUNDED_SWEEPS, indirect=["chaos_store"])
+def test_exhaustive_single_crash_at_every_hit_of_every_failpoint_on_every_base_and_store(
+    chaos: Any, understudy_base: str, chaos_store: str | None
+) -> None:
+    results = chaos(DemoScenario(), store=chaos_store).exhaustive(
+        sagas=2, persistent=False, points=CRASH_POINTS
+    )
+    _single_crash_sweep_checks(results, chaos_store)
+
+
+def _single_crash_sweep_checks(results: list[RunResult], chaos_store: str | None) -> None:
     _fired_everywhere(results)
     assert all(r.report.statuses["completed"] >= 1 for r in results)
     assert all(r.schedule.store == ("postgres" if chaos_store else "sqlite") for r in results)
 
 
+#: The persistent sweep's bases and stores in the default suite: every one but PostgreSQL on
+#: the multi-process base, the slowest of the four (its runs last until their sagas park after
+#: repeated kills, over a minute in all), whose parts are each swept here: persistent real
+#: kills on SQLite, the PostgreSQL store under persistent crashes in-process, and real kills on
+#: PostgreSQL at every point by the single-crash sweep above. The soak run sweeps it too, at
+#: every hit (test_exhaustive_persistent_crashes_at_every_hit).
+PERSISTENT_SWEEPS = [
+    ("simpleSystemBase", "sqlite"),
+    ("multiprocTCPBase", "sqlite"),
+    ("simpleSystemBase", "postgres"),
+]
+
+
+@pytest.mark.parametrize("understudy_base,chaos_store", PERSISTENT_SWEEPS, indirect=["chaos_store"])
 def test_exhaustive_persistent_crashes_from_the_first_hit(
-    chaos: Any, chaos_store: str | None
+    chaos: Any, understudy_base: str, chaos_store: str | None
 ) -> None:
     # A persistent crash keeps firing until the heal, so these runs last until the sagas park
     # or stall: the default suite starts each one at the first hit; soak runs sweep every hit.
@@ -142,8 +256,8 @@ def test_exhaustive_persistent_crashes_from_the_first_hit(
 
 
 @pytest.mark.soak
-def test_exhaustive_persistent_crashes_at_every_hit(chaos: Any) -> None:
-    chaos(DemoScenario()).exhaustive(sagas=2, persistent=True)
+def test_exhaustive_persistent_crashes_at_every_hit(chaos: Any, chaos_store: str | None) -> None:
+    chaos(DemoScenario(), store=chaos_store).exhaustive(sagas=2, persistent=True)
 
 
 def test_seeded_random_campaign(chaos: Any, understudy_replay: Any) -> None:
@@ -154,8 +268,14 @@ def test_seeded_random_campaign(chaos: Any, understudy_replay: Any) -> None:
         assert sum(r.report.statuses["completed"] for r in results) >= len(results)
 
 
+# On PostgreSQL one base is enough (as for the campaign with operators): the multi-process one,
+# with real kills. The store's code under the server's faults is the same on both bases
+# (test_each_server_fault_at_each_store_point_is_survived runs each in-process), and the SQLite
+# campaign runs on both.
+@pytest.mark.parametrize("understudy_base", ["multiprocTCPBase"])
 def test_seeded_random_campaign_on_postgres_with_the_servers_own_faults(
     chaos: Any,
+    understudy_base: str,
     understudy_replay: Any,
     postgres_server_url: str,
     restarter: Callable[[], None],
@@ -322,6 +442,18 @@ def _location(server_url: str, result: RunResult) -> str:
     return database_url(server_url, result.store.rpartition("/")[2])
 
 
+#: The mutation test's bases and stores: SQLite on both bases; PostgreSQL in-process only, as
+#: what it adds there (a statement timeout between the send and the commit, a failing run's
+#: database kept and readable, a replay on the environment's server) is the store's, not the
+#: base's, and the catch itself is shown on both bases with SQLite.
+MUTANT_RUNS = [
+    ("simpleSystemBase", "sqlite"),
+    ("multiprocTCPBase", "sqlite"),
+    ("simpleSystemBase", "postgres"),
+]
+
+
+@pytest.mark.parametrize("understudy_base,chaos_store", MUTANT_RUNS, indirect=["chaos_store"])
 def test_a_host_that_sends_before_it_commits_is_caught(
     tmp_path: Path,
     understudy_base: str,

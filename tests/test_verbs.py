@@ -51,8 +51,29 @@ def slow_charge() -> SagaDefinition:
 
 
 @pytest.fixture(params=STORES)
-def saga_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return store_location(request.param, request, tmp_path)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def saga_store(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_location(store_kind, request, tmp_path)
+
+
+#: The bases and stores of the tests that run through ``start``: both bases on SQLite, and
+#: PostgreSQL on the multi-process base only. What a verb does to the store (its command and
+#: the saga's transition in one transaction, the refusals, the debt) is the store's code, the
+#: same on either base; what the base changes (a saga host in a process of its own) is tested
+#: on both with SQLite. The tests of crashes, which are about the base, keep both bases on both
+#: stores.
+ON_BOTH_BASES_AND_POSTGRES = pytest.mark.parametrize(
+    "base,store_kind",
+    [
+        ("simpleSystemBase", "sqlite"),
+        ("multiprocTCPBase", "sqlite"),
+        ("multiprocTCPBase", "postgres"),
+    ],
+)
 
 
 def waiting_in_backoff(us: Understudy, saga_id: str, payload: dict[str, Any]) -> None:
@@ -72,6 +93,7 @@ def operator_events(location: str, saga_id: str) -> list[dict[str, Any]]:
     return [e.detail for e in events if e.kind in ("operator", "operator-refused")]
 
 
+@ON_BOTH_BASES_AND_POSTGRES
 def test_cancel_compensates_what_ran_in_reverse_order_and_is_recorded(
     start: Callable[..., Understudy], saga_store: str, tmp_path: Path
 ) -> None:
@@ -96,6 +118,7 @@ def test_cancel_compensates_what_ran_in_reverse_order_and_is_recorded(
     assert event["why"] == "the customer called it off" and event["command"] == done.id
 
 
+@ON_BOTH_BASES_AND_POSTGRES
 def test_pause_holds_a_saga_and_resume_and_retry_take_it_on(
     start: Callable[..., Understudy], saga_store: str, tmp_path: Path
 ) -> None:
@@ -120,6 +143,7 @@ def test_pause_holds_a_saga_and_resume_and_retry_take_it_on(
     ]
 
 
+@ON_BOTH_BASES_AND_POSTGRES
 def test_a_compensation_that_exhausts_its_retries_is_debt_until_resolved(
     start: Callable[..., Understudy], saga_store: str, tmp_path: Path
 ) -> None:
@@ -147,6 +171,7 @@ def test_a_compensation_that_exhausts_its_retries_is_debt_until_resolved(
     assert [e.kind for e in events if e.kind.startswith("debt")] == ["debt", "debt-settled"]
 
 
+@ON_BOTH_BASES_AND_POSTGRES
 def test_retry_pays_debt_and_abandon_records_every_compensation_as_debt(
     start: Callable[..., Understudy], saga_store: str, tmp_path: Path
 ) -> None:
@@ -165,6 +190,7 @@ def test_retry_pays_debt_and_abandon_records_every_compensation_as_debt(
     assert all(kind == "do" for _step, kind in timeline(tmp_path, "a-1")), "nothing undone"
 
 
+@ON_BOTH_BASES_AND_POSTGRES
 def test_skip_gives_a_step_its_result_by_hand(
     start: Callable[..., Understudy], saga_store: str
 ) -> None:
@@ -180,6 +206,7 @@ def test_skip_gives_a_step_its_result_by_hand(
     assert finished.results["charge"] == {"paid": "by bank transfer"}
 
 
+@ON_BOTH_BASES_AND_POSTGRES
 def test_verbs_on_unknown_and_finished_sagas_are_refused_with_the_reason(
     start: Callable[..., Understudy], saga_store: str
 ) -> None:
@@ -263,6 +290,7 @@ def test_a_crash_at_the_moment_a_verb_is_applied_applies_it_once(
     ]
 
 
+@ON_BOTH_BASES_AND_POSTGRES
 def test_the_command_line_verbs_and_debt(
     tmp_path: Path, saga_store: str, start: Callable[..., Understudy]
 ) -> None:
@@ -302,6 +330,7 @@ def test_the_command_line_verbs_and_debt(
     assert usage.returncode == 2 and "--result" in usage.stderr
 
 
+@ON_BOTH_BASES_AND_POSTGRES
 def test_a_paused_saga_says_who_paused_it_and_a_pending_verb_is_shown(
     tmp_path: Path, saga_store: str, start: Callable[..., Understudy]
 ) -> None:

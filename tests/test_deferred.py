@@ -28,7 +28,7 @@ from understudy.actors.deferred import Handles, complete, fail, reject
 from understudy.actors.ledger import DEFERRED, Run, digest_of, open_ledger
 from understudy.actors.plumbing import Stop, Stopped
 from understudy.actors.saga import idempotency_key
-from understudy.actors.system import start_actor_system
+from understudy.actors.system import child_pids, reap, start_actor_system
 from understudy.errors import CompletionRefused, LedgerError
 from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
 
@@ -362,7 +362,9 @@ def test_deferred_steps_on_postgres(start: Start, tmp_path: Path, postgres_url: 
 @pytest.fixture
 def approvals(base: str, tmp_path: Path) -> Iterator[tuple[Any, str]]:
     """An Approvals actor on its own, configured: (the actor system, the actor)."""
+    before = child_pids()
     asys = start_actor_system(base)
+    admin = child_pids() - before  # a multi-process base's admin: collected after, no zombie
     try:
         address = asys.createActor(Approvals)
         options = {"database": str(tmp_path / "approvals.db"), "completion_poll": 0.05}
@@ -372,6 +374,7 @@ def approvals(base: str, tmp_path: Path) -> Iterator[tuple[Any, str]]:
         assert isinstance(asys.ask(address, Stop(), 30), Stopped)
     finally:
         asys.shutdown()
+        reap(admin)
 
 
 def request(kind: str, attempt: int = 1, saga_id: str = "s-1") -> StepRequest:

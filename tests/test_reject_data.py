@@ -18,7 +18,7 @@ from participants import Refuser
 from understudy import SagaDefinition, Step, Understudy
 from understudy.actors.plumbing import Stop, Stopped
 from understudy.actors.saga import idempotency_key
-from understudy.actors.system import start_actor_system
+from understudy.actors.system import child_pids, reap, start_actor_system
 from understudy.messages import ConfigureParticipant, ParticipantReady, StepReply, StepRequest
 
 Ask = Callable[[StepRequest], StepReply]
@@ -51,7 +51,9 @@ def database(tmp_path: Path) -> str:
 @pytest.fixture
 def refuser(base: str, database: str) -> Iterator[Ask]:
     """A Refuser actor on its own, configured, and a function that asks it."""
+    before = child_pids()
     asys = start_actor_system(base)
+    admin = child_pids() - before  # a multi-process base's admin: collected after, no zombie
     try:
         address = asys.createActor(Refuser)
         ready = asys.ask(address, ConfigureParticipant("payments", {"database": database}), 30)
@@ -66,6 +68,7 @@ def refuser(base: str, database: str) -> Iterator[Ask]:
         assert isinstance(asys.ask(address, Stop(), 30), Stopped)
     finally:
         asys.shutdown()
+        reap(admin)
 
 
 @pytest.mark.parametrize("action", ["check", "verify"])

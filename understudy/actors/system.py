@@ -71,9 +71,17 @@ def child_pids() -> set[int]:
     return found
 
 
+#: Children reaped before they had exited (a busy machine can take longer than the wait to end
+#: an actor system's admin): each later reap collects those that have exited since, so that a
+#: process starting many runtimes (a chaos campaign, a test suite) never piles up zombies.
+_LATE: set[int] = set()
+
+
 def reap(pids: Iterable[int], timeout: float = 5.0) -> None:
     """Collect the exit status of child processes ``pids`` (shut down already), waiting up to
-    ``timeout`` seconds for them to exit: an uncollected child stays a zombie."""
+    ``timeout`` seconds for them to exit: an uncollected child stays a zombie. One still
+    running then is collected by a later call (and, without waiting, the stragglers of earlier
+    calls are collected now)."""
     deadline = time.monotonic() + timeout
     for pid in pids:
         while True:
@@ -81,9 +89,19 @@ def reap(pids: Iterable[int], timeout: float = 5.0) -> None:
                 done, _status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 break  # collected already, or not our child
-            if done or time.monotonic() > deadline:
+            if done:
+                break
+            if time.monotonic() > deadline:
+                _LATE.add(pid)
                 break
             time.sleep(0.01)
+    for pid in list(_LATE):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid  # collected elsewhere, or not ours any more
+        if done:
+            _LATE.discard(pid)
 
 
 IN_PROCESS = "simpleSystemBase"

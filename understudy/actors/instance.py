@@ -12,9 +12,61 @@ from typing import Any, ClassVar, Generic, TypeVar
 import attrs
 
 from understudy import codec
+from understudy.actors.inputs import request_data
 from understudy.definitions import SagaDefinition
 from understudy.errors import CorruptRecord
+from understudy.messages import StepRequest
 from understudy.persistence.base import TERMINAL_STATUSES, Event, SagaRecord
+
+#: ``stopped_in`` of a saga parked because its snapshot outgrew its cap: its step results were
+#: dropped, so it cannot be taken up again.
+OVERFLOW = "overflow"
+
+DO = "do"
+UNDO = "undo"
+
+
+@attrs.frozen
+class Send:
+    """Send ``request`` to the participant registered as ``participant``."""
+
+    participant: str
+    request: StepRequest
+
+
+@attrs.frozen
+class Timer:
+    """Call :meth:`Saga.on_timer` with ``token`` after ``delay`` seconds."""
+
+    delay: float
+    token: int
+
+
+@attrs.frozen
+class Finish:
+    """The saga reached a terminal status."""
+
+    status: str
+    reason: str | None
+    outstanding: tuple[str, ...]
+    results: dict[str, Any]
+    failure: dict[str, Any] | None = None
+
+
+Command = Send | Timer | Finish
+
+
+def failure_of(failure: list[Any] | None) -> dict[str, Any] | None:
+    """A stored failure ``[step name, reason, data]`` as the callers and compensations see it."""
+    if failure is None:
+        return None
+    step, reason, data = failure
+    return {"step": step, "reason": reason, "data": data}
+
+
+def idempotency_key(saga_id: str, step: int, kind: str) -> str:
+    return f"{saga_id}:{step}:{kind}"
+
 
 S = TypeVar("S")  # the state class (a frozen-free attrs class, stored as a msgpack map)
 D = TypeVar("D", bound=SagaDefinition)
@@ -153,3 +205,52 @@ class Instance(Generic[S, D]):
 
     def _name(self, index: int) -> str:
         return self.definition.steps[index].name
+
+    # --- shared inputs and commands ---------------------------------------------------------
+
+    def park(self, reason: str, now: float) -> list[Command]:
+        """Give up: failed-needs-attention, listing the compensations or steps outstanding."""
+        return self._park(reason, now)
+
+    def overflow(self, size: int, cap: int, now: float) -> list[Command]:
+        """The snapshot outgrew its cap: park (nothing more is sent) and drop the step results
+        from the state so the parked snapshot fits."""
+        commands = self._park(
+            f"snapshot of {size} bytes exceeds the cap of {cap} bytes (max_snapshot_bytes); "
+            "step results are too large to keep: return references, not documents",
+            now,
+        )
+        self.state.results = {}  # type: ignore[attr-defined]
+        self.state.stopped_in = OVERFLOW  # type: ignore[attr-defined]
+        return commands
+
+    def _park(self, reason: str, now: float) -> list[Command]:
+        raise NotImplementedError
+
+    def _readable(self, step: int) -> frozenset[str] | None:
+        """The results a request of ``step`` may carry (None: every earlier one)."""
+        return None
+
+    def _request(self, kind: str, step: int, attempt: int) -> Send:
+        """The request of ``step`` (its forward action or its compensation), built the same
+        way each time: same key, attempt and incarnation, so that sending it again is safe."""
+        spec = self.definition.steps[step]
+        action = spec.action if kind == DO else spec.compensation
+        assert action is not None
+        state: Any = self.state
+        payload, results = request_data(spec, self.payload, state.results, self._readable(step))
+        request = StepRequest(
+            saga_id=self.saga_id,
+            step=step,
+            step_name=spec.name,
+            kind=kind,
+            action=action,
+            key=idempotency_key(self.saga_id, step, kind),
+            forward_key=idempotency_key(self.saga_id, step, DO),
+            payload=payload,
+            results=results,
+            attempt=attempt,
+            incarnation=self.incarnation,
+            failure=failure_of(state.failure) if kind == UNDO else None,
+        )
+        return Send(spec.participant, request)

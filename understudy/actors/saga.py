@@ -23,7 +23,18 @@ from typing import Any
 import attrs
 
 from understudy.actors.inputs import InputMissing, request_data
-from understudy.actors.instance import Instance
+from understudy.actors.instance import (
+    DO,
+    OVERFLOW,
+    UNDO,
+    Command,
+    Finish,
+    Instance,
+    Send,
+    Timer,
+    failure_of,
+    idempotency_key,
+)
 from understudy.definitions import SagaDefinition, Step
 from understudy.messages import ACCEPTED, StepReply, StepRequest
 from understudy.persistence.base import (
@@ -34,51 +45,6 @@ from understudy.persistence.base import (
     RUNNING,
     TERMINAL_STATUSES,
 )
-
-DO = "do"
-UNDO = "undo"
-
-
-@attrs.frozen
-class Send:
-    """Send ``request`` to the participant registered as ``participant``."""
-
-    participant: str
-    request: StepRequest
-
-
-@attrs.frozen
-class Timer:
-    """Call :meth:`Saga.on_timer` with ``token`` after ``delay`` seconds."""
-
-    delay: float
-    token: int
-
-
-@attrs.frozen
-class Finish:
-    """The saga reached a terminal status."""
-
-    status: str
-    reason: str | None
-    outstanding: tuple[str, ...]
-    results: dict[str, Any]
-    failure: dict[str, Any] | None = None
-
-
-Command = Send | Timer | Finish
-
-
-def failure_of(failure: list[Any] | None) -> dict[str, Any] | None:
-    """A stored failure ``[step name, reason, data]`` as the callers and compensations see it."""
-    if failure is None:
-        return None
-    step, reason, data = failure
-    return {"step": step, "reason": reason, "data": data}
-
-
-def idempotency_key(saga_id: str, step: int, kind: str) -> str:
-    return f"{saga_id}:{step}:{kind}"
 
 
 @attrs.define
@@ -116,9 +82,6 @@ class SagaState:
 _LATER_FIELDS = frozenset({"paused", "held", "debt", "stopped_in", "cause", "failure"})
 _PHASES = (RUNNING, COMPENSATING, *TERMINAL_STATUSES)
 _ACTIVE = (RUNNING, COMPENSATING)
-#: ``stopped_in`` of a saga parked because its snapshot outgrew its cap: its step results were
-#: dropped, so it cannot be taken up again.
-OVERFLOW = "overflow"
 
 
 def _is_int(value: Any) -> bool:
@@ -339,22 +302,6 @@ class Saga(Instance[SagaState, SagaDefinition]):
             s.waiting = None
             return self._send(kind, step, attempt, now)
         return None
-
-    def park(self, reason: str, now: float) -> list[Command]:
-        """Give up: failed-needs-attention, listing the compensations or steps outstanding."""
-        return self._park(reason, now)
-
-    def overflow(self, size: int, cap: int, now: float) -> list[Command]:
-        """The snapshot outgrew its cap: park the saga (nothing more is sent) and drop the step
-        results from its state so the parked snapshot fits."""
-        commands = self._park(
-            f"snapshot of {size} bytes exceeds the cap of {cap} bytes (max_snapshot_bytes); "
-            "step results are too large to keep: return references, not documents",
-            now,
-        )
-        self.state.results = {}
-        self.state.stopped_in = OVERFLOW
-        return commands
 
     # --- transitions ------------------------------------------------------------------------
 
@@ -588,27 +535,6 @@ class Saga(Instance[SagaState, SagaDefinition]):
             return None
         kind, step, attempt, _deadline = self.state.pending
         return self._request(kind, step, attempt)
-
-    def _request(self, kind: str, step: int, attempt: int) -> Send:
-        spec = self.definition.steps[step]
-        action = spec.action if kind == DO else spec.compensation
-        assert action is not None
-        payload, results = request_data(spec, self.payload, self.state.results, None)
-        request = StepRequest(
-            saga_id=self.saga_id,
-            step=step,
-            step_name=spec.name,
-            kind=kind,
-            action=action,
-            key=idempotency_key(self.saga_id, step, kind),
-            forward_key=idempotency_key(self.saga_id, step, DO),
-            payload=payload,
-            results=results,
-            attempt=attempt,
-            incarnation=self.incarnation,
-            failure=failure_of(self.state.failure) if kind == UNDO else None,
-        )
-        return Send(spec.participant, request)
 
     def _arm_timer(self, delay: float) -> Timer:
         self.state.timer += 1

@@ -337,19 +337,6 @@ class Workflow(Instance[WorkflowState, WorkflowDefinition]):
             return self._failed(kind, step, attempt, False, f"no reply within {timeout} s", now)
         return None
 
-    def park(self, reason: str, now: float) -> list[Command]:
-        return self._park(reason, now)
-
-    def overflow(self, size: int, cap: int, now: float) -> list[Command]:
-        commands = self._park(
-            f"snapshot of {size} bytes exceeds the cap of {cap} bytes (max_snapshot_bytes); "
-            "step results are too large to keep: return references, not documents",
-            now,
-        )
-        self.state.results = {}
-        self.state.stopped_in = OVERFLOW
-        return commands
-
     # --- transitions ------------------------------------------------------------------------
 
     def _advance(self, now: float) -> list[Command]:
@@ -406,7 +393,7 @@ class Workflow(Instance[WorkflowState, WorkflowDefinition]):
         spec = self.definition.steps[step]
         if spec.inputs:
             try:
-                self._data(step)
+                request_data(spec, self.payload, s.results, self._readable(step))
             except InputMissing as exc:
                 reason = f"its request cannot be built: {exc}"
                 s.track[step] = [STOPPED, DO, 1, None, 0]
@@ -626,30 +613,8 @@ class Workflow(Instance[WorkflowState, WorkflowDefinition]):
         self._event(status, now, detail=detail)
         return [Finish(status, reason, outstanding, dict(s.results), failure_of(s.failure))]
 
-    def _data(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        spec = self.definition.steps[step]
-        return request_data(spec, self.payload, self.state.results, self.definition.earlier(step))
-
-    def _request(self, kind: str, step: int, attempt: int) -> Send:
-        spec = self.definition.steps[step]
-        action = spec.action if kind == DO else spec.compensation
-        assert action is not None
-        payload, results = self._data(step)
-        request = StepRequest(
-            saga_id=self.saga_id,
-            step=step,
-            step_name=spec.name,
-            kind=kind,
-            action=action,
-            key=idempotency_key(self.saga_id, step, kind),
-            forward_key=idempotency_key(self.saga_id, step, DO),
-            payload=payload,
-            results=results,
-            attempt=attempt,
-            incarnation=self.incarnation,
-            failure=failure_of(self.state.failure) if kind == UNDO else None,
-        )
-        return Send(spec.participant, request)
+    def _readable(self, step: int) -> frozenset[str]:
+        return self.definition.earlier(step)
 
     def _token(self) -> int:
         self.state.timer += 1

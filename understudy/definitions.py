@@ -71,8 +71,21 @@ def _names(value: str | Iterable[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _definition_ref(definition: SagaDefinition | None) -> str:
+    return "None" if definition is None else f"<{definition.name} v{definition.version}>"
+
+
 def _mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value or {})
+
+
+#: The participant that runs child sagas (:meth:`Step.child`); the runtime registers it.
+CHILDREN = "understudy.children"
+#: The actions of a child step: run the child, and compensate it (``run:<name>:<version>``).
+RUN = "run"
+UNWIND = "unwind"
+#: Seconds a child step waits for its child by default (each attempt; see :meth:`Step.child`).
+CHILD_TIMEOUT = 300.0
 
 
 @attrs.frozen
@@ -91,6 +104,8 @@ class Step:
     ``create_order`` returned, and nothing else. Compensations carry the same.
 
     ``after`` (workflows only): the steps this one depends on; it starts once they completed.
+
+    A step can be a saga of its own: see :meth:`child`.
     """
 
     name: str
@@ -105,11 +120,84 @@ class Step:
     # Not hashed (a dict is not hashable); still compared.
     args: dict[str, Any] = attrs.field(factory=dict, converter=_mapping, hash=False)
     inputs: dict[str, str] = attrs.field(factory=dict, converter=_mapping, hash=False)
+    #: The definition of the child saga this step runs (set by :meth:`child`), else None.
+    saga: SagaDefinition | None = attrs.field(default=None, repr=_definition_ref)
 
     @property
     def narrowed(self) -> bool:
         """Whether the step's request carries only its ``args`` and ``inputs``."""
         return bool(self.args or self.inputs)
+
+    @classmethod
+    def child(
+        cls,
+        name: str,
+        definition: SagaDefinition,
+        *,
+        irreversible: Irreversible | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
+        timeout: float = CHILD_TIMEOUT,
+        after: str | Iterable[str] = (),
+        args: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, str] | None = None,
+    ) -> Step:
+        """A step that runs ``definition`` as a saga of its own, a child, and waits for it.
+
+        The child's id is ``"<parent id>.<step name>"`` (:func:`child_id`), so a step retried,
+        resent after a crash or run again by a restarted runtime finds the same child: it is
+        started once. Its payload is what the step's request carries as payload (the parent's
+        payload; with ``args`` or ``inputs``, exactly those). The step completes with the
+        child's results (a map of its step names to their results) when the child completes,
+        and is refused when the child ends compensated (the refusal's data is the child's
+        failure), so the parent compensates what ran before. A child parked as failed fails the
+        step (retried, then the parent compensates).
+
+        Compensating the step compensates the child as one step: a child still running is
+        cancelled, a completed one is compensated in reverse (its host takes it up again), one
+        that never started is recorded as compensated so that it never starts. A child whose
+        definition has an irreversible step cannot be undone: declare the step
+        ``irreversible=Irreversible(instead=...)``.
+
+        ``timeout`` bounds each wait for the child (and for its compensation); it is longer
+        than a plain step's by default, since a child runs several steps. The child's own
+        steps keep their own retries and timeouts.
+        """
+        if not isinstance(definition, SagaDefinition):
+            raise DefinitionError(
+                f"step {name!r}: Step.child takes the child's SagaDefinition (or "
+                f"WorkflowDefinition), not {type(definition).__name__}"
+            )
+        ref = f"{definition.name}:{definition.version}"
+        return cls(
+            name,
+            CHILDREN,
+            f"{RUN}:{ref}",
+            None if irreversible is not None else f"{UNWIND}:{ref}",
+            irreversible,
+            retry,
+            compensation_retry,
+            timeout,
+            after,
+            dict(args or {}),
+            dict(inputs or {}),
+            definition,
+        )
+
+
+def child_id(parent: str, step: str) -> str:
+    """The id of the child saga that step ``step`` of saga ``parent`` runs."""
+    return f"{parent}.{step}"
+
+
+def child_ref(action: str) -> tuple[str, str, int]:
+    """``(verb, definition name, version)`` of a child step's action or compensation
+    (``run:<name>:<version>``, ``unwind:<name>:<version>``); ValueError when it is not one."""
+    verb, rest = action.split(":", 1)
+    name, version = rest.rsplit(":", 1)
+    if verb not in (RUN, UNWIND) or not name:
+        raise ValueError(action)
+    return verb, name, int(version)
 
 
 def _to_steps(steps: Iterable[Step]) -> tuple[Step, ...]:
@@ -166,6 +254,7 @@ class SagaDefinition:
                     f"{where}, step {step.name!r} has both a compensation and Irreversible(); "
                     "choose one"
                 )
+            _check_child(where, step)
         self._check_order(where)
         for index, step in enumerate(self.steps):
             self._check_inputs(where, step, self.earlier(index))
@@ -336,6 +425,60 @@ class WorkflowDefinition(SagaDefinition):
         """The steps whose results step ``index`` may read: the ones it depends on, directly
         or not (they all complete before it starts)."""
         return self._readable[index]
+
+
+def _check_child(where: str, step: Step) -> None:
+    here = f"{where}, step {step.name!r}"
+    if step.saga is None:
+        if step.participant == CHILDREN:
+            raise DefinitionError(
+                f"{here} names participant {CHILDREN!r}, which runs child sagas: build the step "
+                "with Step.child(name, definition)"
+            )
+        return
+    if step.participant != CHILDREN:
+        raise DefinitionError(
+            f"{here} carries a child saga but names participant {step.participant!r}: build "
+            "it with Step.child(name, definition)"
+        )
+    if "." in step.name:
+        raise DefinitionError(
+            f"{here} runs a child saga, whose id is '<parent id>.{step.name}': a child step's "
+            "name must not contain '.'; rename the step"
+        )
+    if step.saga.pivot is not None and step.irreversible is None:
+        irreversible = step.saga.steps[step.saga.pivot].name
+        raise DefinitionError(
+            f"{here} runs child saga {step.saga.name!r}, whose step {irreversible!r} is "
+            "irreversible, so the child cannot be compensated once it passed it; declare the "
+            "step Step.child(..., irreversible=Irreversible(instead='...'))"
+        )
+
+
+def with_children(definitions: Iterable[SagaDefinition]) -> tuple[SagaDefinition, ...]:
+    """``definitions`` and, after them, the definitions of every child saga their steps run
+    (their children's too), each once. Two different definitions under one name and version
+    raise :class:`DefinitionError`."""
+    found: dict[tuple[str, int], SagaDefinition] = {}
+    todo = list(definitions)
+    while todo:
+        definition = todo.pop(0)
+        known = found.get(definition.key)
+        if known is None:
+            found[definition.key] = definition
+            todo.extend(step.saga for step in definition.steps if step.saga is not None)
+        elif known != definition:
+            raise DefinitionError(
+                f"two different saga definitions are named {definition.name!r} "
+                f"v{definition.version} (one may be a child saga's); give one another name or "
+                "version"
+            )
+    return tuple(found.values())
+
+
+def has_children(definitions: Iterable[SagaDefinition]) -> bool:
+    """Whether any step of ``definitions`` runs a child saga."""
+    return any(step.saga is not None for d in definitions for step in d.steps)
 
 
 def _cycle(deps: tuple[tuple[int, ...], ...]) -> list[int]:

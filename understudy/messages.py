@@ -30,6 +30,9 @@ class StartSaga:
     version: int | None = None  # None: the newest registered version
     wait: bool = True
     request_id: str = ""  # echoed in the reply, to tell apart several starts of one saga
+    #: Set by understudy when a step of saga ``parent`` starts this one as its child
+    #: (:meth:`~understudy.Step.child`): recorded in its timeline.
+    parent: str | None = None
 
 
 @attrs.frozen

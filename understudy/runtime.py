@@ -56,7 +56,7 @@ from understudy.actors.system import (
 from understudy.actors.watch import is_running, process_identity
 from understudy.bridge import Bridge
 from understudy.chains import Chain, read_chain
-from understudy.definitions import SagaDefinition
+from understudy.definitions import SagaDefinition, with_children
 from understudy.errors import (
     ActorSystemError,
     ChainNotFound,
@@ -101,6 +101,7 @@ from understudy.supervisors.starting import (
     participant_specs,
     refuse_memory,
     take_shards,
+    with_children_participant,
 )
 
 _ERRORS: dict[str, type[UnderstudyError]] = {
@@ -210,7 +211,8 @@ class Understudy:
         ``host_class`` replaces the saga host with a subclass: both exist to test understudy
         itself (:mod:`understudy.testing` uses them), not for production.
         """
-        definitions = tuple(definitions)
+        # The definitions of child sagas (Step.child) are registered with their parents'.
+        definitions = with_children(definitions)
         participants = list(participants)
         if actor_system is not None:
             given = base_of(actor_system)
@@ -224,6 +226,7 @@ class Understudy:
             base = IN_PROCESS
         store_config = StoreConfig(os.fspath(store), dict(store_options or {}))
         participants = with_store(participants, store_config.location)  # reactors: the log
+        participants = with_children_participant(participants, definitions, store_config)
         if not is_multiprocess(base) and any(f.action in ("kill", "kill_system") for f in faults):
             raise ActorSystemError(
                 f"a kill fault on the in-process base ({base}) would kill this very process "

@@ -13,9 +13,9 @@ import attrs
 
 from understudy import codec
 from understudy.actors.inputs import request_data
-from understudy.definitions import SagaDefinition
+from understudy.definitions import SagaDefinition, Step, child_id
 from understudy.errors import CorruptRecord
-from understudy.messages import StepRequest
+from understudy.messages import SagaFinished, StepRequest
 from understudy.persistence.base import TERMINAL_STATUSES, Event, SagaRecord
 
 #: ``stopped_in`` of a saga parked because its snapshot outgrew its cap: its step results were
@@ -62,6 +62,26 @@ def failure_of(failure: list[Any] | None) -> dict[str, Any] | None:
         return None
     step, reason, data = failure
     return {"step": step, "reason": reason, "data": data}
+
+
+def finished_from_record(record: SagaRecord) -> SagaFinished:
+    """The terminal reply for a saga that already ended, rebuilt from its stored snapshot."""
+    outstanding: tuple[str, ...] = ()
+    results: dict[str, Any] = {}
+    failure: dict[str, Any] | None = None
+    try:
+        state = codec.decode(record.snapshot or b"\xc0", f"snapshot of saga {record.saga_id!r}")
+        if isinstance(state, dict):
+            outstanding = tuple(state.get("outstanding") or ())
+            results = dict(state.get("results") or {})
+            stored = state.get("failure")
+            if isinstance(stored, list) and len(stored) == 3:
+                failure = failure_of(stored)
+    except CorruptRecord:
+        pass  # a parked corrupt saga: its reason says so
+    return SagaFinished(
+        record.saga_id, record.status, record.reason, outstanding, results, failure=failure
+    )
 
 
 def idempotency_key(saga_id: str, step: int, kind: str) -> str:
@@ -205,6 +225,19 @@ class Instance(Generic[S, D]):
 
     def _name(self, index: int) -> str:
         return self.definition.steps[index].name
+
+    def _started(self, now: float, parent: str | None) -> None:
+        detail = self._started_detail()
+        if parent is not None:
+            detail["parent"] = parent  # the timeline links a child saga to its parent
+        self._event("started", now, detail=detail)
+
+    def _started_detail(self) -> dict[str, Any]:
+        return {"definition": self.definition.name, "version": self.definition.version}
+
+    def _child_of(self, spec: Step) -> dict[str, Any]:
+        """What an intent of ``spec`` says beside the rest: the child saga it runs, if any."""
+        return {} if spec.saga is None else {"child": child_id(self.saga_id, spec.name)}
 
     # --- shared inputs and commands ---------------------------------------------------------
 

@@ -192,13 +192,9 @@ class Saga(Instance[SagaState, SagaDefinition]):
 
     # --- inputs -----------------------------------------------------------------------------
 
-    def begin(self, now: float) -> list[Command]:
-        """Start a new saga at its first step."""
-        self._event(
-            "started",
-            now,
-            detail={"definition": self.definition.name, "version": self.definition.version},
-        )
+    def begin(self, now: float, parent: str | None = None) -> list[Command]:
+        """Start a new saga at its first step (``parent``: the saga it is a child of)."""
+        self._started(now, parent)
         return self._send_forward(0, 1, now)
 
     def resume(self, now: float) -> list[Command]:
@@ -494,6 +490,7 @@ class Saga(Instance[SagaState, SagaDefinition]):
                 "key": key,
                 "participant": spec.participant,
                 "action": action,
+                **self._child_of(spec),
                 **({"resent": True} if resent else {}),
             },
         )

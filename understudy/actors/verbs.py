@@ -20,6 +20,13 @@ What each verb keeps:
   out (it could still apply: one effect per key, I6).
 - ``resolve`` marks one owed compensation done by hand; only the next one due (I5).
 - ``abandon`` stops the saga and records every outstanding compensation as debt (never dropped).
+
+One more verb is understudy's own, never an operator's: ``unwind`` compensates a child saga
+(:meth:`understudy.Step.child`) because its parent compensates the step that ran it. A running
+child is cancelled; a completed one is taken up again and compensated in reverse (its
+transition is written with ``unwind``, which the store allows from completed only); one already
+compensating goes on; a parked one is refused (a person resolves it first). Applied to a child
+that was never started, it records it as compensated, so that a late start finds it finished.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 from understudy.actors.workflow import Workflow
 from understudy.errors import VerbRefused
 from understudy.persistence.base import (
+    COMPENSATED,
     COMPENSATING,
     COMPLETED,
     FAILED,
@@ -45,6 +53,8 @@ if TYPE_CHECKING:
     from understudy.actors.saga import Command, Saga
 
 VERBS: Final = ("cancel", "pause", "resume", "retry", "skip", "resolve", "abandon")
+#: A parent compensating the child saga one of its steps ran (see the module docstring).
+UNWIND: Final = "unwind"
 #: The arguments each verb takes beyond who and why (all optional unless named here).
 VERB_ARGS: Final[dict[str, tuple[str, ...]]] = {
     "cancel": (),
@@ -54,6 +64,7 @@ VERB_ARGS: Final[dict[str, tuple[str, ...]]] = {
     "skip": ("step", "result"),
     "resolve": ("step",),
     "abandon": (),
+    UNWIND: ("parent", "step", "definition", "version"),
 }
 
 
@@ -62,11 +73,13 @@ def operate(
 ) -> list[Command]:
     """Apply ``verb`` to ``saga``: the commands to carry out once it is durable. Raises
     :class:`VerbRefused` (and changes nothing) when the verb does not apply."""
-    if verb not in VERBS:
+    if verb not in VERBS and verb != UNWIND:
         raise VerbRefused(f"unknown verb {verb!r}; the verbs are {', '.join(VERBS)}")
     from understudy.actors import workflow_verbs  # it builds on this module's refusals
 
-    if isinstance(saga, Workflow):
+    if verb == UNWIND:
+        _check_unwind(saga)
+    elif isinstance(saga, Workflow):
         workflow_verbs.check(saga, verb, args)
     else:
         _CHECKS[verb](saga, args)
@@ -77,6 +90,8 @@ def operate(
     if s.phase == FAILED:
         # Taken up again by a person: its restarts start counting afresh (I11).
         s.recovery_attempts = 0
+    if verb == UNWIND:
+        return _unwind(saga, args, now)
     if isinstance(saga, Workflow):
         return workflow_verbs.apply(saga, verb, args, who, why, now)
     return _APPLY[verb](saga, args, who, why, now)
@@ -160,6 +175,34 @@ def _check_cancel(saga: Saga, args: dict[str, Any]) -> None:
             ),
         )
     _forward_only(saga, "cancel")
+
+
+def _check_unwind(saga: Machine) -> None:
+    if saga.state.phase == COMPENSATED:
+        _finished(saga, UNWIND)
+    if saga.state.phase == FAILED:
+        raise _refuse(
+            saga,
+            UNWIND,
+            "its parent's compensation waits until an operator retries, resolves or abandons it",
+        )
+    if isinstance(saga, Workflow):
+        from understudy.actors import workflow_verbs
+
+        workflow_verbs.forward_only(saga, UNWIND)
+    else:
+        _forward_only(saga, UNWIND)
+
+
+def _unwind(saga: Machine, args: dict[str, Any], now: float) -> list[Command]:
+    s = saga.state
+    if s.phase == COMPENSATING:
+        return []  # compensating already (cancelled, or a step failed): it goes on
+    s.paused = None  # the parent's compensation does not wait for a pause
+    s.stopped_in, s.outstanding = None, []
+    return saga._abort(
+        f"its parent saga {args.get('parent')!r} compensates step {args.get('step')!r}", now
+    )
 
 
 def _check_pause(saga: Saga, args: dict[str, Any]) -> None:

@@ -218,19 +218,17 @@ class Workflow(Instance[WorkflowState, WorkflowDefinition]):
 
     # --- inputs -----------------------------------------------------------------------------
 
-    def begin(self, now: float) -> list[Command]:
-        self._event(
-            "started",
-            now,
-            detail={
-                "definition": self.definition.name,
-                "version": self.definition.version,
-                "workflow": True,
-                # The graph, so that a timeline draws it from the log alone.
-                "after": {step.name: list(step.after) for step in self.definition.steps},
-            },
-        )
+    def begin(self, now: float, parent: str | None = None) -> list[Command]:
+        self._started(now, parent)
         return self._advance(now)
+
+    def _started_detail(self) -> dict[str, Any]:
+        return {
+            **super()._started_detail(),
+            "workflow": True,
+            # The graph, so that a timeline draws it from the log alone.
+            "after": {step.name: list(step.after) for step in self.definition.steps},
+        }
 
     def resume(self, now: float) -> list[Command]:
         """Go on after a restart: resend what was out with the same keys, re-arm the retries due,
@@ -423,6 +421,7 @@ class Workflow(Instance[WorkflowState, WorkflowDefinition]):
                 "key": idempotency_key(self.saga_id, step, kind),
                 "participant": spec.participant,
                 "action": action,
+                **self._child_of(spec),
                 **({"resent": True} if resent else {}),
             },
         )

@@ -52,7 +52,7 @@ def apply(
 # --- refusals ---------------------------------------------------------------------------------
 
 
-def _forward_only(saga: Workflow, verb: str) -> None:
+def forward_only(saga: Workflow, verb: str) -> None:
     started = saga._irreversible_started()
     if started:
         raise _refuse(
@@ -84,7 +84,7 @@ def _check_cancel(saga: Workflow, args: dict[str, Any]) -> None:
                 else ""
             ),
         )
-    _forward_only(saga, "cancel")
+    forward_only(saga, "cancel")
 
 
 def _check_pause(saga: Workflow, args: dict[str, Any]) -> None:
@@ -215,7 +215,7 @@ def _check_abandon(saga: Workflow, args: dict[str, Any]) -> None:
     _finished(saga, "abandon")
     s = saga.state
     if _stopped_in(saga) == RUNNING:
-        _forward_only(saga, "abandon")
+        forward_only(saga, "abandon")
         return
     if s.phase == FAILED and not _entries(saga, TODO, OUT, DUE, HELD):
         raise _refuse(

@@ -41,6 +41,7 @@ A backend implements :class:`SagaStore` (SQLite now; PostgreSQL can follow). The
 from __future__ import annotations
 
 import abc
+import zlib
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -168,6 +169,9 @@ class Transition:
     #: Applies to a saga parked as failed too (never to a completed or compensated one): an
     #: operator's verb takes a parked saga up again (retry, resolve, cancel).
     reopen: bool = False
+    #: Applies to a saga that completed too (never to a compensated or failed one): a child
+    #: saga whose parent compensates the step that ran it is compensated in turn.
+    unwind: bool = False
 
 
 @attrs.frozen
@@ -555,6 +559,12 @@ class SagaStore(abc.ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def shard_of(saga_id: str, shards: int) -> int:
+    """The shard ``saga_id`` belongs to, of ``shards`` (stable across processes, unlike
+    ``hash``): its saga host owns it, and its operators' commands are filed under it."""
+    return zlib.crc32(saga_id.encode()) % shards
 
 
 def batch_sagas(writes: Sequence[Write]) -> list[str]:

@@ -38,10 +38,10 @@ from understudy.persistence.base import (
 )
 from understudy.persistence.memory_eventlog import MemoryEventLog
 from understudy.persistence.rows import (
-    CLOSED_STATUSES,
     check_done,
     command_record,
     command_row,
+    fenced_statuses,
     shard_count_mismatch,
 )
 
@@ -130,7 +130,7 @@ class MemoryStore(MemoryEventLog, SagaStore):
                         updated_at=at,
                     )
             elif isinstance(write, Transition):
-                fenced = CLOSED_STATUSES if write.reopen else TERMINAL_STATUSES
+                fenced = fenced_statuses(write)
                 applied = (
                     current is not None
                     and current.incarnation == write.incarnation

@@ -91,6 +91,7 @@ from understudy.persistence.rows import (
     EVENT_COLUMNS,
     EVENT_INSERT_COLUMNS,
     SAGA_COLUMNS,
+    UNWOUND_STATUSES,
     check_done,
     chunks,
     claimed_event_rows,
@@ -241,6 +242,8 @@ _TRANSITIONS = _TRANSITION.format(_TERMINAL_SQL)
 # Transitions with reopen, which may also take up a saga parked as failed: a statement of their
 # own (sent only in a batch that has one), so the common one keeps its columns and its plan.
 _REOPENS = _TRANSITION.format(_CLOSED_SQL)
+# Transitions with unwind, which take up a completed child saga to compensate it: rarer still.
+_UNWINDS = _TRANSITION.format("(" + ", ".join(f"'{s}'" for s in UNWOUND_STATUSES) + ")")
 # Commands done, fenced as SQLite's: still pending, and the saga's row at the writer's
 # incarnation (NULL: whatever the row, or none). The row's incarnation comes back for the
 # events (NULL without a row: no events). A later layer of the batch than the saga's other
@@ -1154,7 +1157,8 @@ def _row(write: Write) -> tuple[str, tuple[Any, ...]]:
             snapshot_check,
         )
     if isinstance(write, Transition):
-        return _REOPENS if write.reopen else _TRANSITIONS, (
+        sql = _UNWINDS if write.unwind else _REOPENS if write.reopen else _TRANSITIONS
+        return sql, (
             write.saga_id,
             write.incarnation,
             write.status,
@@ -1196,6 +1200,7 @@ _KINDS: Final[dict[str, tuple[type[PackedArray], ...]]] = {
     _INSERT_SAGAS: (TextArray, TextArray, Int8Array, ByteaArray, Float8Array, Int8Array, Int8Array),
     _TRANSITIONS: _TRANSITION_KINDS,
     _REOPENS: _TRANSITION_KINDS,
+    _UNWINDS: _TRANSITION_KINDS,
     _COMMANDS_DONE: (Int8Array, TextArray, Int8Array, TextArray, TextArray, Float8Array),
 }
 #: Event rows as :func:`~understudy.persistence.rows.event_rows` gives them.

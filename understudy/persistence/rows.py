@@ -20,14 +20,17 @@ from understudy.persistence.base import (
     COMPENSATED,
     COMPLETED,
     EVERYONE,
+    FAILED,
     PENDING,
     REFUSED,
+    TERMINAL_STATUSES,
     CommandDone,
     CommandRecord,
     Event,
     EventRecord,
     OperatorCommand,
     SagaRecord,
+    Transition,
 )
 
 SAGA_COLUMNS = (
@@ -45,6 +48,19 @@ COMMAND_COLUMNS = f"id, {COMMAND_INSERT_COLUMNS}, outcome, done_at"
 #: The statuses even a Transition with ``reopen`` may not leave: a saga parked as failed can be
 #: taken up again, one that completed or compensated has done everything it ever will.
 CLOSED_STATUSES = (COMPLETED, COMPENSATED)
+#: The statuses a Transition with ``unwind`` may not leave: it takes up a child saga that
+#: completed, to compensate it; nothing takes up a compensated one, and a parked one waits for
+#: an operator.
+UNWOUND_STATUSES = (COMPENSATED, FAILED)
+
+
+def fenced_statuses(write: Transition) -> tuple[str, ...]:
+    """The statuses of a saga row that ``write`` must not change."""
+    if write.unwind:
+        return UNWOUND_STATUSES
+    return CLOSED_STATUSES if write.reopen else TERMINAL_STATUSES
+
+
 CHUNK = 500  # ids per IN (...) list: well under every backend's limit on bound parameters
 
 

@@ -47,6 +47,7 @@ from understudy.persistence.rows import (
     EVENT_COLUMNS,
     EVENT_INSERT_COLUMNS,
     SAGA_COLUMNS,
+    UNWOUND_STATUSES,
     check_done,
     chunks,
     claimed_event_rows,
@@ -55,6 +56,7 @@ from understudy.persistence.rows import (
     command_row,
     event_record,
     event_rows,
+    fenced_statuses,
     pack_about,
     pack_blame,
     saga_record,
@@ -132,20 +134,23 @@ CREATE INDEX IF NOT EXISTS understudy_commands_saga ON understudy_commands (saga
 """
 
 _TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
-_CLOSED_SQL = "(" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
 _ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
 _EVENTS_SQL = f"SELECT {EVENT_COLUMNS} FROM understudy_events WHERE saga_id = ? ORDER BY seq"
 _INSERT_EVENT = (
     f"INSERT INTO understudy_events ({EVENT_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # A Transition's fence: the writer's incarnation, not terminal (not closed, with reopen: a saga
-# parked as failed is taken up again), an older snapshot.
+# parked as failed is taken up again; not compensated or parked, with unwind: a completed child
+# saga is compensated), an older snapshot.
 _TRANSITION = (
     "UPDATE understudy_sagas SET status = ?, snapshot = ?, snapshot_version = ?, "
     "recovery_attempts = ?, reason = ?, updated_at = ?, snapshot_sum = ? "
     "WHERE saga_id = ? AND incarnation = ? AND status NOT IN {} AND snapshot_version < ?"
 )
-_TRANSITIONS = {False: _TRANSITION.format(_TERMINAL_SQL), True: _TRANSITION.format(_CLOSED_SQL)}
+_TRANSITIONS: dict[tuple[str, ...], str] = {
+    statuses: _TRANSITION.format("(" + ", ".join(f"'{s}'" for s in statuses) + ")")
+    for statuses in (TERMINAL_STATUSES, CLOSED_STATUSES, UNWOUND_STATUSES)
+}
 # A command is done once: only while pending, and only while its saga's row is at the writer's
 # incarnation (NULL: whatever the row, or none).
 _COMMAND_DONE = (
@@ -390,7 +395,7 @@ class SQLiteStore(SQLiteEventLog, SagaStore):
                     incarnation = 1
                 elif isinstance(write, Transition):
                     cursor = conn.execute(
-                        _TRANSITIONS[write.reopen],
+                        _TRANSITIONS[fenced_statuses(write)],
                         (
                             write.status,
                             write.snapshot,

@@ -19,13 +19,14 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from understudy import failpoints
+from understudy import codec, failpoints
 from understudy.actors import machines, verbs
 from understudy.actors.machines import Machine
 from understudy.actors.workflow import Workflow
 from understudy.errors import CorruptRecord, LeaseLost, StoreError, VerbRefused
 from understudy.persistence.base import (
     APPLIED,
+    COMPLETED,
     FAILED,
     CommandDone,
     CommandRecord,
@@ -57,6 +58,7 @@ class CommandIntake:
     workflow_class: type[Workflow]
     batch: list[Any]
     applying: set[int]
+    uncommitted: set[str]
     polling: bool
     definitions: dict[tuple[str, int], SagaDefinition]
 
@@ -69,6 +71,7 @@ class CommandIntake:
             new: NewSaga | None = None,
             done: CommandDone | None = None,
             reopen: bool = False,
+            unwind: bool = False,
         ) -> None: ...
 
         def _stage_done(self, done: CommandDone) -> None: ...
@@ -111,22 +114,35 @@ class CommandIntake:
             return
         saga = self.sagas.get(command.saga_id)
         # A saga parked by a batch not committed yet is still in memory, and parked in the store
-        # by the time this transition commits (after that batch): it reopens it too.
+        # by the time this transition commits (after that batch): it reopens it too. So does a
+        # completed child saga its parent unwinds.
         reopen = saga is not None and saga.status == FAILED
+        unwind = command.verb == verbs.UNWIND and saga is not None and saga.status == COMPLETED
+        new: NewSaga | None = None
         if saga is None:
             record = self.store.get(command.saga_id)
-            loaded = self._parked_saga(command, record)
-            if loaded is None:
-                return
-            saga, reopen = loaded, True
+            if command.verb == verbs.UNWIND and (record is None or record.status == COMPLETED):
+                child = self._child_saga(command, record, now)
+                if child is None:
+                    return
+                saga, new = child
+                unwind = new is None
+            else:
+                loaded = self._parked_saga(command, record)
+                if loaded is None:
+                    return
+                saga, reopen = loaded, True
             self.sagas[saga.saga_id] = saga
         self.applying.add(command.id)
         refused: list[str] = []
+        unstarted = new is not None
 
         def step() -> Any:
             # Inside the saga's guard: a bug here restarts the saga, as a crash would, and the
             # command stays pending for its next incarnation.
             failpoints.hit("host.before_verb", command.saga_id)
+            if unstarted:
+                saga._started(now, command.args.get("parent"))
             try:
                 return verbs.operate(
                     saga, command.verb, command.args, command.who, command.why, command.id, now
@@ -137,7 +153,7 @@ class CommandIntake:
 
         done = CommandDone(command.id, saga.saga_id, saga.incarnation, APPLIED, "applied", now)
         self._working_on(saga.saga_id)
-        self._run(saga, step, done=done, reopen=reopen)
+        self._run(saga, step, new=new, done=done, reopen=reopen, unwind=unwind)
         self._idle()
         if self.sagas.get(saga.saga_id) is not saga:
             # The saga crashed applying it (and restarts from its snapshot): nothing of the
@@ -145,11 +161,49 @@ class CommandIntake:
             self.applying.discard(command.id)
             return
         if refused:
-            if reopen:
-                self.sagas.pop(saga.saga_id, None)  # still parked: it leaves memory again
+            if reopen or unwind or unstarted:
+                self.sagas.pop(saga.saga_id, None)  # as it was: it leaves memory again
+                self.uncommitted.discard(saga.saga_id)
             self.applying.discard(command.id)
             self._refuse(command, saga.incarnation, refused[0])
         # Applied: logged (understudy.saga) once committed, with the saga's other events.
+
+    def _child_saga(
+        self, command: CommandRecord, record: SagaRecord | None, now: float
+    ) -> tuple[Machine, NewSaga | None] | None:
+        """The child saga a parent unwinds, when it is not in memory: the completed one the
+        store holds, or a new one that was never started (``NewSaga`` given), to be recorded
+        as compensated so that a late start finds it finished. None: refused."""
+        args = command.args
+        if record is not None:
+            key = (record.definition, record.version)
+        else:
+            key = (str(args.get("definition")), int(args.get("version") or 0))
+        definition = self.definitions.get(key)
+        if definition is None:
+            self._refuse(
+                command,
+                record.incarnation if record else None,
+                f"child saga {command.saga_id!r} is of definition {key[0]!r} v{key[1]}, which "
+                "the runtime owning it does not have",
+            )
+            return None
+        if record is not None:
+            try:
+                return machines.from_record(record, definition, self.workflow_class), None
+            except CorruptRecord as exc:
+                self._refuse(
+                    command, record.incarnation, f"the saga's stored state cannot be read: {exc}"
+                )
+                return None
+        saga = machines.restore(
+            command.saga_id, definition, {}, 1, None, 0, 0, workflow=self.workflow_class
+        )
+        self.uncommitted.add(saga.saga_id)
+        new = NewSaga(
+            saga.saga_id, definition.name, definition.version, codec.encode({}, "payload"), now
+        )
+        return saga, new
 
     def _parked_saga(self, command: CommandRecord, record: SagaRecord | None) -> Machine | None:
         """The saga of a command that is not in memory, when it is parked and can be acted on;

@@ -31,7 +31,7 @@ from understudy.actors.system import (
     load_class,
 )
 from understudy.actors.watch import OwnerWatch
-from understudy.definitions import SagaDefinition
+from understudy.definitions import SagaDefinition, with_children
 from understudy.errors import PayloadError, StoreError, UnderstudyError
 from understudy.messages import (
     AddParticipant,
@@ -77,6 +77,7 @@ from understudy.supervisors.starting import (
     participant_specs,
     refuse_memory,
     take_shards,
+    with_children_participant,
 )
 
 log = logging.getLogger("understudy.coordinator")
@@ -172,7 +173,9 @@ class Coordinator(EventFanout, OwnerWatch, ActorTypeDispatcher):
         runtime = uuid.uuid4().hex
         try:
             refuse_memory(store)
-            specs = participant_specs(msg.participants, not multiprocess)
+            definitions = with_children(msg.definitions)
+            participants = with_children_participant(list(msg.participants), definitions, store)
+            specs = participant_specs(participants, not multiprocess)
             RUNNING_HERE.add(runtime)
             self.runtime_here = runtime
             hosts, leases = take_shards(
@@ -185,7 +188,7 @@ class Coordinator(EventFanout, OwnerWatch, ActorTypeDispatcher):
         self.start_taken = leases
         setup = CoordinatorSetup(
             store,
-            tuple(msg.definitions),
+            definitions,
             hosts,
             msg.policy,
             specs,
@@ -512,7 +515,7 @@ class Coordinator(EventFanout, OwnerWatch, ActorTypeDispatcher):
             return
         version = msg.version if msg.version is not None else self.latest[msg.definition]
         self.waiters.setdefault(msg.saga_id, []).append((sender, msg.wait, msg.request_id))
-        start = HostStart(msg.saga_id, msg.definition, version, msg.payload)
+        start = HostStart(msg.saga_id, msg.definition, version, msg.payload, msg.parent)
         self.starting[msg.saga_id] = start
         shard = shard_of(msg.saga_id, self.setup.hosts)
         if shard in self.lost_shards:

@@ -220,7 +220,7 @@ class SagaHost(
             saga_id, definition.name, definition.version, codec.encode(msg.payload, "payload"), now
         )
         self.uncommitted.add(saga_id)
-        self._run(saga, lambda: saga.begin(now), new=new)
+        self._run(saga, lambda: saga.begin(now, msg.parent), new=new)
 
     def receiveMsg_StepReply(self, msg: StepReply, sender: Any) -> None:
         pacing = self.pacing
@@ -390,10 +390,11 @@ class SagaHost(
         new: NewSaga | None = None,
         done: CommandDone | None = None,
         reopen: bool = False,
+        unwind: bool = False,
     ) -> None:
         """Run one input through ``saga`` and stage the result; a crash restarts the saga.
         ``done``: the operator's command this input applies, committed with its transition
-        (``reopen``: to a saga parked as failed)."""
+        (``reopen``: to a saga parked as failed; ``unwind``: to a completed child saga)."""
         try:
             commands = step()
             if commands is None:
@@ -419,6 +420,7 @@ class SagaHost(
                     saga.state.reason,
                     saga.take_events(),
                     reopen,
+                    unwind,
                 )
             )
             if done is not None:

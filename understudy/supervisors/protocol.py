@@ -69,6 +69,7 @@ class HostStart:
     definition: str
     version: int
     payload: dict[str, Any]
+    parent: str | None = None  # the saga this one is a child of
 
 
 @attrs.frozen

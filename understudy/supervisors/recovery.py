@@ -26,17 +26,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from understudy import codec
 from understudy.actors import machines
 from understudy.actors.batching import Outbox
+from understudy.actors.instance import finished_from_record
 from understudy.actors.machines import Machine
-from understudy.actors.saga import failure_of
 from understudy.actors.system import ActorExitRequest
 from understudy.actors.watch import process_identity
 from understudy.actors.workflow import Workflow
@@ -59,6 +57,7 @@ from understudy.persistence.base import (
     Note,
     SagaRecord,
     Transition,
+    shard_of,
 )
 from understudy.supervisors.inflight import InFlight, marker_path
 from understudy.supervisors.leases import about_me, renew_every, take_over_dead
@@ -86,11 +85,6 @@ def transient(exc: UnderstudyError) -> bool:
     count that does not match, damaged data or a store that refuses this configuration (a bad
     URL, credentials, a missing table) stay as they are however often the host retries."""
     return isinstance(exc, StoreUnavailable)
-
-
-def shard_of(saga_id: str, shards: int) -> int:
-    """The host shard that owns ``saga_id`` (stable across processes, unlike ``hash``)."""
-    return zlib.crc32(saga_id.encode()) % shards
 
 
 def seconds(value: float) -> timedelta:
@@ -458,23 +452,3 @@ def blamed_on(stored: tuple[str, ...] | None, local: set[str] | None) -> set[str
     if stored is EVERYONE or local is None:
         return None
     return set(stored) | local
-
-
-def finished_from_record(record: SagaRecord) -> SagaFinished:
-    """The terminal reply for a saga that already ended, rebuilt from its stored snapshot."""
-    outstanding: tuple[str, ...] = ()
-    results: dict[str, Any] = {}
-    failure: dict[str, Any] | None = None
-    try:
-        state = codec.decode(record.snapshot or b"\xc0", f"snapshot of saga {record.saga_id!r}")
-        if isinstance(state, dict):
-            outstanding = tuple(state.get("outstanding") or ())
-            results = dict(state.get("results") or {})
-            stored = state.get("failure")
-            if isinstance(stored, list) and len(stored) == 3:
-                failure = failure_of(stored)
-    except CorruptRecord:
-        pass  # a parked corrupt saga: its reason says so
-    return SagaFinished(
-        record.saga_id, record.status, record.reason, outstanding, results, failure=failure
-    )

@@ -13,8 +13,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from understudy.actors.children import STORE_OPTION, STORE_OPTIONS
 from understudy.actors.system import class_path
-from understudy.errors import StoreError, UnderstudyError
+from understudy.definitions import CHILDREN, SagaDefinition, has_children
+from understudy.errors import DefinitionError, StoreError, UnderstudyError
 from understudy.messages import AddParticipant
 from understudy.persistence import open_store
 from understudy.persistence.base import Lease
@@ -33,6 +35,26 @@ def refuse_memory(store: StoreConfig) -> None:
             "the coordinator, saga hosts and status queries each open the store; use a "
             "SQLite file (a temporary one for tests) or a PostgreSQL URL"
         )
+
+
+def with_children_participant(
+    participants: list[tuple[str, Any, dict[str, Any]]],
+    definitions: Iterable[SagaDefinition],
+    store: StoreConfig,
+) -> list[tuple[str, Any, dict[str, Any]]]:
+    """``participants`` and, when a definition has a child step (``Step.child``), the
+    participant that runs child sagas, told where the store is. The name is understudy's: an
+    application's participant under it is refused."""
+    for name, _cls, _options in participants:
+        if name == CHILDREN:
+            raise DefinitionError(
+                f"participant name {CHILDREN!r} is understudy's own (it runs child sagas, "
+                "Step.child); give the participant another name"
+            )
+    if not has_children(definitions):
+        return participants
+    options = {STORE_OPTION: store.location, STORE_OPTIONS: dict(store.options)}
+    return [*participants, (CHILDREN, "understudy.actors.children.Children", options)]
 
 
 def participant_specs(

@@ -1,0 +1,282 @@
+"""The participant that runs child sagas: the steps built with :meth:`understudy.Step.child`.
+
+The runtime registers it as participant ``understudy.children`` when a definition has a child
+step. It keeps nothing of its own: the child saga's row in the store is the step's whole state,
+and the child's id, ``"<parent id>.<step name>"``, is derived from the request, so every retry,
+resend and restart of the parent finds the same child.
+
+- ``run:<name>:<version>`` starts the child through the coordinator (a start of an id that
+  exists finds that saga: it is started once) and answers when the child ends: ``ok`` with the
+  child's results when it completed, ``rejected`` with the child's failure as data when it ended
+  compensated, ``error`` while it is parked (a person must resolve it).
+- ``unwind:<name>:<version>`` files the ``unwind`` verb for the child in the store, the way an
+  operator's command is filed, so that it is applied exactly once by the host that owns the
+  child, whatever crashes (:mod:`understudy.actors.verbs`): a running child is cancelled, a
+  completed one compensated in reverse, and one that never started is recorded as compensated,
+  so that a run request still on its way finds it finished. It answers ``ok`` once the child is
+  compensated, ``error`` when the child is parked or the verb was refused.
+
+It answers every request at once with ``accepted`` (the saga host frees the request's slot)
+and never blocks: it learns how a child ended from the coordinator's answer to the start, and,
+for everything, by reading the store every ``child_poll`` seconds while anything waits (the
+coordinator's answer can be lost with a crash; the store cannot).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import attrs
+
+from understudy import failpoints
+from understudy.actors.instance import finished_from_record
+from understudy.actors.plumbing import Batch, Stop, Stopped, handle_batched
+from understudy.actors.system import ActorTypeDispatcher, WakeupMessage
+from understudy.actors.verbs import UNWIND
+from understudy.actors.watch import OwnerWatch
+from understudy.definitions import CHILDREN, RUN, child_id, child_ref
+from understudy.errors import StoreError
+from understudy.messages import (
+    ACCEPTED,
+    ConfigureParticipant,
+    ParticipantReady,
+    SagaFinished,
+    StartRejected,
+    StartSaga,
+    StepReply,
+    StepRequest,
+)
+from understudy.persistence import SagaStore, open_store
+from understudy.persistence.base import (
+    COMPENSATED,
+    COMPLETED,
+    FAILED,
+    REFUSED,
+    OperatorCommand,
+    SagaRecord,
+    shard_of,
+)
+
+log = logging.getLogger("understudy.children")
+
+#: The options the runtime passes: where the saga store is, and how to open it.
+STORE_OPTION = "understudy_store"
+STORE_OPTIONS = "understudy_store_options"
+#: Seconds between two reads of the store while a child step waits, unless ``child_poll`` says
+#: otherwise: what a child's end costs its parent at most, when the coordinator's answer is lost.
+CHILD_POLL = 0.25
+
+
+@attrs.frozen
+class PollChildren:
+    """The children participant's reminder to itself to read how its children stand."""
+
+
+@attrs.define
+class _Waiting:
+    """The requests waiting on one child saga: the latest of each kind (a newer attempt
+    replaces an older one, which its saga no longer waits on)."""
+
+    requests: dict[str, tuple[StepRequest, Any]] = attrs.field(factory=dict)
+    command: int | None = None  # the unwind filed for it by this incarnation
+
+
+class Children(OwnerWatch, ActorTypeDispatcher):
+    """Participant ``understudy.children``: see the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = CHILDREN
+        self.store: SagaStore | None = None
+        self.coordinator: Any = None
+        self.poll = CHILD_POLL
+        self.waiting: dict[str, _Waiting] = {}
+        self._scheduled = False
+
+    # --- configuration ----------------------------------------------------------------------
+
+    def receiveMsg_ConfigureParticipant(self, msg: ConfigureParticipant, sender: Any) -> None:
+        if self.store is None:
+            try:
+                failpoints.arm(msg.faults)
+                options = dict(msg.options or {})
+                location = options.get(STORE_OPTION)
+                if not location:
+                    raise ValueError(
+                        f"participant {msg.name!r} was not told where the saga store is; the "
+                        "runtime registers it itself when a definition has a child step"
+                    )
+                self.poll = float(options.get("child_poll", CHILD_POLL))
+                if not self.poll > 0:
+                    raise ValueError(f"child_poll must be a positive number, not {self.poll!r}")
+                self.store = open_store(str(location), **dict(options.get(STORE_OPTIONS) or {}))
+            except Exception as exc:
+                self.send(sender, ParticipantReady(msg.name, f"{type(exc).__name__}: {exc}"))
+                return
+            self.name = msg.name
+            self.watch_parent(msg.watch_interval)
+        self.coordinator = sender
+        # Its actions are "run:<definition>" for every child definition: not declared.
+        self.send(sender, ParticipantReady(msg.name, None, os.getpid()))
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def receiveMsg_Batch(self, msg: Batch, sender: Any) -> None:
+        for message in msg.messages:
+            handle_batched(self, message, sender, frozenset())
+
+    def receiveMsg_StepRequest(self, msg: StepRequest, sender: Any) -> None:
+        try:
+            verb, definition, version = child_ref(msg.action)
+        except ValueError:
+            self.send(sender, _reply(msg, "error", reason=f"{msg.action!r} is not a child step"))
+            return
+        if self.store is None:
+            self.send(sender, _reply(msg, "error", reason=f"{self.name} is not configured"))
+            return
+        child = child_id(msg.saga_id, msg.step_name)
+        waiting = self.waiting.setdefault(child, _Waiting())
+        waiting.requests[msg.kind] = (msg, sender)
+        self.send(sender, _reply(msg, ACCEPTED))
+        try:
+            record = self.store.get(child)
+            if record is not None and self._settle(child, _ending(record)):
+                return
+            if verb == RUN:
+                self.send(
+                    self.coordinator,
+                    StartSaga(child, definition, msg.payload, version, True, child, msg.saga_id),
+                )
+            elif waiting.command is None:
+                waiting.command = self._file_unwind(msg, child, definition, version).id
+        except StoreError as exc:
+            self._answer(child, msg.kind, "error", reason=f"the saga store failed: {exc}")
+            return
+        self._schedule()
+
+    def _file_unwind(self, msg: StepRequest, child: str, definition: str, version: int) -> Any:
+        assert self.store is not None
+        shards = len(self.store.leases()) or 1
+        return self.store.submit(
+            OperatorCommand(
+                child,
+                shard_of(child, shards),
+                UNWIND,
+                {
+                    "parent": msg.saga_id,
+                    "step": msg.step_name,
+                    "definition": definition,
+                    "version": version,
+                },
+                f"saga {msg.saga_id}",
+                f"its step {msg.step_name!r} is compensated",
+                time.time(),
+            )
+        )
+
+    # --- how children end -------------------------------------------------------------------
+
+    def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
+        self._settle(msg.saga_id, msg)
+
+    def receiveMsg_StartRejected(self, msg: StartRejected, sender: Any) -> None:
+        self._answer(
+            msg.saga_id,
+            "do",
+            "error",
+            reason=f"child saga {msg.saga_id!r} could not start ({msg.error}): {msg.reason}",
+        )
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if not isinstance(msg.payload, PollChildren):
+            return
+        self._scheduled = False
+        if self.store is None or not self.waiting:
+            return
+        try:
+            records = self.store.get_many(list(self.waiting))
+            for child, record in records.items():
+                self._settle(child, _ending(record))
+            for child, waiting in list(self.waiting.items()):
+                if waiting.command is not None and "undo" in waiting.requests:
+                    command = self.store.command(waiting.command)
+                    if command is not None and command.state == REFUSED:
+                        waiting.command = None
+                        self._answer(
+                            child,
+                            "undo",
+                            "error",
+                            reason=f"child saga {child!r} cannot be compensated: {command.outcome}",
+                        )
+        except StoreError as exc:
+            log.warning("could not read child sagas (%s); trying again", exc)
+        self._schedule()
+
+    def _settle(self, child: str, end: SagaFinished | None) -> bool:
+        """Answer what waits on ``child`` now that it stands as ``end`` (None: running).
+        Whether nothing waits on it any more."""
+        if end is None:
+            return child not in self.waiting
+        status = end.status
+        if status == COMPLETED:
+            self._answer(child, "do", "ok", result=dict(end.results))
+        elif status == COMPENSATED:
+            self._answer(
+                child,
+                "do",
+                "rejected",
+                reason=f"child saga {child!r} was compensated: {end.reason or 'no reason'}",
+                data=end.failure,
+            )
+            self._answer(child, "undo", "ok")
+        elif status == FAILED:
+            reason = (
+                f"child saga {child!r} is parked ({end.reason or 'no reason'}): an operator "
+                "must retry, resolve or abandon it"
+            )
+            self._answer(child, "do", "error", reason=reason)
+            self._answer(child, "undo", "error", reason=reason)
+        return child not in self.waiting
+
+    def _answer(self, child: str, kind: str, outcome: str, **reply: Any) -> None:
+        waiting = self.waiting.get(child)
+        if waiting is None or kind not in waiting.requests:
+            return
+        msg, sender = waiting.requests.pop(kind)
+        if not waiting.requests:
+            del self.waiting[child]
+        self.send(sender, _reply(msg, outcome, **reply))
+
+    def _schedule(self) -> None:
+        if self.waiting and not self._scheduled:
+            self._scheduled = True
+            self.wakeupAfter(timedelta(seconds=self.poll), PollChildren())
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
+        self._close()
+        self.send(sender, Stopped(-1, self.name))
+
+    def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def _ending(record: SagaRecord) -> SagaFinished | None:
+    """How the child ``record`` holds ended (None: it has not)."""
+    return finished_from_record(record) if record.terminal else None
+
+
+def _reply(msg: StepRequest, outcome: str, **fields: Any) -> StepReply:
+    return StepReply(
+        msg.saga_id, msg.step, msg.kind, msg.key, msg.attempt, msg.incarnation, outcome, **fields
+    )

@@ -21,9 +21,11 @@ from demo.participants import DECLINED_SUFFIX
 from demo.reactors import PLACED, placed_id
 from demo.reactors import services as reactor_services
 from demo.run import participants as demo_participants
-from demo.saga import ORDER, ORDER_WORKFLOW, PARTICIPANT_NAMES
+from demo.saga import ORDER, ORDER_WORKFLOW, PARTICIPANT_NAMES, RESERVATION, with_child
 from demo.workload import Order, make_orders, opening_stock
-from understudy import COMPLETED, FAILED, RetryPolicy, SagaDefinition
+from understudy import COMPLETED, FAILED, RetryPolicy, SagaDefinition, Step
+from understudy.actors.children import Children
+from understudy.definitions import CHILDREN
 from understudy.testing import Invariant, Participants, RunView, SagaStart, Scenario
 from understudy.testing.checker import ChainStart, Start
 
@@ -45,6 +47,16 @@ CHAOS_WORKFLOW = attrs.evolve(
         for step in ORDER_WORKFLOW.steps
     ],
 )
+
+
+def _fast(step: Step, timeout: float = 1.0) -> Step:
+    return attrs.evolve(step, timeout=timeout, retry=FAST, compensation_retry=FAST)
+
+
+#: The order running its stock reservation as a child saga (demo.saga.ORDER_CHILD), tuned:
+#: the child step waits 5 s per attempt, longer than the child's own step with its retries.
+_CHILD = with_child(attrs.evolve(RESERVATION, steps=[_fast(s) for s in RESERVATION.steps]))
+CHAOS_CHILD = attrs.evolve(_CHILD, steps=[_fast(s, 5.0 if s.saga else 1.0) for s in _CHILD.steps])
 
 #: Demo checks that the generic checker already covers (with failed sagas allowed, since a
 #: persistent fault may park a saga as failed-needs-attention on purpose).
@@ -95,10 +107,32 @@ class WorkflowScenario(DemoScenario):
     definitions = (CHAOS_WORKFLOW,)
 
 
+class ChildScenario(DemoScenario):
+    """The same orders, participants and ledger checks, with the stock reserved by a child
+    saga: a declined card unwinds the completed child, an order out of stock is refused by
+    its child, and the faults strike the children participant as any other.
+
+    ``children``: a subclass of understudy's children participant to run in its place (the
+    harness's tests give broken ones, which the checker must catch)."""
+
+    definitions = (CHAOS_CHILD,)
+
+    def __init__(self, children: type[Children] | None = None) -> None:
+        self.children = children
+
+    def participants(self, directory: Path, sagas: list[SagaStart]) -> Participants:
+        given = super().participants(directory, sagas)
+        if self.children is None:
+            return given
+        return [*given, (CHILDREN, self.children, {})]
+
+
 #: The scenario ``understudy chaos`` runs unless told otherwise.
 scenario = DemoScenario()
 #: ``understudy chaos --scenario demo.chaos:workflow``.
 workflow = WorkflowScenario()
+#: ``understudy chaos --scenario demo.chaos:child``.
+child = ChildScenario()
 
 
 # --- the order, choreographed ---------------------------------------------------------------------

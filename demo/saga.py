@@ -7,9 +7,16 @@ so the saga has no pivot: any refusal compensates everything done so far.
 ORDER_WORKFLOW is the same order as a workflow (``--style workflow``): once the order exists,
 the stock is reserved and the card charged at once; a refusal of either compensates the other
 branch and then cancels the order.
+
+ORDER_CHILD is the same order with its stock reservation as a saga of its own, RESERVATION,
+which the order runs as a child (the crash harness's ``demo.chaos:child``): a card declined
+after the reservation completed compensates the child as one step (the stock is released),
+then cancels the order.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from understudy import SagaDefinition, Step, WorkflowDefinition
 
@@ -39,6 +46,23 @@ ORDER_WORKFLOW = WorkflowDefinition(
         Step("charge_payment", PAYMENTS, "charge", "refund", after=["create_order"]),
     ],
 )
+
+#: The stock reservation as a saga of its own: ORDER_CHILD runs it as a child.
+RESERVATION = SagaDefinition(
+    "reservation", 1, [Step("reserve_inventory", INVENTORY, "reserve", "release")]
+)
+
+
+def with_child(reservation: SagaDefinition, **options: Any) -> SagaDefinition:
+    """The order, running ``reservation`` as its child step ``reserve`` (``options``: the
+    child step's, such as its timeout)."""
+    create, _reserve, charge = ORDER.steps
+    return SagaDefinition(
+        "order", 1, [create, Step.child("reserve", reservation, **options), charge]
+    )
+
+
+ORDER_CHILD = with_child(RESERVATION, timeout=30.0)
 
 #: What ``python -m demo --style STYLE`` runs.
 STYLES = {"orchestrated": ORDER, "workflow": ORDER_WORKFLOW}

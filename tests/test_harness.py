@@ -104,8 +104,9 @@ def test_a_point_left_out_of_the_crash_sweeps_is_hit_right_after_the_one_swept()
     swept again."""
     package = Path(understudy.__file__).parent
     # A Reactor hits the participant points too, at places of its own where they are separate
-    # crashes: the choreography sweep (tests/test_harness_choreography.py) crashes each there.
-    reactors = {Path("actors/reactor.py"), Path("actors/reacting.py")}
+    # crashes: the choreography sweep (tests/test_harness_choreography.py) crashes each there;
+    # so does the children participant (tests/test_harness_children.py).
+    reactors = {Path("actors/reactor.py"), Path("actors/reacting.py"), Path("actors/children.py")}
     lines = [
         (source.relative_to(package), number, line)
         for source in sorted(package.rglob("*.py"))

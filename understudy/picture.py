@@ -55,7 +55,7 @@ def saga_page(
             waits = [diagnosis.describe_stuck(found), *diagnosis.describe(found)]
     body = [
         f'<p class="nav"><a href="{esc(home)}">all sagas</a></p>' if home else "",
-        _header(drawn, waits),
+        _header(drawn, waits, _family(store, saga_id, linked=home is not None)),
         '<section class="picture">',
         draw(drawn),
         "</section>",
@@ -139,7 +139,43 @@ def write_html(store: SagaStore, store_location: str, saga_id: str, path: str | 
 # --- the page around the drawing ---------------------------------------------------------------
 
 
-def _header(t: Timeline, waits: Sequence[str]) -> str:
+def _family(store: SagaStore, saga_id: str, *, linked: bool) -> str | None:
+    """The parent and the child sagas of ``saga_id`` (``Step.child``), each with its status,
+    as links to their pages when ``linked``; None for a saga with neither."""
+    parent: str | None = None
+    children: dict[str, None] = {}
+    for event in store.events(saga_id):
+        if event.kind == "started" and event.detail.get("parent"):
+            parent = str(event.detail["parent"])
+        elif event.kind == "intent" and event.detail.get("child"):
+            children[str(event.detail["child"])] = None
+    if parent is None and not children:
+        return None
+    found = store.get_many([*([parent] if parent else []), *children])
+
+    def name(other: str) -> str:
+        record = found.get(other)
+        status = (
+            f' <span class="badge {esc(record.status)}">{esc(record.status)}</span>'
+            if record
+            else ""
+        )
+        text = f"<code>{esc(other)}</code>"
+        return (f'<a href="{esc(saga_url(other))}">{text}</a>' if linked else text) + status
+
+    parts = []
+    if parent is not None:
+        parts.append(f"child saga of {name(parent)}")
+    if children:
+        parts.append(
+            "runs child saga"
+            + ("s " if len(children) > 1 else " ")
+            + ", ".join(map(name, children))
+        )
+    return "; ".join(parts)
+
+
+def _header(t: Timeline, waits: Sequence[str], family: str | None = None) -> str:
     rows = [
         ("definition", f"{esc(t.definition)} v{t.version}"),
         ("status", f'<span class="badge {esc(t.status)}">{esc(t.status)}</span>'),
@@ -155,6 +191,8 @@ def _header(t: Timeline, waits: Sequence[str]) -> str:
             f"{esc(diagnosis.describe_restarts(t.restarts))}",
         ),
     ]
+    if family:
+        rows.append(("family", family))
     if waits:
         lines = "".join(f"<li>{esc(w)}</li>" for w in waits[1:])
         rows.append(("waiting", f"<b>{esc(waits[0])}</b><ul>{lines}</ul>"))

@@ -81,8 +81,11 @@ class _Waiting:
     """The requests waiting on one child saga: the latest of each kind (a newer attempt
     replaces an older one, which its saga no longer waits on)."""
 
+    parent: str
+    definition: tuple[str, int]  # the child's definition and version, as the step names them
     requests: dict[str, tuple[StepRequest, Any]] = attrs.field(factory=dict)
     command: int | None = None  # the unwind filed for it by this incarnation
+    checked: bool = False  # its row was found to be this step's child
 
 
 class Children(OwnerWatch, ActorTypeDispatcher):
@@ -130,6 +133,7 @@ class Children(OwnerWatch, ActorTypeDispatcher):
             handle_batched(self, message, sender, frozenset())
 
     def receiveMsg_StepRequest(self, msg: StepRequest, sender: Any) -> None:
+        failpoints.hit("participant.before_apply", msg.saga_id, self.name)
         try:
             verb, definition, version = child_ref(msg.action)
         except ValueError:
@@ -139,12 +143,12 @@ class Children(OwnerWatch, ActorTypeDispatcher):
             self.send(sender, _reply(msg, "error", reason=f"{self.name} is not configured"))
             return
         child = child_id(msg.saga_id, msg.step_name)
-        waiting = self.waiting.setdefault(child, _Waiting())
+        waiting = self.waiting.setdefault(child, _Waiting(msg.saga_id, (definition, version)))
         waiting.requests[msg.kind] = (msg, sender)
         self.send(sender, _reply(msg, ACCEPTED))
         try:
             record = self.store.get(child)
-            if record is not None and self._settle(child, _ending(record)):
+            if record is not None and self._settle_record(child, record):
                 return
             if verb == RUN:
                 self.send(
@@ -156,6 +160,7 @@ class Children(OwnerWatch, ActorTypeDispatcher):
         except StoreError as exc:
             self._answer(child, msg.kind, "error", reason=f"the saga store failed: {exc}")
             return
+        failpoints.hit("participant.after_apply", msg.saga_id, self.name)
         self._schedule()
 
     def _file_unwind(self, msg: StepRequest, child: str, definition: str, version: int) -> Any:
@@ -181,7 +186,14 @@ class Children(OwnerWatch, ActorTypeDispatcher):
     # --- how children end -------------------------------------------------------------------
 
     def receiveMsg_SagaFinished(self, msg: SagaFinished, sender: Any) -> None:
-        self._settle(msg.saga_id, msg)
+        # Read back from the store rather than trusted: the row says whose saga it is.
+        if self.store is not None and msg.saga_id in self.waiting:
+            try:
+                record = self.store.get(msg.saga_id)
+            except StoreError:
+                return  # the next poll reads it
+            if record is not None:
+                self._settle_record(msg.saga_id, record)
 
     def receiveMsg_StartRejected(self, msg: StartRejected, sender: Any) -> None:
         self._answer(
@@ -200,7 +212,7 @@ class Children(OwnerWatch, ActorTypeDispatcher):
         try:
             records = self.store.get_many(list(self.waiting))
             for child, record in records.items():
-                self._settle(child, _ending(record))
+                self._settle_record(child, record)
             for child, waiting in list(self.waiting.items()):
                 if waiting.command is not None and "undo" in waiting.requests:
                     command = self.store.command(waiting.command)
@@ -215,6 +227,36 @@ class Children(OwnerWatch, ActorTypeDispatcher):
         except StoreError as exc:
             log.warning("could not read child sagas (%s); trying again", exc)
         self._schedule()
+
+    def _settle_record(self, child: str, record: SagaRecord) -> bool:
+        """:meth:`_settle` with the child's row, once it is known to be this step's child: a
+        saga someone else started under the id is not, and is never waited on nor unwound.
+        Whether nothing waits on the child any more."""
+        waiting = self.waiting.get(child)
+        if waiting is None:
+            return True
+        if not waiting.checked:
+            stranger = self._stranger(record, waiting)
+            if stranger is not None:
+                self._answer(child, "do", "rejected", reason=stranger)
+                self._answer(child, "undo", "ok")  # nothing of this step's ran under the id
+                return True
+            waiting.checked = True
+        return self._settle(child, _ending(record))
+
+    def _stranger(self, record: SagaRecord, waiting: _Waiting) -> str | None:
+        """Why ``record`` is not the child the waiting step runs (None: it is)."""
+        assert self.store is not None
+        name, version = waiting.definition
+        if (record.definition, record.version) == (name, version):
+            started = [e for e in self.store.events(record.saga_id) if e.kind == "started"]
+            if started and started[0].detail.get("parent") == waiting.parent:
+                return None
+        return (
+            f"a saga {record.saga_id!r} ({record.definition!r} v{record.version}) exists that "
+            f"is not the child of saga {waiting.parent!r} ({name!r} v{version}): a child "
+            "saga's id is '<parent id>.<step name>'; start other sagas under other ids"
+        )
 
     def _settle(self, child: str, end: SagaFinished | None) -> bool:
         """Answer what waits on ``child`` now that it stands as ``end`` (None: running).
@@ -249,7 +291,12 @@ class Children(OwnerWatch, ActorTypeDispatcher):
         msg, sender = waiting.requests.pop(kind)
         if not waiting.requests:
             del self.waiting[child]
+        verdict = failpoints.hit("participant.before_reply", msg.saga_id, self.name)
+        if verdict == "drop":
+            return  # lost on the way: the parent's timeout sends the request again
         self.send(sender, _reply(msg, outcome, **reply))
+        if verdict == "duplicate":
+            self.send(sender, _reply(msg, outcome, **reply))
 
     def _schedule(self) -> None:
         if self.waiting and not self._scheduled:

@@ -78,7 +78,7 @@ def operate(
     from understudy.actors import workflow_verbs  # it builds on this module's refusals
 
     if verb == UNWIND:
-        _check_unwind(saga)
+        _check_unwind(saga, args)
     elif isinstance(saga, Workflow):
         workflow_verbs.check(saga, verb, args)
     else:
@@ -177,7 +177,15 @@ def _check_cancel(saga: Saga, args: dict[str, Any]) -> None:
     _forward_only(saga, "cancel")
 
 
-def _check_unwind(saga: Machine) -> None:
+def _check_unwind(saga: Machine, args: dict[str, Any]) -> None:
+    expected = (args.get("definition"), args.get("version"))
+    if expected != saga.definition.key:
+        raise _refuse(
+            saga,
+            UNWIND,
+            f"it is {saga.definition.name!r} v{saga.definition.version}, not the child "
+            f"{expected[0]!r} v{expected[1]} of saga {args.get('parent')!r}",
+        )
     if saga.state.phase == COMPENSATED:
         _finished(saga, UNWIND)
     if saga.state.phase == FAILED:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from understudy.actors.children import STORE_OPTION, STORE_OPTIONS
+from understudy.actors.children import STORE_OPTION, STORE_OPTIONS, Children
 from understudy.actors.system import class_path
 from understudy.definitions import CHILDREN, SagaDefinition, has_children
 from understudy.errors import DefinitionError, StoreError, UnderstudyError
@@ -44,16 +44,22 @@ def with_children_participant(
 ) -> list[tuple[str, Any, dict[str, Any]]]:
     """``participants`` and, when a definition has a child step (``Step.child``), the
     participant that runs child sagas, told where the store is. The name is understudy's: an
-    application's participant under it is refused."""
-    for name, _cls, _options in participants:
-        if name == CHILDREN:
+    application's participant under it is refused, unless it is a subclass of
+    :class:`~understudy.actors.children.Children` (the crash harness's broken ones are)."""
+    options = {STORE_OPTION: store.location, STORE_OPTIONS: dict(store.options)}
+    given = [p for p in participants if p[0] == CHILDREN]
+    for _name, cls, _options in given:
+        if not (isinstance(cls, type) and issubclass(cls, Children)):
             raise DefinitionError(
                 f"participant name {CHILDREN!r} is understudy's own (it runs child sagas, "
                 "Step.child); give the participant another name"
             )
+    if given:
+        return [
+            (n, c, {**o, **options}) if n == CHILDREN else (n, c, o) for n, c, o in participants
+        ]
     if not has_children(definitions):
         return participants
-    options = {STORE_OPTION: store.location, STORE_OPTIONS: dict(store.options)}
     return [*participants, (CHILDREN, "understudy.actors.children.Children", options)]
 
 

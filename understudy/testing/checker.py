@@ -45,6 +45,13 @@ The invariants (rule names in brackets):
   does that (skip, resolve, resolve, retry);
 - [paused] (I4) a paused saga sends nothing between its pause and its resume (or cancel,
   abandon, end): no intent of a step or of a compensation;
+- [child-parent] (child sagas, :mod:`understudy.testing.child_rules`) every saga started as a
+  child names a parent that runs it at that step and recorded the step's intent before it
+  started (its compensation's intent before an ``unwind``);
+- [child-consistent] a completed parent's children completed and were never unwound; a
+  compensated parent's children are compensated. A child step's effect is its child saga (it
+  has no ledger): completed is the step applied, compensated after completing is the step
+  compensated, so the rules above judge child steps as any other;
 - [recovery] (added by the runner) every saga was terminal within the recovery bound after
   the heal;
 - [progress] at least ``min_completed`` sagas completed: a run where nothing worked proves
@@ -82,9 +89,10 @@ Operators' verbs change what a saga's effects must be, and only for the steps th
 step an operator skipped needs no forward effect ([completed]), a compensation resolved by hand
 (``resolved``, ``debt-settled``) needs no compensation effect ([compensated],
 [needs-attention]), and a parked saga an operator took up again may end a second time
-([terminal-once]). A saga no verb touched is judged as strictly as before. Ledger rows the
-run's driver wrote itself, doing an operator's work by hand (:attr:`RunView.by_hand`), need no
-intent before them ([write-ahead]); every other rule holds them as any effect.
+([terminal-once]), as may a completed child saga its parent unwound. A saga no verb touched
+is judged as strictly as before. Ledger rows the run's driver wrote itself, doing an
+operator's work by hand (:attr:`RunView.by_hand`), need no intent before them ([write-ahead]);
+every other rule holds them as any effect.
 
 Idempotency keys are the ledger's primary key, so "at most one effect per key" holds in the
 ledger by construction; whether the participant's own tables agree is a domain invariant (the
@@ -105,7 +113,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from understudy import codec
-from understudy.definitions import SagaDefinition, WorkflowDefinition
+from understudy.actors.verbs import UNWIND
+from understudy.definitions import (
+    SagaDefinition,
+    WorkflowDefinition,
+    has_children,
+    with_children,
+)
 from understudy.errors import CorruptRecord, LedgerError
 from understudy.persistence import POSTGRES_SCHEMES, open_store, redact, secrets_in
 from understudy.persistence.base import (
@@ -122,6 +136,7 @@ from understudy.persistence.base import (
 )
 from understudy.supervisors.policy import RestartPolicy
 from understudy.testing.chain_rules import check_chains
+from understudy.testing.child_rules import check_children, child_effects
 
 if TYPE_CHECKING:
     import psycopg
@@ -407,7 +422,7 @@ def _ledger_rows(
 def check(view: RunView, invariants: Iterable[Invariant] = (), min_completed: int = 1) -> Report:
     """Check every invariant of the module docstring against the run's files."""
     report = Report()
-    definitions = {d.key: d for d in view.definitions}
+    definitions = {d.key: d for d in with_children(view.definitions)}
     records = view.records()
     report.sagas = len(records)
     report.statuses.update(r.status for r in records.values())
@@ -430,13 +445,25 @@ def check(view: RunView, invariants: Iterable[Invariant] = (), min_completed: in
         )
 
     with closing(open_store(view.store, read_only=True)) as store:
+        timelines: dict[str, list[EventRecord]] = {}
+
+        def events_of(saga_id: str) -> list[EventRecord]:
+            if saga_id not in timelines:
+                timelines[saga_id] = store.events(saga_id)
+            return timelines[saga_id]
+
+        if has_children(definitions.values()):
+            # A child step's effect is its child saga: judged as ledger rows of its own.
+            for row in child_effects(records, definitions, events_of, LedgerRow):
+                ledger[row.saga_id].append(row)
+            check_children(report, records, definitions, events_of)
         commands: dict[str, list[CommandRecord]] = defaultdict(list)
         for command in store.commands(pending=False, limit=1 << 62):
             commands[command.saga_id].append(command)
             report.verbs[f"{command.verb} {command.state}"] += 1
         for saga_id, record in sorted(records.items()):
             definition = definitions.get((record.definition, record.version))
-            events = store.events(saga_id)
+            events = timelines.pop(saga_id, None) or store.events(saga_id)
             _check_saga(report, view, record, events, ledger[saga_id], definition)
             _check_commands(report, view, saga_id, events, commands.pop(saga_id, []))
         for saga_id, orphans in sorted(commands.items()):
@@ -484,7 +511,9 @@ def _check_saga(
     # Written once, and again only after an operator's verb took a parked saga up again.
     again, last = False, None
     for event in events:
-        if event.kind == "operator" and last == FAILED:
+        if event.kind == "operator" and (
+            last == FAILED or (last == COMPLETED and event.detail.get("verb") == UNWIND)
+        ):
             last = None
         elif _is_terminal(event):
             again, last = again or last is not None, event.kind
@@ -847,7 +876,7 @@ def _check_cancels(
     on_stack: set[int],
 ) -> None:
     for index, event in enumerate(events):
-        if event.kind != "operator" or event.detail.get("verb") != "cancel":
+        if event.kind != "operator" or event.detail.get("verb") not in ("cancel", UNWIND):
             continue
         before, after = events[:index], events[index + 1 :]
         ran = {e.step for e in before if e.kind in ("intent", "skipped")}

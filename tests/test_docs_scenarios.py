@@ -1,5 +1,5 @@
-"""The scenario commands docs/testing.md lists (the demo's order as a workflow, as
-choreography, with a step finished later) run as written, for one small run each."""
+"""The scenario commands docs/testing.md lists (the demo's order as a workflow, with a child
+saga, as choreography, with a step finished later) run as written, for one small run each."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ def commands() -> list[list[str]]:
     return [shlex.split(line) for line in found]
 
 
-def test_the_page_lists_the_three_styles() -> None:
+def test_the_page_lists_every_style() -> None:
     assert [c[2] for c in commands()] == [
         "demo.chaos:workflow",
+        "demo.chaos:child",
         "demo.chaos:choreography",
         "demo.chaos_deferred:scenario",
     ]

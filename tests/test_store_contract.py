@@ -101,6 +101,7 @@ def transition(
     reason: str | None = None,
     events: tuple[Event, ...] = (),
     reopen: bool = False,
+    unwind: bool = False,
 ) -> Transition:
     return Transition(
         saga_id,
@@ -113,6 +114,7 @@ def transition(
         reason,
         events,
         reopen,
+        unwind,
     )
 
 
@@ -337,6 +339,161 @@ def test_a_transition_with_reopen_keeps_the_incarnation_and_version_fences(
     )
 
     assert ([False, False], before) == (results, store.get("s1"))
+
+
+# --- Transition with unwind: a completed child saga compensated because its parent compensates ---
+
+
+def test_a_transition_with_unwind_takes_up_a_completed_saga(store: SagaStore) -> None:
+    """A completed saga refuses a plain Transition and one with reopen, and takes one with
+    unwind, its events with it, at the writer's incarnation. Once taken up it is no longer
+    terminal: plain Transitions apply again, up to its new terminal status."""
+    store.apply([new_saga("s1")])
+    store.apply([transition("s1", status=COMPLETED, snapshot_version=1)])
+    unwind = transition(
+        "s1",
+        status=COMPENSATING,
+        snapshot_version=2,
+        reason="its parent compensates",
+        events=(Event("operator", T0 + 2, detail={"verb": "unwind"}),),
+    )
+
+    assert [False] == store.apply([unwind])
+    assert [False] == store.apply([attrs.evolve(unwind, reopen=True)])
+    record = store.get("s1")
+    assert record is not None
+    assert (COMPLETED, 1, []) == (record.status, record.snapshot_version, kinds(store, "s1"))
+
+    assert [True] == store.apply([attrs.evolve(unwind, unwind=True)])
+
+    record = store.get("s1")
+    assert record is not None
+    expected = (COMPENSATING, b"snapshot 2", 2, "its parent compensates", 1)
+    actual = (
+        record.status,
+        record.snapshot,
+        record.snapshot_version,
+        record.reason,
+        record.incarnation,
+    )
+    assert expected == actual
+    assert [("operator", 1, {"verb": "unwind"})] == [
+        (e.kind, e.incarnation, e.detail) for e in store.events("s1")
+    ]
+    assert ["s1"] == store.unfinished()
+    done = transition("s1", status=COMPENSATED, snapshot_version=3, at=T0 + 3)
+    assert [True] == store.apply([done])
+    record = store.get("s1")
+    assert record is not None
+    assert (COMPENSATED, 3) == (record.status, record.snapshot_version)
+
+
+def test_a_transition_with_unwind_may_write_a_completed_saga_terminal_at_once(
+    store: SagaStore,
+) -> None:
+    """From completed, an unwind may go straight to compensated (nothing left to undo); the
+    saga is then closed to every Transition, unwind included."""
+    store.apply([new_saga("s1")])
+    store.apply([transition("s1", status=COMPLETED, snapshot_version=1)])
+
+    assert [True] == store.apply(
+        [transition("s1", status=COMPENSATED, snapshot_version=2, unwind=True)]
+    )
+    assert [False, False, False] == store.apply(
+        [
+            transition("s1", status=COMPENSATING, snapshot_version=3, unwind=True),
+            transition("s1", status=COMPENSATING, snapshot_version=3, reopen=True),
+            transition("s1", status=COMPENSATING, snapshot_version=3),
+        ]
+    )
+    record = store.get("s1")
+    assert record is not None
+    assert (COMPENSATED, 2) == (record.status, record.snapshot_version)
+
+
+@pytest.mark.parametrize("closed", [COMPENSATED, FAILED])
+def test_a_transition_with_unwind_never_takes_up_a_compensated_or_failed_saga(
+    store: SagaStore, closed: str
+) -> None:
+    """unwind reaches completed sagas only: nothing takes up a compensated one, and one parked
+    as failed waits for an operator (a reopen)."""
+    store.apply([new_saga("s1")])
+    store.apply([transition("s1", status=closed, snapshot_version=1, reason="as it ended")])
+    before = store.get("s1")
+
+    unwound = transition(
+        "s1", status=COMPENSATING, snapshot_version=2, unwind=True, events=(Event("late", T0),)
+    )
+    assert [False] == store.apply([unwound])
+
+    assert (before, []) == (store.get("s1"), store.events("s1"))
+
+
+def test_a_transition_with_unwind_keeps_the_incarnation_and_version_fences(
+    store: SagaStore,
+) -> None:
+    """unwind lifts the completed fence only: a stale incarnation, or a snapshot version that
+    is not newer, still changes nothing of a completed saga."""
+    store.apply([new_saga("s1")])
+    store.claim("s1", recovery=False, at=T0 + 1)  # incarnation 2
+    store.apply([transition("s1", incarnation=2, status=COMPLETED, snapshot_version=3)])
+    before = store.get("s1")
+    events_before = store.events("s1")
+
+    results = store.apply(
+        [
+            transition("s1", incarnation=1, status=COMPENSATING, snapshot_version=4, unwind=True),
+            transition("s1", incarnation=3, status=COMPENSATING, snapshot_version=4, unwind=True),
+            transition("s1", incarnation=2, status=COMPENSATING, snapshot_version=3, unwind=True),
+            transition("s1", incarnation=2, status=COMPENSATING, snapshot_version=2, unwind=True),
+        ]
+    )
+
+    assert ([False] * 4, before, events_before) == (results, store.get("s1"), store.events("s1"))
+    current = transition("s1", incarnation=2, status=COMPENSATING, snapshot_version=4, unwind=True)
+    assert [True] == store.apply([current])
+
+
+def test_transitions_with_and_without_unwind_apply_together_in_one_batch(
+    store: SagaStore,
+) -> None:
+    """One batch mixes plain, reopen and unwind Transitions of several sagas, and of one saga
+    in a row: each is fenced as its own kind, and a write sees the writes before it in the
+    batch (a saga completed, then unwound, then compensated)."""
+    store.apply([new_saga(saga_id) for saga_id in ("run", "done", "parked", "closed", "chain")])
+    store.apply(
+        [
+            transition("done", status=COMPLETED),
+            transition("parked", status=FAILED),
+            transition("closed", status=COMPLETED),
+        ]
+    )
+
+    results = store.apply(
+        [
+            transition("run", status=COMPENSATING, snapshot_version=2, unwind=True),
+            transition("done", status=COMPENSATING, snapshot_version=2, unwind=True),
+            transition("parked", status=RUNNING, snapshot_version=2, unwind=True),
+            transition("closed", status=RUNNING, snapshot_version=2, reopen=True),
+            transition("chain", status=COMPLETED, snapshot_version=1),
+            transition("chain", status=COMPENSATING, snapshot_version=2, unwind=True),
+            transition("chain", status=COMPENSATED, snapshot_version=3),
+            transition("chain", status=RUNNING, snapshot_version=4, unwind=True),
+        ]
+    )
+
+    assert [True, True, False, False, True, True, True, False] == results
+    statuses = {
+        saga_id: (record.status, record.snapshot_version)
+        for saga_id, record in store.get_many(["run", "done", "parked", "closed", "chain"]).items()
+    }
+    assert {
+        "run": (COMPENSATING, 2),
+        "done": (COMPENSATING, 2),
+        "parked": (FAILED, 1),
+        "closed": (COMPLETED, 1),
+        "chain": (COMPENSATED, 3),
+    } == statuses
 
 
 # --- claim ---------------------------------------------------------------------------------------

@@ -218,6 +218,12 @@ class Children(OwnerWatch, ActorTypeDispatcher):
                     command = self.store.command(waiting.command)
                     if command is not None and command.state == REFUSED:
                         waiting.command = None
+                        # Refused because the child ended meanwhile (an unwind filed again by
+                        # a restarted participant finds it compensated): its end answers.
+                        row = self.store.get(child)
+                        if row is not None and row.status in (COMPENSATED, FAILED):
+                            self._settle_record(child, row)
+                            continue
                         self._answer(
                             child,
                             "undo",

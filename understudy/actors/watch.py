@@ -52,9 +52,30 @@ def is_running(identity: ProcessIdentity) -> bool:
             fields = stat.read().rsplit(b")", 1)[1].split()
         if fields[0] in (b"Z", b"X"):
             return False
-        return started is None or fields[19].decode() == started
+        if started is not None and fields[19].decode() != started:
+            return False
     except (OSError, IndexError):
         return True  # no /proc to tell: os.kill found it
+    return not _killed(pid)
+
+
+_SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL's bit in /proc/PID/status's pending signal masks
+
+
+def _killed(pid: int) -> bool:
+    """Whether a SIGKILL is pending for ``pid``: it never runs its own code again, though it
+    may not have exited yet (a process in the middle of an fsync finishes that first), so it
+    counts as gone: a runtime restarted right after killing the old one finds its store free."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith((b"SigPnd:", b"ShdPnd:")) and (
+                    int(line.split()[1], 16) & _SIGKILL_BIT
+                ):
+                    return True
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 @attrs.frozen

@@ -32,5 +32,14 @@ class AnswersUnwindBeforeItEnds(Children):
             self.send(sender, _ok(msg))
 
 
+class NamesTheChildWrongly(Children):
+    """Starts (and waits on, and unwinds) each child under an id of its own making, not the
+    one its parent's step names: the store holds children no parent runs, and the parent's
+    step has no child under the id the step names."""
+
+    def child_of(self, msg: StepRequest) -> str:
+        return f"{msg.saga_id}-{msg.step_name}"
+
+
 def _ok(msg: StepRequest) -> StepReply:
     return StepReply(msg.saga_id, msg.step, msg.kind, msg.key, msg.attempt, msg.incarnation, "ok")

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from children_mutants import AnswersUnwindBeforeItEnds, UnwindsNothing
+from children_mutants import AnswersUnwindBeforeItEnds, NamesTheChildWrongly, UnwindsNothing
 
 from demo.chaos import ChildScenario
 from understudy.actors.children import Children
@@ -116,6 +116,13 @@ def test_a_parent_that_does_not_wait_for_its_child_s_compensation_is_caught(
 ) -> None:
     caught = _caught(understudy_base, tmp_path, AnswersUnwindBeforeItEnds)
     assert "compensated" in caught, caught
+
+
+def test_a_child_under_an_id_its_parent_does_not_name_is_caught(
+    tmp_path: Path, understudy_base: str
+) -> None:
+    caught = _caught(understudy_base, tmp_path, NamesTheChildWrongly)
+    assert {"child-parent", "child-consistent", "completed"} <= caught, caught
 
 
 #: Every crash point but the operators' verbs' (no operator acts here).

@@ -27,6 +27,7 @@ The ``describe_*`` functions give the one-line texts the command prints.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -40,7 +41,7 @@ import attrs
 from understudy import codec
 from understudy.actors import machines
 from understudy.actors.saga import DO
-from understudy.definitions import SagaDefinition
+from understudy.definitions import CHILDREN, SagaDefinition, child_ref
 from understudy.errors import CorruptRecord
 from understudy.persistence.base import ACTIVE_STATUSES, EventRecord, Lease, SagaRecord, SagaStore
 from understudy.supervisors.leases import holder_state
@@ -804,6 +805,11 @@ def _which(kind: str, step: int, name: str | None, attempt: int) -> str:
 
 
 def _call(participant: str | None, action: str | None) -> str:
+    if participant == CHILDREN and action:
+        # A child step (Step.child) waits on its child saga, not on a participant's action.
+        with contextlib.suppress(ValueError):
+            _verb, name, version = child_ref(action)
+            return f"child saga {name} v{version}"
     return f"{participant or '?'}.{action or '?'}"
 
 

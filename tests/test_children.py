@@ -43,6 +43,7 @@ from understudy import (
 )
 from understudy.actors.deferred import complete, reject
 from understudy.actors.watch import is_running
+from understudy.cli import main
 from understudy.definitions import CHILDREN, child_id, with_children
 from understudy.failpoints import Fault
 from understudy.persistence import open_store
@@ -418,6 +419,27 @@ def test_a_running_child_is_cancelled_when_its_parent_compensates(
     with pytest.raises(CompletionRefused):
         complete(str(tmp_path / "approvals.db"), handle, {"approved_by": "too late"})
     assert "compensated" == status(tmp_path, "o4.pay")
+
+
+def test_understudy_show_links_a_waiting_parent_and_its_child(
+    start: Start, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While the child waits for an approval, ``understudy show`` of the parent names the child
+    it runs and says it waits on that child saga; the child's names its parent."""
+    parent = SagaDefinition(
+        "patient", 1, [step("create", "shop", "create", "cancel"), child("pay", APPROVED)]
+    )
+    us = start([parent], approvals(tmp_path))
+    us.submit("o9", "patient", {})
+    handle = pending(tmp_path, "o9.pay")
+    assert 0 == main(["show", str(tmp_path / "sagas.db"), "o9"])
+    shown = capsys.readouterr().out
+    assert "  runs child saga: o9.pay (step pay)\n" in shown
+    assert "reply from child saga approved-payment v1 (step 1 pay, attempt 1)" in shown
+    assert 0 == main(["show", str(tmp_path / "sagas.db"), "o9.pay"])
+    assert "  child saga of: o9\n" in capsys.readouterr().out
+    complete(str(tmp_path / "approvals.db"), handle, {"approved_by": "ops"})
+    assert "completed" == us.wait("o9", timeout=PATIENCE).status
 
 
 def test_a_parent_that_recovers_by_compensating_unwinds_its_running_child(

@@ -13,13 +13,20 @@ resend and restart of the parent finds the same child.
   operator's command is filed, so that it is applied exactly once by the host that owns the
   child, whatever crashes (:mod:`understudy.actors.verbs`): a running child is cancelled, a
   completed one compensated in reverse, and one that never started is recorded as compensated,
-  so that a run request still on its way finds it finished. It answers ``ok`` once the child is
-  compensated, ``error`` when the child is parked or the verb was refused.
+  so that a run request still on its way finds it finished. It tells the coordinator it filed
+  one (:class:`~understudy.actors.plumbing.CommandFiled`), which tells the child's host to look
+  now. It answers ``ok`` once the child is compensated, ``error`` when the child is parked or
+  the verb was refused.
 
 It answers every request at once with ``accepted`` (the saga host frees the request's slot)
 and never blocks: it learns how a child ended from the coordinator's answer to the start, and,
-for everything, by reading the store every ``child_poll`` seconds while anything waits (the
-coordinator's answer can be lost with a crash; the store cannot).
+for everything, by reading the store while anything waits: every ``child_poll`` seconds while
+an unwind waits, every :data:`RUN_POLL` while only runs do (the coordinator's answer can be
+lost with a crash; the store cannot).
+
+A saga someone else started under a child's id is not taken for the child: the row must be of
+the step's definition and version and name the parent in its ``started`` event. The run is
+refused, and nothing is unwound under that id.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import attrs
 
 from understudy import failpoints
 from understudy.actors.instance import finished_from_record
-from understudy.actors.plumbing import Batch, Stop, Stopped, handle_batched
+from understudy.actors.plumbing import Batch, CommandFiled, Stop, Stopped, handle_batched
 from understudy.actors.system import ActorTypeDispatcher, WakeupMessage
 from understudy.actors.verbs import UNWIND
 from understudy.actors.watch import OwnerWatch
@@ -66,9 +73,12 @@ log = logging.getLogger("understudy.children")
 #: The options the runtime passes: where the saga store is, and how to open it.
 STORE_OPTION = "understudy_store"
 STORE_OPTIONS = "understudy_store_options"
-#: Seconds between two reads of the store while a child step waits, unless ``child_poll`` says
-#: otherwise: what a child's end costs its parent at most, when the coordinator's answer is lost.
-CHILD_POLL = 0.25
+#: Seconds between two reads of the store while an unwind waits, unless ``child_poll`` says
+#: otherwise: what a child's compensation costs its parent at most beyond its own time.
+CHILD_POLL = 0.1
+#: Seconds between two reads of the store while only runs wait: the coordinator answers a run
+#: when its child ends, and this read is for an answer a crash lost.
+RUN_POLL = 1.0
 
 
 @attrs.frozen
@@ -98,7 +108,7 @@ class Children(OwnerWatch, ActorTypeDispatcher):
         self.coordinator: Any = None
         self.poll = CHILD_POLL
         self.waiting: dict[str, _Waiting] = {}
-        self._scheduled = False
+        self._due: float | None = None  # when the next look at the store is due (monotonic)
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -156,7 +166,9 @@ class Children(OwnerWatch, ActorTypeDispatcher):
                     StartSaga(child, definition, msg.payload, version, True, child, msg.saga_id),
                 )
             elif waiting.command is None:
-                waiting.command = self._file_unwind(msg, child, definition, version).id
+                filed = self._file_unwind(msg, child, definition, version)
+                waiting.command = filed.id
+                self.send(self.coordinator, CommandFiled(filed.shard))  # applied now, not later
         except StoreError as exc:
             self._answer(child, msg.kind, "error", reason=f"the saga store failed: {exc}")
             return
@@ -211,7 +223,8 @@ class Children(OwnerWatch, ActorTypeDispatcher):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if not isinstance(msg.payload, PollChildren):
             return
-        self._scheduled = False
+        if self._due is not None and time.monotonic() >= self._due - 0.005:
+            self._due = None  # this is that look (an earlier one, rescheduled, leaves it)
         if self.store is None or not self.waiting:
             return
         try:
@@ -310,9 +323,14 @@ class Children(OwnerWatch, ActorTypeDispatcher):
             self.send(sender, _reply(msg, outcome, **reply))
 
     def _schedule(self) -> None:
-        if self.waiting and not self._scheduled:
-            self._scheduled = True
-            self.wakeupAfter(timedelta(seconds=self.poll), PollChildren())
+        if not self.waiting:
+            return
+        unwinding = any("undo" in w.requests for w in self.waiting.values())
+        delay = self.poll if unwinding else max(self.poll, RUN_POLL)
+        due = time.monotonic() + delay
+        if self._due is None or due < self._due - 0.005:
+            self._due = due
+            self.wakeupAfter(timedelta(seconds=delay), PollChildren())
 
     # --- stopping ---------------------------------------------------------------------------
 

@@ -38,6 +38,15 @@ def handle_batched(actor: Any, message: Any, sender: Any, direct: frozenset[type
 
 
 @attrs.frozen
+class CommandFiled:
+    """A command was filed in the store for saga host ``shard`` (the children participant's
+    unwinds): sent to the coordinator, which hands it to that host, so that it looks for
+    commands now rather than at its next poll."""
+
+    shard: int
+
+
+@attrs.frozen
 class Stop:
     """Sent before the actor system shuts down: children that exit now must not be restarted,
     and hosts release their store and shard marker (the in-process base never tells actors

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from understudy import codec, failpoints
 from understudy.actors import machines, verbs
 from understudy.actors.machines import Machine
+from understudy.actors.plumbing import CommandFiled
 from understudy.actors.workflow import Workflow
 from understudy.errors import CorruptRecord, LeaseLost, StoreError, VerbRefused
 from understudy.persistence.base import (
@@ -90,9 +91,21 @@ class CommandIntake:
             self.polling = True
             self._poll_commands()
 
+    def receiveMsg_CommandFiled(self, msg: CommandFiled, sender: Any) -> None:
+        # Looked at now; the poll's own schedule goes on as it was.
+        if self.polling:
+            self._look_for_commands()
+
     def _poll_commands(self) -> None:
+        if self._look_for_commands():
+            assert self.setup is not None
+            self.wakeupAfter(timedelta(seconds=self.setup.command_poll), PollCommands())
+
+    def _look_for_commands(self) -> bool:
+        """Apply (or refuse) what is pending for this shard; False once the host has stopped
+        or lost its shard."""
         if self.store is None or self.lease is None or self.setup is None or self.lost:
-            return  # stopped or lost: the shard's next holder applies what is pending
+            return False  # stopped or lost: the shard's next holder applies what is pending
         try:
             pending = self.store.commands(shard=self.setup.shard, limit=POLL_LIMIT)
             for command in pending:
@@ -100,10 +113,10 @@ class CommandIntake:
                     self._apply_command(command)
         except LeaseLost as exc:
             self._lose_lease(exc)
-            return
+            return False
         except StoreError as exc:
             log.warning("saga host %d could not read commands (%s)", self.setup.shard, exc)
-        self.wakeupAfter(timedelta(seconds=self.setup.command_poll), PollCommands())
+        return True
 
     def _apply_command(self, command: CommandRecord) -> None:
         """Apply ``command`` to its saga, or refuse it; staged with the next batch."""

@@ -21,7 +21,7 @@ import attrs
 
 from understudy import codec, failpoints
 from understudy.actors.batching import Outbox
-from understudy.actors.plumbing import Batch, Stop, Stopped, handle_batched
+from understudy.actors.plumbing import Batch, CommandFiled, Stop, Stopped, handle_batched
 from understudy.actors.system import (
     ActorExitRequest,
     ActorTypeDispatcher,
@@ -530,6 +530,11 @@ class Coordinator(EventFanout, OwnerWatch, ActorTypeDispatcher):
         self._route(host.address, start)
         if verdict == "duplicate":
             self._route(host.address, start)
+
+    def receiveMsg_CommandFiled(self, msg: CommandFiled, sender: Any) -> None:
+        host = self.hosts.get(msg.shard) if self.setup is not None else None
+        if host is not None:
+            self.send(host.address, msg)
 
     def _validate(self, msg: StartSaga) -> StartRejected | None:
         if not isinstance(msg.saga_id, str) or not msg.saga_id:

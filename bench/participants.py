@@ -147,8 +147,17 @@ def order_workflow(timeout: float = 30.0) -> WorkflowDefinition:
     )
 
 
+def order_with_child(timeout: float = 30.0) -> SagaDefinition:
+    """The same order with its stock reservation and charge as a child saga of their own
+    (``payment``): the same participants and steps, and one more saga per order (its row, its
+    start, its end, its answer to the parent)."""
+    create, reserve, charge = order_definition(timeout).steps
+    payment = SagaDefinition("payment", 1, [reserve, charge])
+    return SagaDefinition("order", 1, [create, Step.child("pay", payment, timeout=timeout)])
+
+
 #: The definition each style of ``bench.understudy_saga throughput`` runs.
-STYLES = {"orchestrated": order_definition, "workflow": order_workflow}
+STYLES = {"orchestrated": order_definition, "workflow": order_workflow, "child": order_with_child}
 
 
 def order_participants(workdir: Path, inventory: type | None = None, **options: Any) -> list[Any]:

@@ -211,3 +211,21 @@ def test_the_status_async_bench_runs_and_prints_its_ratios() -> None:
     assert lines[0] == "status_async: 200 concurrent calls beside 30 sagas, 1 rounds each"
     assert all("failed calls: 0" in line for line in lines[1:3])
     assert lines[3].startswith("  shared / per-call: stall x")
+
+
+@pytest.mark.parametrize("style", ["workflow", "child"])
+def test_the_style_bench_runs_and_prints_its_ratio(style: str) -> None:
+    """``python -m bench.workflow`` (small sizes): the order in ``style`` against the
+    orchestrated order, both run to their ends, and the ratio printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.workflow", "simpleSystemBase", "10", "60", "1", style],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "order throughput on simpleSystemBase, 10 in flight, 60 sagas a round"
+    assert all("misrouted 0" in line for line in lines[1:3]), lines
+    assert lines[-1].startswith(f"{style} / orchestrated: sagas/s x"), lines

@@ -68,6 +68,18 @@ def test_a_run_without_faults_takes_every_path(tmp_path: Path, understudy_base: 
         assert timelines[child.split(".")[0]][-1][0] == "compensated"
 
 
+def test_every_crash_point_keeps_the_rules(tmp_path: Path, understudy_base: str) -> None:
+    """In-process, every hit of every point (of every participant: the child's, the parent's
+    and the children participant); with real processes killed, the first hit of each (the full
+    multi-process sweep is a soak run, below)."""
+    runner = ChaosRunner(ChildScenario(), tmp_path, base=understudy_base)
+    max_nth = 60 if understudy_base == "simpleSystemBase" else 1
+    results = runner.exhaustive(sagas=2, points=CRASH_POINTS, max_nth=max_nth)
+    assert _violations(results) == []
+    fired = {line.split()[0] for r in results for line in r.fired}
+    assert fired >= {p for p in CRASH_POINTS if p.startswith(("host.", "participant."))}
+
+
 @pytest.mark.parametrize("understudy_base", ["multiprocTCPBase"])
 def test_kills_of_the_children_participant_keep_the_rules(
     tmp_path: Path, understudy_base: str

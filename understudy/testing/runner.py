@@ -55,7 +55,7 @@ import attrs
 from understudy import failpoints
 from understudy.actors.reactor import Reactor
 from understudy.actors.watch import process_identity
-from understudy.definitions import SagaDefinition
+from understudy.definitions import SagaDefinition, with_children
 from understudy.errors import StoreUnavailable, UnderstudyError
 from understudy.failpoints import HANG_SECONDS, POINTS
 from understudy.messages import SagaAccepted, SagaFinished
@@ -660,9 +660,10 @@ class ChaosRunner:
         given."""
         results = []
         points = self.scenario.points if points is None else points
-        # Each participant counts its own hits in its own process: sweep them one by one.
+        # Each participant counts its own hits in its own process: sweep them one by one
+        # (child sagas' participants too, and understudy's own that runs the children).
         names = sorted(
-            {p for d in self.scenario.definitions for p in d.participants}
+            {p for d in with_children(self.scenario.definitions) for p in d.participants}
             | set(self.scenario.reactors)
         )
         targets = [

@@ -85,6 +85,20 @@ class Recorder(Participant):
 _FAILURES: dict[tuple[int, str, str], int] = {}
 
 
+class Unhurried(Recorder):
+    """A Recorder whose forward steps take ``options["delay"]`` seconds each (a slow API): its
+    saga waits on the reply that long, whatever the machine's speed."""
+
+    def setup(self, db: sqlite3.Connection, options: dict[str, Any]) -> None:
+        super().setup(db, options)
+        self.delay = float(options.get("delay", 0))
+
+    def _apply(self, step: StepContext, db: sqlite3.Connection) -> dict[str, Any]:
+        if step.kind == "do":
+            time.sleep(self.delay)
+        return super()._apply(step, db)
+
+
 class Silent(Participant):
     """A participant that never replies to step requests."""
 

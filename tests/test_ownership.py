@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from apps import AskStatus, Shop
 from conftest import STORES, effects, order_definition, recorders, start_runtime, store_location
+from participants import Unhurried
 
 from understudy import Understudy
 from understudy.errors import (
@@ -151,7 +152,14 @@ def test_a_paused_host_that_lost_its_lease_writes_nothing_and_stops(
     """A saga host stopped with SIGSTOP past its lease, while another holder takes its shard,
     writes nothing when it is resumed with SIGCONT and exits; the new holder's work stands."""
     location = store_location(backend, request, tmp_path)
-    participants = recorders(tmp_path)
+    # Reserving and charging take a second each: the saga still waits on the reservation when
+    # the host is paused right after the order is created (quick steps could complete the saga
+    # first, and there would be no caller left to tell), and its reply reaches the host while
+    # it is paused, to be read at resume.
+    participants = [
+        (name, Unhurried, {**options, "delay": 1.0}) if name != "orders" else (name, c, options)
+        for name, c, options in recorders(tmp_path)
+    ]
     definition = order_definition(timeout=30.0)
     us = start_runtime(
         tmp_path,

@@ -107,14 +107,15 @@ class AppliesCommandsTwice(SagaHost):
         new: NewSaga | None = None,
         done: CommandDone | None = None,
         reopen: bool = False,
+        unwind: bool = False,
     ) -> None:
         seen: set[int] = self.__dict__.setdefault("_applied_once", set())
         if done is not None and done.command_id not in seen:
             seen.add(done.command_id)
-            super()._run(saga, step, new, None, reopen)
+            super()._run(saga, step, new, None, reopen, unwind)
             self.applying.discard(done.command_id)  # looked at again at the next poll
             return
-        super()._run(saga, step, new, done, reopen)
+        super()._run(saga, step, new, done, reopen, unwind)
 
 
 class _LaunchesEverything(Workflow):
@@ -322,3 +323,13 @@ MARKS_BEFORE_RELAYING = {
     "inventory": CarelessInventory,
     "payments": CarelessPayments,
 }
+
+
+class FailsCommandsOfOneSaga(SagaHost):
+    """A saga host with a bug that strikes every command for saga ``b-1``, outside any saga's
+    guard (in the command intake itself)."""
+
+    def _apply_command(self, command: Any) -> None:
+        if command.saga_id == "b-1":
+            raise RuntimeError("a bug in the command intake, on purpose")
+        super()._apply_command(command)

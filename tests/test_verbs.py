@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import pytest
 from conftest import STORES, order_definition, start_runtime, store_location, stored, timeline
+from mutants import FailsCommandsOfOneSaga
 
 from understudy import (
     COMPENSATED,
@@ -34,7 +35,7 @@ from understudy.errors import SagaNotFound, VerbRefused
 from understudy.failpoints import Fault
 from understudy.operate import Operator
 from understudy.persistence import open_store
-from understudy.persistence.base import APPLIED, PENDING
+from understudy.persistence.base import APPLIED, PENDING, RUNNING
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A charge that fails waits this long before its retry: long enough that only an operator's
@@ -389,3 +390,20 @@ def test_a_start_while_an_operator_holds_a_shard_waits_for_it(
             assert us.wait("h-1", timeout=30).status == COMPENSATED
     finally:
         timer.join()
+
+
+def test_a_command_that_cannot_be_applied_holds_up_no_other(tmp_path: Path) -> None:
+    """A command whose application keeps raising outside its saga's guard stays pending (and is
+    logged at every poll); the host's intake goes on and applies the commands after it (an
+    exception escaping the intake would end its polling: nothing more would be applied until
+    a restart)."""
+    with start_runtime(tmp_path, [slow_charge()], host_class=FailsCommandsOfOneSaga) as us:
+        waiting_in_backoff(us, "b-1", {"fail": {"charge": 1}})
+        waiting_in_backoff(us, "b-2", {"fail": {"charge": 1}})
+        with us.operator(who="ops", wait=1.0) as op:
+            stuck = op.cancel("b-1", why="first")
+        with us.operator(who="ops") as op:
+            applied = op.cancel("b-2", why="second")
+        assert (PENDING, APPLIED) == (stuck.state, applied.state)
+        assert COMPENSATED == us.wait("b-2", timeout=30).status
+        assert RUNNING == us.status("b-1")

@@ -110,13 +110,33 @@ class CommandIntake:
             pending = self.store.commands(shard=self.setup.shard, limit=POLL_LIMIT)
             for command in pending:
                 if command.id not in self.applying:
-                    self._apply_command(command)
+                    self._apply_one(command)
         except LeaseLost as exc:
             self._lose_lease(exc)
             return False
         except StoreError as exc:
             log.warning("saga host %d could not read commands (%s)", self.setup.shard, exc)
         return True
+
+    def _apply_one(self, command: CommandRecord) -> None:
+        """:meth:`_apply_command`, where a bug outside the saga's own guard costs this command
+        one poll (it stays pending, looked at again) and never the shard's intake: an escaping
+        exception would end the poll's schedule, and every later command would wait for a
+        restart."""
+        try:
+            self._apply_command(command)
+        except (LeaseLost, StoreError):
+            raise
+        except Exception:
+            assert self.setup is not None
+            log.exception(
+                "saga host %d could not apply command %d (%s of saga %s); it stays pending",
+                self.setup.shard,
+                command.id,
+                command.verb,
+                command.saga_id,
+            )
+            self.applying.discard(command.id)
 
     def _apply_command(self, command: CommandRecord) -> None:
         """Apply ``command`` to its saga, or refuse it; staged with the next batch."""

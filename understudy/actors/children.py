@@ -18,11 +18,14 @@ resend and restart of the parent finds the same child.
   now. It answers ``ok`` once the child is compensated, ``error`` when the child is parked or
   the verb was refused.
 
-It answers every request at once with ``accepted`` (the saga host frees the request's slot)
-and never blocks: it learns how a child ended from the coordinator's answer to the start, and,
-for everything, by reading the store while anything waits: every ``child_poll`` seconds while
-an unwind waits, every :data:`RUN_POLL` while only runs do (the coordinator's answer can be
-lost with a crash; the store cannot).
+It answers a request only once its child has ended (it sets no limit on requests in flight,
+so no saga host holds a slot for it meanwhile), sends what one input causes as one message per
+destination (on the multi-process bases every message is a socket write, and Thespian's
+transmit queue scans itself at every send: hundreds of children in flight answered one by one
+starved it), and never blocks: it learns how a child ended from the coordinator's answer to
+the start, and, for everything, by reading the store while anything waits: every
+``child_poll`` seconds while an unwind waits, every :data:`RUN_POLL` while only runs do (the
+coordinator's answer can be lost with a crash; the store cannot).
 
 A saga someone else started under a child's id is not taken for the child: the row must be of
 the step's definition and version and name the parent in its ``started`` event. The run is
@@ -40,15 +43,15 @@ from typing import Any
 import attrs
 
 from understudy import failpoints
+from understudy.actors.batching import GroupCommit, Outbox
 from understudy.actors.instance import finished_from_record
-from understudy.actors.plumbing import Batch, CommandFiled, Stop, Stopped, handle_batched
-from understudy.actors.system import ActorTypeDispatcher, WakeupMessage
+from understudy.actors.plumbing import Batch, CommandFiled, Flush, Stop, Stopped, handle_batched
+from understudy.actors.system import ActorTypeDispatcher, WakeupMessage, in_process
 from understudy.actors.verbs import UNWIND
 from understudy.actors.watch import OwnerWatch
 from understudy.definitions import CHILDREN, RUN, child_id, child_ref
 from understudy.errors import StoreError
 from understudy.messages import (
-    ACCEPTED,
     ConfigureParticipant,
     ParticipantReady,
     SagaFinished,
@@ -73,6 +76,9 @@ log = logging.getLogger("understudy.children")
 #: The options the runtime passes: where the saga store is, and how to open it.
 STORE_OPTION = "understudy_store"
 STORE_OPTIONS = "understudy_store_options"
+#: On the multi-process bases, how long what it sends gathers once a flush carried several
+#: inputs (as a saga host's batches do, :mod:`understudy.actors.batching`).
+GATHER_WINDOW = 0.01
 #: Seconds between two reads of the store while an unwind waits, unless ``child_poll`` says
 #: otherwise: what a child's compensation costs its parent at most beyond its own time.
 CHILD_POLL = 0.1
@@ -98,7 +104,7 @@ class _Waiting:
     checked: bool = False  # its row was found to be this step's child
 
 
-class Children(OwnerWatch, ActorTypeDispatcher):
+class Children(GroupCommit, OwnerWatch, ActorTypeDispatcher):
     """Participant ``understudy.children``: see the module docstring."""
 
     def __init__(self) -> None:
@@ -109,6 +115,21 @@ class Children(OwnerWatch, ActorTypeDispatcher):
         self.poll = CHILD_POLL
         self.waiting: dict[str, _Waiting] = {}
         self._due: float | None = None  # when the next look at the store is due (monotonic)
+        self._out = Outbox()  # what the inputs since the last flush send
+        self._gathered = 0  # inputs since the last flush
+
+    def _post(self, address: Any, message: Any) -> None:
+        """Send ``message`` with what the other inputs gathered send (see the module docstring):
+        at the next :class:`Flush`, which goes to the back of this actor's queue (on the
+        multi-process bases, after a window when the last flush carried several inputs)."""
+        self._out.add(address, message)
+        self._gathered += 1
+        self.schedule_flush()
+
+    def receiveMsg_Flush(self, msg: Flush, sender: Any) -> None:
+        self.flush_started(self._gathered)
+        self._gathered = 0
+        self._out.send_all(self.send)
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -128,13 +149,17 @@ class Children(OwnerWatch, ActorTypeDispatcher):
                     raise ValueError(f"child_poll must be a positive number, not {self.poll!r}")
                 self.store = open_store(str(location), **dict(options.get(STORE_OPTIONS) or {}))
             except Exception as exc:
-                self.send(sender, ParticipantReady(msg.name, f"{type(exc).__name__}: {exc}"))
+                self._post(sender, ParticipantReady(msg.name, f"{type(exc).__name__}: {exc}"))
                 return
             self.name = msg.name
+            self.flush_window = 0.0 if in_process(self) else GATHER_WINDOW
             self.watch_parent(msg.watch_interval)
         self.coordinator = sender
         # Its actions are "run:<definition>" for every child definition: not declared.
-        self.send(sender, ParticipantReady(msg.name, None, os.getpid()))
+        self._post(sender, ParticipantReady(msg.name, None, os.getpid()))
+        # A client that sends batches gets the ends of its sagas in batches too (as saga hosts
+        # report them together): an empty one says so.
+        self._post(sender, Batch(()))
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -147,28 +172,27 @@ class Children(OwnerWatch, ActorTypeDispatcher):
         try:
             verb, definition, version = child_ref(msg.action)
         except ValueError:
-            self.send(sender, _reply(msg, "error", reason=f"{msg.action!r} is not a child step"))
+            self._post(sender, _reply(msg, "error", reason=f"{msg.action!r} is not a child step"))
             return
         if self.store is None:
-            self.send(sender, _reply(msg, "error", reason=f"{self.name} is not configured"))
+            self._post(sender, _reply(msg, "error", reason=f"{self.name} is not configured"))
             return
         child = self.child_of(msg)
         waiting = self.waiting.setdefault(child, _Waiting(msg.saga_id, (definition, version)))
         waiting.requests[msg.kind] = (msg, sender)
-        self.send(sender, _reply(msg, ACCEPTED))
         try:
             record = self.store.get(child)
             if record is not None and self._settle_record(child, record):
                 return
             if verb == RUN:
-                self.send(
+                self._post(
                     self.coordinator,
                     StartSaga(child, definition, msg.payload, version, True, child, msg.saga_id),
                 )
             elif waiting.command is None:
                 filed = self._file_unwind(msg, child, definition, version)
                 waiting.command = filed.id
-                self.send(self.coordinator, CommandFiled(filed.shard))  # applied now, not later
+                self._post(self.coordinator, CommandFiled(filed.shard))  # applied now, not later
         except StoreError as exc:
             self._answer(child, msg.kind, "error", reason=f"the saga store failed: {exc}")
             return
@@ -221,6 +245,9 @@ class Children(OwnerWatch, ActorTypeDispatcher):
         )
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if isinstance(msg.payload, Flush):
+            self.receiveMsg_Flush(msg.payload, sender)
+            return
         if not isinstance(msg.payload, PollChildren):
             return
         if self._due is not None and time.monotonic() >= self._due - 0.005:
@@ -318,9 +345,9 @@ class Children(OwnerWatch, ActorTypeDispatcher):
         verdict = failpoints.hit("participant.before_reply", msg.saga_id, self.name)
         if verdict == "drop":
             return  # lost on the way: the parent's timeout sends the request again
-        self.send(sender, _reply(msg, outcome, **reply))
+        self._post(sender, _reply(msg, outcome, **reply))
         if verdict == "duplicate":
-            self.send(sender, _reply(msg, outcome, **reply))
+            self._post(sender, _reply(msg, outcome, **reply))
 
     def _schedule(self) -> None:
         if not self.waiting:
@@ -336,6 +363,7 @@ class Children(OwnerWatch, ActorTypeDispatcher):
 
     def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
         self._close()
+        self._out.send_all(self.send)  # what was gathered goes before the answer
         self.send(sender, Stopped(-1, self.name))
 
     def receiveMsg_ActorExitRequest(self, msg: Any, sender: Any) -> None:

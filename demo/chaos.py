@@ -21,9 +21,9 @@ from demo.participants import DECLINED_SUFFIX
 from demo.reactors import PLACED, placed_id
 from demo.reactors import services as reactor_services
 from demo.run import participants as demo_participants
-from demo.saga import ORDER, ORDER_WORKFLOW, PARTICIPANT_NAMES, RESERVATION, with_child
+from demo.saga import ORDER, ORDER_CHILD, ORDER_WORKFLOW, PARTICIPANT_NAMES
 from demo.workload import Order, make_orders, opening_stock
-from understudy import COMPLETED, FAILED, RetryPolicy, SagaDefinition, Step
+from understudy import COMPLETED, FAILED, RetryPolicy, SagaDefinition
 from understudy.actors.children import Children
 from understudy.definitions import CHILDREN
 from understudy.testing import Invariant, Participants, RunView, SagaStart, Scenario
@@ -31,32 +31,30 @@ from understudy.testing.checker import ChainStart, Start
 
 FAST = RetryPolicy(attempts=4, backoff=0.05, max_backoff=0.5)
 
+
+def chaos_friendly(definition: SagaDefinition) -> SagaDefinition:
+    """``definition`` with every step's timeout a second and quick retries, so that dropped
+    messages and hung actors are noticed quickly; a child step (and its child saga, likewise)
+    waits 5 s per attempt, longer than one of the child's own steps with its retries."""
+    steps = [
+        attrs.evolve(
+            step,
+            timeout=5.0 if step.saga else 1.0,
+            retry=FAST,
+            compensation_retry=FAST,
+            saga=chaos_friendly(step.saga) if step.saga else None,
+        )
+        for step in definition.steps
+    ]
+    return attrs.evolve(definition, steps=steps)
+
+
 #: The demo's ORDER saga with chaos-friendly timeouts and retries.
-CHAOS_ORDER = attrs.evolve(
-    ORDER,
-    steps=[
-        attrs.evolve(step, timeout=1.0, retry=FAST, compensation_retry=FAST) for step in ORDER.steps
-    ],
-)
-
+CHAOS_ORDER = chaos_friendly(ORDER)
 #: The demo's order as a workflow (``python -m demo --style workflow``), as chaos-friendly.
-CHAOS_WORKFLOW = attrs.evolve(
-    ORDER_WORKFLOW,
-    steps=[
-        attrs.evolve(step, timeout=1.0, retry=FAST, compensation_retry=FAST)
-        for step in ORDER_WORKFLOW.steps
-    ],
-)
-
-
-def _fast(step: Step, timeout: float = 1.0) -> Step:
-    return attrs.evolve(step, timeout=timeout, retry=FAST, compensation_retry=FAST)
-
-
-#: The order running its stock reservation as a child saga (demo.saga.ORDER_CHILD), tuned:
-#: the child step waits 5 s per attempt, longer than the child's own step with its retries.
-_CHILD = with_child(attrs.evolve(RESERVATION, steps=[_fast(s) for s in RESERVATION.steps]))
-CHAOS_CHILD = attrs.evolve(_CHILD, steps=[_fast(s, 5.0 if s.saga else 1.0) for s in _CHILD.steps])
+CHAOS_WORKFLOW = chaos_friendly(ORDER_WORKFLOW)
+#: The order running its stock reservation as a child saga (demo.saga.ORDER_CHILD).
+CHAOS_CHILD = chaos_friendly(ORDER_CHILD)
 
 #: Demo checks that the generic checker already covers (with failed sagas allowed, since a
 #: persistent fault may park a saga as failed-needs-attention on purpose).

@@ -16,8 +16,6 @@ then cancels the order.
 
 from __future__ import annotations
 
-from typing import Any
-
 from understudy import SagaDefinition, Step, WorkflowDefinition
 
 ORDERS = "orders"
@@ -52,17 +50,11 @@ RESERVATION = SagaDefinition(
     "reservation", 1, [Step("reserve_inventory", INVENTORY, "reserve", "release")]
 )
 
-
-def with_child(reservation: SagaDefinition, **options: Any) -> SagaDefinition:
-    """The order, running ``reservation`` as its child step ``reserve`` (``options``: the
-    child step's, such as its timeout)."""
-    create, _reserve, charge = ORDER.steps
-    return SagaDefinition(
-        "order", 1, [create, Step.child("reserve", reservation, **options), charge]
-    )
-
-
-ORDER_CHILD = with_child(RESERVATION, timeout=30.0)
+ORDER_CHILD = SagaDefinition(
+    "order",
+    1,
+    [ORDER.steps[0], Step.child("reserve", RESERVATION, timeout=30.0), ORDER.steps[2]],
+)
 
 #: What ``python -m demo --style STYLE`` runs.
 STYLES = {"orchestrated": ORDER, "workflow": ORDER_WORKFLOW}

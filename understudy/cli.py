@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from understudy import chains, cli_chains, cli_complete, cli_verbs, codec, diagnosis
+from understudy import chains, cli_chains, cli_complete, cli_verbs, codec, diagnosis, timeline
 from understudy.definitions import SagaDefinition
 from understudy.diagnosis import iso as _iso
 from understudy.errors import CorruptRecord, UnderstudyError
@@ -316,12 +316,10 @@ def cmd_show(store: SagaStore, path: str, saga_id: str, as_json: bool) -> int:
     except CorruptRecord as exc:
         print(f"understudy: error: the timeline cannot be read: {exc}", file=sys.stderr)
         return 1
-    # The link between a child saga (Step.child) and its parent, both ways.
-    children = {e.detail["child"]: e.detail.get("name") for e in events if e.detail.get("child")}
-    for event in events:
-        if event.kind == "started" and event.detail.get("parent"):
-            print(f"  child saga of: {event.detail['parent']}")
-    for child, step in children.items():
+    parent, children = timeline.links(events)  # a child saga (Step.child) and its parent
+    if parent is not None:
+        print(f"  child saga of: {parent}")
+    for child, step in children:
         print(f"  runs child saga: {child} (step {step})")
     labels = _step_labels(events, snapshot)
     stack = snapshot.get("stack") if snapshot else None

@@ -55,7 +55,7 @@ def saga_page(
             waits = [diagnosis.describe_stuck(found), *diagnosis.describe(found)]
     body = [
         f'<p class="nav"><a href="{esc(home)}">all sagas</a></p>' if home else "",
-        _header(drawn, waits, _family(store, saga_id, linked=home is not None)),
+        _header(drawn, waits, _family(store, drawn, linked=home is not None)),
         '<section class="picture">',
         draw(drawn),
         "</section>",
@@ -139,19 +139,13 @@ def write_html(store: SagaStore, store_location: str, saga_id: str, path: str | 
 # --- the page around the drawing ---------------------------------------------------------------
 
 
-def _family(store: SagaStore, saga_id: str, *, linked: bool) -> str | None:
-    """The parent and the child sagas of ``saga_id`` (``Step.child``), each with its status,
+def _family(store: SagaStore, t: Timeline, *, linked: bool) -> str | None:
+    """The parent and the child sagas of ``t``'s saga (``Step.child``), each with its status,
     as links to their pages when ``linked``; None for a saga with neither."""
-    parent: str | None = None
-    children: dict[str, None] = {}
-    for event in store.events(saga_id):
-        if event.kind == "started" and event.detail.get("parent"):
-            parent = str(event.detail["parent"])
-        elif event.kind == "intent" and event.detail.get("child"):
-            children[str(event.detail["child"])] = None
-    if parent is None and not children:
+    children = [child for child, _step in t.children]
+    if t.parent is None and not children:
         return None
-    found = store.get_many([*([parent] if parent else []), *children])
+    found = store.get_many([*([t.parent] if t.parent else []), *children])
 
     def name(other: str) -> str:
         record = found.get(other)
@@ -164,8 +158,8 @@ def _family(store: SagaStore, saga_id: str, *, linked: bool) -> str | None:
         return (f'<a href="{esc(saga_url(other))}">{text}</a>' if linked else text) + status
 
     parts = []
-    if parent is not None:
-        parts.append(f"child saga of {name(parent)}")
+    if t.parent is not None:
+        parts.append(f"child saga of {name(t.parent)}")
     if children:
         parts.append(
             "runs child saga"

@@ -164,6 +164,10 @@ class Timeline:
     #: A workflow's graph, as its start recorded it: each step's name and the steps it depends
     #: on, in the definition's order (None for a saga).
     graph: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    #: The saga this one is a child of (``Step.child``), and the child sagas it runs (each
+    #: with the step that runs it), as its timeline records them.
+    parent: str | None = None
+    children: tuple[tuple[str, str | None], ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -222,6 +226,7 @@ def build(
     found += [f"event {e.seq} ({e.kind}): {e.corrupt}" for e in events if e.corrupt]
     outstanding = state.get("outstanding") if state else None
     results = state.get("results") if state else None
+    family = links(events)
     return Timeline(
         saga_id=record.saga_id,
         definition=record.definition,
@@ -247,7 +252,23 @@ def build(
             (e.at for e in events if e.kind == "aborted" and e.corrupt is None), None
         ),
         graph=_graph(events),
+        parent=family[0],
+        children=family[1],
     )
+
+
+def links(events: Sequence[EventRecord]) -> tuple[str | None, tuple[tuple[str, str | None], ...]]:
+    """The parent a saga's ``started`` event names, and the child sagas its intents name (each
+    with its step's name, once), from its timeline."""
+    parent: str | None = None
+    children: dict[str, str | None] = {}
+    for e in events:
+        if e.kind == "started" and e.detail.get("parent"):
+            parent = str(e.detail["parent"])
+        elif e.kind == "intent" and e.detail.get("child"):
+            name = e.detail.get("name")
+            children.setdefault(str(e.detail["child"]), None if name is None else str(name))
+    return parent, tuple(children.items())
 
 
 def _graph(events: Sequence[EventRecord]) -> tuple[tuple[str, tuple[str, ...]], ...] | None:

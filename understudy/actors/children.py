@@ -66,6 +66,7 @@ from understudy.persistence.base import (
     COMPLETED,
     FAILED,
     REFUSED,
+    CommandRecord,
     OperatorCommand,
     SagaRecord,
     shard_of,
@@ -116,7 +117,7 @@ class Children(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         self.waiting: dict[str, _Waiting] = {}
         self._due: float | None = None  # when the next look at the store is due (monotonic)
         self._out = Outbox()  # what the inputs since the last flush send
-        self._gathered = 0  # inputs since the last flush
+        self._gathered = 0  # messages gathered since the last flush
 
     def _post(self, address: Any, message: Any) -> None:
         """Send ``message`` with what the other inputs gathered send (see the module docstring):
@@ -204,7 +205,9 @@ class Children(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         it on purpose)."""
         return child_id(msg.saga_id, msg.step_name)
 
-    def _file_unwind(self, msg: StepRequest, child: str, definition: str, version: int) -> Any:
+    def _file_unwind(
+        self, msg: StepRequest, child: str, definition: str, version: int
+    ) -> CommandRecord:
         assert self.store is not None
         shards = len(self.store.leases()) or 1
         return self.store.submit(
@@ -255,26 +258,21 @@ class Children(GroupCommit, OwnerWatch, ActorTypeDispatcher):
         if self.store is None or not self.waiting:
             return
         try:
-            records = self.store.get_many(list(self.waiting))
-            for child, record in records.items():
-                self._settle_record(child, record)
-            for child, waiting in list(self.waiting.items()):
+            # The unwinds refused, read before the rows: one refused because its child ended
+            # meanwhile (filed again by a restarted participant, it found the child
+            # compensated) is answered by that end, which the rows read next show.
+            refused = {}
+            for child, waiting in self.waiting.items():
                 if waiting.command is not None and "undo" in waiting.requests:
                     command = self.store.command(waiting.command)
                     if command is not None and command.state == REFUSED:
                         waiting.command = None
-                        # Refused because the child ended meanwhile (an unwind filed again by
-                        # a restarted participant finds it compensated): its end answers.
-                        row = self.store.get(child)
-                        if row is not None and row.status in (COMPENSATED, FAILED):
-                            self._settle_record(child, row)
-                            continue
-                        self._answer(
-                            child,
-                            "undo",
-                            "error",
-                            reason=f"child saga {child!r} cannot be compensated: {command.outcome}",
-                        )
+                        refused[child] = command.outcome
+            for child, record in self.store.get_many(list(self.waiting)).items():
+                self._settle_record(child, record)
+            for child, outcome in refused.items():
+                reason = f"child saga {child!r} cannot be compensated: {outcome}"
+                self._answer(child, "undo", "error", reason=reason)
         except StoreError as exc:
             log.warning("could not read child sagas (%s); trying again", exc)
         self._schedule()

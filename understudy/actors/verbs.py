@@ -207,7 +207,6 @@ def _unwind(saga: Machine, args: dict[str, Any], now: float) -> list[Command]:
     if s.phase == COMPENSATING:
         return []  # compensating already (cancelled, or a step failed): it goes on
     s.paused = None  # the parent's compensation does not wait for a pause
-    s.stopped_in, s.outstanding = None, []
     return saga._abort(
         f"its parent saga {args.get('parent')!r} compensates step {args.get('step')!r}", now
     )

@@ -85,13 +85,12 @@ from understudy.persistence.pg_arrays import (
 )
 from understudy.persistence.postgres_eventlog import PostgresEventLog
 from understudy.persistence.rows import (
-    CLOSED_STATUSES,
     COMMAND_COLUMNS,
     COMMAND_INSERT_COLUMNS,
     EVENT_COLUMNS,
     EVENT_INSERT_COLUMNS,
+    FENCES,
     SAGA_COLUMNS,
-    UNWOUND_STATUSES,
     check_done,
     chunks,
     claimed_event_rows,
@@ -100,11 +99,13 @@ from understudy.persistence.rows import (
     command_row,
     event_record,
     event_rows,
+    fenced_statuses,
     pack_about,
     pack_blame,
     saga_record,
     saga_sums,
     shard_count_mismatch,
+    sql_list,
     submitted,
     unpack_about,
     unpack_blame,
@@ -207,9 +208,8 @@ _COMMANDS_SCHEMA: Final = (
 # Explicit, so that a database whose default isolation is another keeps these rules.
 _BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 _BEGIN_READ = "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY"
-_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
-_CLOSED_SQL = "(" + ", ".join(f"'{s}'" for s in CLOSED_STATUSES) + ")"
-_ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
+_TERMINAL_SQL = sql_list(TERMINAL_STATUSES)
+_ACTIVE_SQL = sql_list(ACTIVE_STATUSES)
 # The database's clock, never a node's: every lease is compared against this one clock.
 _DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
 # A batch's statements take their rows as arrays, one per column (unnest turns them back into
@@ -238,12 +238,10 @@ _TRANSITION = (
     "AND s.status NOT IN {} AND s.snapshot_version < w.snapshot_version "
     "RETURNING s.saga_id"
 )
-_TRANSITIONS = _TRANSITION.format(_TERMINAL_SQL)
-# Transitions with reopen, which may also take up a saga parked as failed: a statement of their
-# own (sent only in a batch that has one), so the common one keeps its columns and its plan.
-_REOPENS = _TRANSITION.format(_CLOSED_SQL)
-# Transitions with unwind, which take up a completed child saga to compensate it: rarer still.
-_UNWINDS = _TRANSITION.format("(" + ", ".join(f"'{s}'" for s in UNWOUND_STATUSES) + ")")
+# One statement per fence (fenced_statuses): those with reopen (a saga parked as failed taken up
+# again) and unwind (a completed child saga compensated) are sent only in a batch that has one,
+# so the common one keeps its columns and its plan.
+_TRANSITIONS = {fence: _TRANSITION.format(sql_list(fence)) for fence in FENCES}
 # Commands done, fenced as SQLite's: still pending, and the saga's row at the writer's
 # incarnation (NULL: whatever the row, or none). The row's incarnation comes back for the
 # events (NULL without a row: no events). A later layer of the batch than the saga's other
@@ -1157,8 +1155,7 @@ def _row(write: Write) -> tuple[str, tuple[Any, ...]]:
             snapshot_check,
         )
     if isinstance(write, Transition):
-        sql = _UNWINDS if write.unwind else _REOPENS if write.reopen else _TRANSITIONS
-        return sql, (
+        return _TRANSITIONS[fenced_statuses(write)], (
             write.saga_id,
             write.incarnation,
             write.status,
@@ -1198,9 +1195,7 @@ _TRANSITION_KINDS: Final = (
 )
 _KINDS: Final[dict[str, tuple[type[PackedArray], ...]]] = {
     _INSERT_SAGAS: (TextArray, TextArray, Int8Array, ByteaArray, Float8Array, Int8Array, Int8Array),
-    _TRANSITIONS: _TRANSITION_KINDS,
-    _REOPENS: _TRANSITION_KINDS,
-    _UNWINDS: _TRANSITION_KINDS,
+    **{sql: _TRANSITION_KINDS for sql in _TRANSITIONS.values()},
     _COMMANDS_DONE: (Int8Array, TextArray, Int8Array, TextArray, TextArray, Float8Array),
 }
 #: Event rows as :func:`~understudy.persistence.rows.event_rows` gives them.

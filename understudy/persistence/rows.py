@@ -54,11 +54,21 @@ CLOSED_STATUSES = (COMPLETED, COMPENSATED)
 UNWOUND_STATUSES = (COMPENSATED, FAILED)
 
 
+#: Every fence a Transition can have (one statement each, chosen by :func:`fenced_statuses`).
+FENCES: tuple[tuple[str, ...], ...] = (TERMINAL_STATUSES, CLOSED_STATUSES, UNWOUND_STATUSES)
+
+
 def fenced_statuses(write: Transition) -> tuple[str, ...]:
     """The statuses of a saga row that ``write`` must not change."""
     if write.unwind:
         return UNWOUND_STATUSES
     return CLOSED_STATUSES if write.reopen else TERMINAL_STATUSES
+
+
+def sql_list(statuses: Sequence[str]) -> str:
+    """``statuses`` as an SQL list of literals, ``('a', 'b')`` (understudy's own constants,
+    never input)."""
+    return "(" + ", ".join(f"'{s}'" for s in statuses) + ")"
 
 
 CHUNK = 500  # ids per IN (...) list: well under every backend's limit on bound parameters

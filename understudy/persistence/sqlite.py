@@ -41,13 +41,12 @@ from understudy.persistence.base import (
     Write,
 )
 from understudy.persistence.rows import (
-    CLOSED_STATUSES,
     COMMAND_COLUMNS,
     COMMAND_INSERT_COLUMNS,
     EVENT_COLUMNS,
     EVENT_INSERT_COLUMNS,
+    FENCES,
     SAGA_COLUMNS,
-    UNWOUND_STATUSES,
     check_done,
     chunks,
     claimed_event_rows,
@@ -62,6 +61,7 @@ from understudy.persistence.rows import (
     saga_record,
     saga_sums,
     shard_count_mismatch,
+    sql_list,
     submitted,
     unpack_about,
     unpack_blame,
@@ -133,8 +133,8 @@ CREATE INDEX IF NOT EXISTS understudy_commands_pending
 CREATE INDEX IF NOT EXISTS understudy_commands_saga ON understudy_commands (saga_id, id);
 """
 
-_TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in TERMINAL_STATUSES) + ")"
-_ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
+_TERMINAL_SQL = sql_list(TERMINAL_STATUSES)
+_ACTIVE_SQL = sql_list(ACTIVE_STATUSES)
 _EVENTS_SQL = f"SELECT {EVENT_COLUMNS} FROM understudy_events WHERE saga_id = ? ORDER BY seq"
 _INSERT_EVENT = (
     f"INSERT INTO understudy_events ({EVENT_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -147,10 +147,7 @@ _TRANSITION = (
     "recovery_attempts = ?, reason = ?, updated_at = ?, snapshot_sum = ? "
     "WHERE saga_id = ? AND incarnation = ? AND status NOT IN {} AND snapshot_version < ?"
 )
-_TRANSITIONS: dict[tuple[str, ...], str] = {
-    statuses: _TRANSITION.format("(" + ", ".join(f"'{s}'" for s in statuses) + ")")
-    for statuses in (TERMINAL_STATUSES, CLOSED_STATUSES, UNWOUND_STATUSES)
-}
+_TRANSITIONS = {fence: _TRANSITION.format(sql_list(fence)) for fence in FENCES}
 # A command is done once: only while pending, and only while its saga's row is at the writer's
 # incarnation (NULL: whatever the row, or none).
 _COMMAND_DONE = (
